@@ -1,0 +1,318 @@
+//! `hearth bench`: measures the daemon against a plain in-process llama.cpp loop on the same model
+//! and thread count, and prints one table.
+//!
+//! - start-up: spawn `hearth serve` on a fresh data dir → socket accepting (and RSS at that point,
+//!   before the model is loaded, and after it is ready);
+//! - decode tokens/s through socket + SSE (client-side, first to last token) vs the direct loop;
+//! - time to first token over the socket minus the prefill time the daemon reports.
+//!
+//! Runs alternate (direct, socket, direct, …) so background noise hits both sides alike. The
+//! daemon is idle while the direct loop runs.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use http::Method;
+use serde_json::json;
+
+use crate::client::Client;
+use crate::config::{self, RawConfig};
+use crate::llm::direct::DirectModel;
+use crate::llm::{ChatMessage, ChatRole};
+use crate::models::Manifest;
+
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    /// Models dir [default: as `hearth serve` would choose].
+    #[arg(long, env = "HEARTH_MODELS_DIR", value_name = "DIR")]
+    models_dir: Option<PathBuf>,
+    /// Chat model name [default: the manifest's default].
+    #[arg(long, value_name = "NAME")]
+    model: Option<String>,
+    /// Inference threads, for both sides.
+    #[arg(long, default_value_t = 1)]
+    threads: u32,
+    /// Tokens to generate per run.
+    #[arg(long, default_value_t = 128)]
+    tokens: u32,
+    /// Measured runs per side.
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    /// Daemon start-ups to time.
+    #[arg(long, default_value_t = 5)]
+    starts: usize,
+}
+
+const PROMPT: &str = "Write a long, detailed story about a dragon who learns to bake bread.";
+const N_CTX: u32 = 2048;
+
+pub fn run(config_file: Option<&Path>, args: BenchArgs) -> anyhow::Result<()> {
+    let config = config::load(
+        config_file,
+        RawConfig {
+            models_dir: args.models_dir.clone(),
+            ..RawConfig::default()
+        },
+    )?;
+    let manifest = Manifest::builtin();
+    let entry = manifest.chat_model(args.model.as_deref())?;
+    let model_path = crate::models::precheck(&config.models_dir, entry)?;
+    let rt = crate::cli::runtime()?;
+    let scratch = std::env::temp_dir().join(format!("hearth-bench-{}", std::process::id()));
+    let _cleanup = RemoveOnDrop(scratch.clone());
+
+    // Start-up and idle RSS, each on a fresh data dir (so the model must be hashed, leaving a
+    // window in which the daemon is up but the model not yet loaded).
+    let mut startups = Vec::new();
+    let mut idle_rss = Vec::new();
+    let mut ready_rss = Vec::new();
+    for n in 0..args.starts {
+        let dir = scratch.join(format!("start{n}"));
+        let mut daemon = spawn(&dir, &config.models_dir, &entry.name, args.threads)?;
+        let started = Instant::now();
+        let socket = dir.join("hearth.sock");
+        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+            if started.elapsed() > Duration::from_secs(10) {
+                bail!("daemon did not accept connections within 10 s");
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        startups.push(started.elapsed());
+        idle_rss.push(rss_kib(daemon.child.id())?);
+        let client = Client::new(&socket);
+        rt.block_on(client.wait_ready(Duration::from_secs(60)))?;
+        ready_rss.push(rss_kib(daemon.child.id())?);
+        daemon.stop();
+    }
+
+    // Decode: one daemon, reused for all socket runs.
+    let dir = scratch.join("decode");
+    let mut daemon = spawn(&dir, &config.models_dir, &entry.name, args.threads)?;
+    let client = Client::new(&dir.join("hearth.sock"));
+    rt.block_on(client.wait_ready(Duration::from_secs(60)))?;
+    let direct = DirectModel::load(&model_path)?;
+    let messages = [
+        ChatMessage {
+            role: ChatRole::System,
+            content: "You are a helpful assistant.".into(),
+        },
+        ChatMessage {
+            role: ChatRole::User,
+            content: PROMPT.into(),
+        },
+    ];
+    let n_ctx = std::num::NonZeroU32::new(N_CTX).context("n_ctx")?;
+    let mut direct_rates = Vec::new();
+    let mut socket_rates = Vec::new();
+    let mut overheads = Vec::new();
+    let mut tokens_seen = (0, 0);
+    // One warm-up each, then measured runs.
+    for run in 0..=args.runs {
+        let d = direct.run(&messages, args.threads, n_ctx, args.tokens as usize)?;
+        let s = rt.block_on(socket_run(&client, args.tokens))?;
+        if run == 0 {
+            continue;
+        }
+        direct_rates.push(rate(d.completion_tokens, d.first_to_last));
+        socket_rates.push(rate(s.tokens, s.first_to_last));
+        overheads.push(s.ttft_ms - s.prefill_ms);
+        tokens_seen = (d.completion_tokens, s.tokens);
+    }
+    daemon.stop();
+
+    let direct_rate = median(&mut direct_rates);
+    let socket_rate = median(&mut socket_rates);
+    let startup_ms = median(
+        &mut startups
+            .iter()
+            .map(|d| d.as_secs_f64() * 1000.0)
+            .collect::<Vec<_>>(),
+    );
+    let mib =
+        |v: &mut Vec<u64>| median(&mut v.iter().map(|k| *k as f64 / 1024.0).collect::<Vec<_>>());
+    let rows = [
+        (
+            "decode tok/s, socket+SSE",
+            format!("{socket_rate:.2}"),
+            String::new(),
+        ),
+        (
+            "decode tok/s, direct loop",
+            format!("{direct_rate:.2}"),
+            String::new(),
+        ),
+        (
+            "ratio socket/direct",
+            format!("{:.3}", socket_rate / direct_rate),
+            "≥ 0.97".into(),
+        ),
+        (
+            "TTFT minus prefill, ms (p50)",
+            format!("{:.2}", median(&mut overheads)),
+            "≤ 5".into(),
+        ),
+        (
+            "start → socket accepting, ms (p50)",
+            format!("{startup_ms:.1}"),
+            "≤ 100".into(),
+        ),
+        (
+            "RSS before model load, MiB",
+            format!("{:.1}", mib(&mut idle_rss)),
+            "≤ 30".into(),
+        ),
+        (
+            "RSS with model ready, MiB",
+            format!("{:.1}", mib(&mut ready_rss)),
+            String::new(),
+        ),
+    ];
+    let mut out = String::new();
+    out.push_str(&format!(
+        "hearth bench: model {}, {} thread(s), {} tokens × {} runs (+1 warm-up), tokens generated direct/socket = {}/{}\n",
+        entry.name, args.threads, args.tokens, args.runs, tokens_seen.0, tokens_seen.1
+    ));
+    out.push_str(&format!(
+        "{:<38} {:>10}  {}\n",
+        "measure", "value", "target"
+    ));
+    for (name, value, target) in rows {
+        out.push_str(&format!("{name:<38} {value:>10}  {target}\n"));
+    }
+    use std::io::Write;
+    std::io::stdout().write_all(out.as_bytes())?;
+    Ok(())
+}
+
+struct SocketRun {
+    tokens: usize,
+    first_to_last: Duration,
+    ttft_ms: f64,
+    prefill_ms: f64,
+}
+
+async fn socket_run(client: &Client, tokens: u32) -> anyhow::Result<SocketRun> {
+    let user = client
+        .call(
+            Method::POST,
+            "/api/v1/users",
+            Some(&json!({"username": "bench"})),
+        )
+        .await?;
+    let chat = client
+        .call(
+            Method::POST,
+            "/api/v1/chats",
+            Some(&json!({"user_id": user["id"]})),
+        )
+        .await?;
+    let path = format!(
+        "/api/v1/chats/{}/messages",
+        chat["id"].as_str().unwrap_or_default()
+    );
+    let body = json!({"content": PROMPT, "options": {"temperature": 0, "repeat_penalty": 1.0, "max_tokens": tokens}});
+    let sent = Instant::now();
+    let mut stream = client.stream(&path, &body).await?;
+    let (mut first, mut last, mut n) = (None, Instant::now(), 0);
+    while let Some(event) = stream.next().await? {
+        match event.event.as_str() {
+            "token" => {
+                last = Instant::now();
+                first.get_or_insert(last);
+                n += 1;
+            }
+            "done" => {
+                let first = first.context("no tokens")?;
+                return Ok(SocketRun {
+                    tokens: n,
+                    first_to_last: last.duration_since(first),
+                    ttft_ms: first.duration_since(sent).as_secs_f64() * 1000.0,
+                    prefill_ms: event.data["timings"]["prefill_ms"].as_f64().unwrap_or(0.0),
+                });
+            }
+            "error" => bail!("generation failed: {}", event.data),
+            _ => {}
+        }
+    }
+    bail!("stream ended without done")
+}
+
+fn rate(tokens: usize, span: Duration) -> f64 {
+    // n tokens span n-1 intervals.
+    (tokens.saturating_sub(1)) as f64 / span.as_secs_f64().max(1e-9)
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+struct BenchDaemon {
+    child: Child,
+}
+
+impl BenchDaemon {
+    fn stop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).unwrap_or(0)),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for BenchDaemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn(dir: &Path, models_dir: &Path, model: &str, threads: u32) -> anyhow::Result<BenchDaemon> {
+    std::fs::create_dir_all(dir)?;
+    let child = Command::new(std::env::current_exe()?)
+        .arg("serve")
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .arg("--socket")
+        .arg(dir.join("hearth.sock"))
+        .arg("--models-dir")
+        .arg(models_dir)
+        .arg("--model")
+        .arg(model)
+        .arg("--threads")
+        .arg(threads.to_string())
+        .arg("--ctx")
+        .arg(N_CTX.to_string())
+        .env("HEARTH_CONFIG", dir.join("none.toml"))
+        .env("HEARTH_LOG", "error")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("cannot spawn hearth serve")?;
+    Ok(BenchDaemon { child })
+}
+
+fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .context("no VmRSS")
+}
+
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

@@ -1,0 +1,260 @@
+//! The command line: `hearth serve` runs the daemon; `chat`, `status` and `bench` are clients of
+//! a running one (or, for `bench`, of its own). Parsing, logging set-up and exit codes live here so
+//! `main.rs` stays a one-line driver.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use http::Method;
+use serde_json::json;
+
+use crate::client::Client;
+use crate::config::{self, RawConfig};
+
+#[derive(Parser)]
+#[command(
+    name = "hearth",
+    version,
+    about = "An offline local AI daemon: chat with a local model over a Unix socket"
+)]
+struct Cli {
+    /// Config file [default: $HEARTH_CONFIG, else hearth.toml in the platform config dir].
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon in the foreground.
+    Serve(Box<RawConfig>),
+    /// Ask a running daemon something and stream the answer.
+    Chat(ChatArgs),
+    /// Show a running daemon's health.
+    Status(ClientArgs),
+    /// Measure the daemon (socket + SSE) against an in-process decode loop, start-up and memory.
+    Bench(crate::bench::BenchArgs),
+}
+
+/// Where to find a running daemon.
+#[derive(clap::Args, Clone)]
+pub(crate) struct ClientArgs {
+    /// Socket of the daemon [default: as `hearth serve` would choose].
+    #[arg(long, env = "HEARTH_SOCKET", value_name = "PATH")]
+    pub(crate) socket: Option<PathBuf>,
+    /// Data dir of the daemon (used to find its default socket).
+    #[arg(long, env = "HEARTH_DATA_DIR", value_name = "DIR")]
+    pub(crate) data_dir: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct ChatArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// Continue this chat instead of starting a new one.
+    #[arg(long, value_name = "ID")]
+    chat: Option<String>,
+    /// User to chat as (created if new) [default: $USER].
+    #[arg(long, value_name = "NAME")]
+    user: Option<String>,
+    /// Sampling temperature for this message (0 = greedy).
+    #[arg(long)]
+    temperature: Option<f32>,
+    /// Most tokens to generate.
+    #[arg(long, value_name = "N")]
+    max_tokens: Option<u32>,
+    /// Seconds to wait for the daemon and its model to be ready.
+    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    wait: u64,
+    /// The message.
+    #[arg(required = true, num_args = 1..)]
+    message: Vec<String>,
+}
+
+/// Runs the command line; `started` is the process start time.
+pub fn main(started: Instant) -> ExitCode {
+    let cli = Cli::parse();
+    let config_file = cli.config.or_else(config::default_config_file);
+    let result = match cli.command {
+        Command::Serve(raw) => serve(config_file.as_deref(), *raw, started),
+        Command::Chat(args) => {
+            runtime().and_then(|rt| rt.block_on(chat(config_file.as_deref(), args)))
+        }
+        Command::Status(args) => {
+            runtime().and_then(|rt| rt.block_on(status(config_file.as_deref(), args)))
+        }
+        Command::Bench(args) => crate::bench::run(config_file.as_deref(), args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            let _ = writeln!(std::io::stderr(), "hearth: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    // Two workers: the daemon's async side only parses requests and moves small events; the
+    // heavy lifting is on the inference thread.
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn serve(config_file: Option<&Path>, raw: RawConfig, started: Instant) -> anyhow::Result<()> {
+    let config = config::load(config_file, raw)?;
+    let _guard = init_logging(&config.log_filter, Some(&config.data_dir.join("logs")));
+    runtime()?.block_on(crate::daemon::run(config, started))
+}
+
+/// Resolves the socket a client should use, the same way the daemon chooses it.
+pub(crate) fn client_socket(
+    config_file: Option<&Path>,
+    args: &ClientArgs,
+) -> anyhow::Result<PathBuf> {
+    let raw = RawConfig {
+        socket: args.socket.clone(),
+        data_dir: args.data_dir.clone(),
+        ..RawConfig::default()
+    };
+    Ok(config::load(config_file, raw)?.socket)
+}
+
+async fn chat(config_file: Option<&Path>, args: ChatArgs) -> anyhow::Result<()> {
+    let client = Client::new(&client_socket(config_file, &args.client)?);
+    // Fail at once when no daemon listens; otherwise give its model time to load.
+    client.request(Method::GET, "/api/v1/health", None).await?;
+    client.wait_ready(Duration::from_secs(args.wait)).await?;
+
+    let chat_id = match args.chat {
+        Some(id) => id,
+        None => {
+            let username = args
+                .user
+                .or_else(|| std::env::var("USER").ok())
+                .unwrap_or_else(|| "local".into());
+            let user = client
+                .call(
+                    Method::POST,
+                    "/api/v1/users",
+                    Some(&json!({ "username": username })),
+                )
+                .await?;
+            let chat = client
+                .call(
+                    Method::POST,
+                    "/api/v1/chats",
+                    Some(&json!({ "user_id": user["id"] })),
+                )
+                .await?;
+            chat["id"]
+                .as_str()
+                .context("daemon returned a chat without id")?
+                .to_string()
+        }
+    };
+    let mut options = serde_json::Map::new();
+    if let Some(t) = args.temperature {
+        options.insert("temperature".into(), json!(t));
+    }
+    if let Some(n) = args.max_tokens {
+        options.insert("max_tokens".into(), json!(n));
+    }
+    let body = json!({ "content": args.message.join(" "), "options": options });
+    let mut events = client
+        .stream(&format!("/api/v1/chats/{chat_id}/messages"), &body)
+        .await?;
+    let mut out = std::io::stdout().lock();
+    while let Some(event) = events.next().await? {
+        match event.event.as_str() {
+            "token" => {
+                out.write_all(event.data["text"].as_str().unwrap_or("").as_bytes())?;
+                out.flush()?;
+            }
+            "done" => {
+                writeln!(out)?;
+                let d = &event.data;
+                writeln!(
+                    std::io::stderr(),
+                    "[chat {chat_id} · {} tokens · {} tok/s · finish: {}; continue with --chat {chat_id}]",
+                    d["usage"]["completion_tokens"],
+                    d["timings"]["completion_tokens_per_s"],
+                    d["finish_reason"].as_str().unwrap_or("?"),
+                )?;
+                return Ok(());
+            }
+            "error" => {
+                writeln!(out)?;
+                anyhow::bail!(
+                    "{} ({})",
+                    event.data["message"].as_str().unwrap_or(""),
+                    event.data["code"].as_str().unwrap_or("?")
+                );
+            }
+            _ => {}
+        }
+    }
+    anyhow::bail!("the stream ended without a final event")
+}
+
+async fn status(config_file: Option<&Path>, args: ClientArgs) -> anyhow::Result<()> {
+    let client = Client::new(&client_socket(config_file, &args)?);
+    let (status, health) = client.request(Method::GET, "/api/v1/health", None).await?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "socket: {}", client.socket().display())?;
+    writeln!(
+        out,
+        "status: {} (HTTP {})",
+        health["status"].as_str().unwrap_or("?"),
+        status.as_u16()
+    )?;
+    writeln!(out, "{}", serde_json::to_string_pretty(&health)?)?;
+    Ok(())
+}
+
+/// Logs to stderr and, for the daemon, to a daily-rotated file in `log_dir` (7 kept). The
+/// returned guard flushes the file writer when dropped.
+pub(crate) fn init_logging(
+    filter: &str,
+    log_dir: Option<&Path>,
+) -> Option<tracing_appender::non_blocking::WorkerGuard> {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{fmt, EnvFilter};
+
+    let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("warn,hearth=info"));
+    let stderr = fmt::layer().with_writer(std::io::stderr).with_target(false);
+    let (file_layer, guard) = match log_dir.and_then(|dir| {
+        crate::server::ensure_private_dir(dir).ok()?;
+        tracing_appender::rolling::Builder::new()
+            .rotation(tracing_appender::rolling::Rotation::DAILY)
+            .filename_prefix("hearth")
+            .filename_suffix("log")
+            .max_log_files(7)
+            .build(dir)
+            .ok()
+    }) {
+        Some(appender) => {
+            let (writer, guard) = tracing_appender::non_blocking(appender);
+            (
+                Some(fmt::layer().with_writer(writer).with_ansi(false)),
+                Some(guard),
+            )
+        }
+        None => (None, None),
+    };
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(stderr)
+        .with(file_layer)
+        .try_init();
+    guard
+}

@@ -1,0 +1,208 @@
+//! A small client for hearth's API over its Unix socket: JSON requests and SSE streams. Used by
+//! the CLI (`hearth chat`, `hearth status`), the benchmark and the integration tests.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use bytes::Bytes;
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+use tokio::net::UnixStream;
+
+/// Talks to one daemon socket; each request uses a fresh connection (cheap on a Unix socket).
+#[derive(Clone, Debug)]
+pub struct Client {
+    socket: PathBuf,
+}
+
+/// One SSE event as received.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Event {
+    pub event: String,
+    pub data: Value,
+}
+
+impl Client {
+    pub fn new(socket: &Path) -> Client {
+        Client {
+            socket: socket.to_path_buf(),
+        }
+    }
+
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> anyhow::Result<hyper::Response<Incoming>> {
+        let stream = UnixStream::connect(&self.socket).await.with_context(|| {
+            format!(
+                "no hearth daemon at {} (start one with `hearth serve`)",
+                self.socket.display()
+            )
+        })?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let bytes = body
+            .map(|b| serde_json::to_vec(b))
+            .transpose()?
+            .unwrap_or_default();
+        let mut req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "hearth");
+        if body.is_some() {
+            req = req.header("content-type", "application/json");
+        }
+        let req = req.body(Full::new(Bytes::from(bytes)))?;
+        Ok(sender.send_request(req).await?)
+    }
+
+    /// Sends a request and reads a JSON answer (any status).
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> anyhow::Result<(StatusCode, Value)> {
+        let response = self.send(method, path, body).await?;
+        let status = response.status();
+        let bytes = response.into_body().collect().await?.to_bytes();
+        let value = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).context("daemon sent invalid JSON")?
+        };
+        Ok((status, value))
+    }
+
+    /// Like [`Client::request`], but a non-2xx status is an error carrying the API's message.
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> anyhow::Result<Value> {
+        let (status, value) = self.request(method, path, body).await?;
+        if !status.is_success() {
+            bail!("{status}: {}", error_text(&value));
+        }
+        Ok(value)
+    }
+
+    /// Starts an SSE request. A non-2xx answer is an error.
+    pub async fn stream(&self, path: &str, body: &Value) -> anyhow::Result<EventStream> {
+        let response = self.send(Method::POST, path, Some(body)).await?;
+        let status = response.status();
+        if !status.is_success() {
+            let bytes = response.into_body().collect().await?.to_bytes();
+            let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            bail!("{status}: {}", error_text(&value));
+        }
+        Ok(EventStream {
+            body: response.into_body(),
+            buf: Vec::new(),
+        })
+    }
+
+    /// Polls `/api/v1/health` until the chat model is ready or `timeout` passes.
+    pub async fn wait_ready(&self, timeout: Duration) -> anyhow::Result<Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.request(Method::GET, "/api/v1/health", None).await {
+                Ok((StatusCode::OK, health)) => return Ok(health),
+                Ok((_, health)) if health["models"]["chat"]["state"] == "failed" => {
+                    bail!(
+                        "the chat model failed to load: {}",
+                        health["models"]["chat"]["error"]
+                    )
+                }
+                Ok(_) | Err(_) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Ok((status, health)) => {
+                    bail!("daemon not ready after {timeout:?}: {status} {health}")
+                }
+                Err(err) => return Err(err),
+            }
+        }
+    }
+}
+
+fn error_text(value: &Value) -> String {
+    match value["error"]["message"].as_str() {
+        Some(msg) => format!(
+            "{} ({})",
+            msg,
+            value["error"]["code"].as_str().unwrap_or("?")
+        ),
+        None => value.to_string(),
+    }
+}
+
+/// An SSE response being read event by event.
+pub struct EventStream {
+    body: Incoming,
+    buf: Vec<u8>,
+}
+
+impl EventStream {
+    /// The next event; `None` at the end of the stream. Comments (keep-alives) are skipped.
+    pub async fn next(&mut self) -> anyhow::Result<Option<Event>> {
+        loop {
+            if let Some(end) = find(&self.buf, b"\n\n") {
+                let block: Vec<u8> = self.buf.drain(..end + 2).collect();
+                if let Some(event) = parse_block(&block)? {
+                    return Ok(Some(event));
+                }
+                continue;
+            }
+            match self.body.frame().await {
+                Some(frame) => {
+                    if let Ok(data) = frame?.into_data() {
+                        self.buf.extend_from_slice(&data);
+                    }
+                }
+                None => return Ok(None),
+            }
+        }
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+fn parse_block(block: &[u8]) -> anyhow::Result<Option<Event>> {
+    let text = std::str::from_utf8(block).context("SSE event is not UTF-8")?;
+    let mut event = String::from("message");
+    let mut data = String::new();
+    for line in text.lines() {
+        if let Some(v) = line.strip_prefix("event:") {
+            event = v.trim().to_string();
+        } else if let Some(v) = line.strip_prefix("data:") {
+            if !data.is_empty() {
+                data.push('\n');
+            }
+            data.push_str(v.strip_prefix(' ').unwrap_or(v));
+        }
+    }
+    if data.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(Event {
+        event,
+        data: serde_json::from_str(&data).context("SSE data is not JSON")?,
+    }))
+}

@@ -1,0 +1,351 @@
+//! Configuration: defaults < `hearth.toml` < `HEARTH_*` environment < command-line flags,
+//! parsed and validated into one [`Config`] before anything binds or loads.
+//!
+//! Two stages, as in ripgrep's low/high args: [`RawConfig`] is what the user wrote (every field
+//! optional, unknown keys rejected), [`Config`] is the resolved, validated value the daemon runs on.
+//! Nothing reads the environment after this module has run.
+
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use serde::Deserialize;
+
+/// Name of the optional config file inside the config dir.
+pub const CONFIG_FILE_NAME: &str = "hearth.toml";
+
+/// Every setting as the user may write it, in the file, the environment or on the command line.
+///
+/// Field names are the TOML keys; the command line uses the same names with dashes, the
+/// environment the same names upper-cased behind `HEARTH_` (clap reads both, see `cli`).
+#[derive(Debug, Default, Clone, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// Where chats, settings and logs live [default: the platform data dir, e.g. ~/.local/share/hearth].
+    #[arg(long, env = "HEARTH_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Unix socket path [default: $XDG_RUNTIME_DIR/hearth/hearth.sock, else DATA_DIR/run/hearth.sock].
+    #[arg(long, env = "HEARTH_SOCKET", value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// Directory holding the model files listed in models/manifest.toml [default: DATA_DIR/models].
+    #[arg(long, env = "HEARTH_MODELS_DIR", value_name = "DIR")]
+    pub models_dir: Option<PathBuf>,
+    /// Chat model name from the manifest [default: the manifest's default chat model].
+    #[arg(long, env = "HEARTH_MODEL", value_name = "NAME")]
+    pub model: Option<String>,
+    /// Threads for inference [default: available cores, at most 8].
+    #[arg(long, env = "HEARTH_THREADS", value_name = "N")]
+    pub threads: Option<u32>,
+    /// Context size in tokens [default: 4096].
+    #[arg(long, env = "HEARTH_CTX", value_name = "TOKENS")]
+    pub ctx: Option<u32>,
+    /// Prompt micro-batch size in tokens; cancellation is checked between batches [default: 256].
+    #[arg(long, env = "HEARTH_BATCH", value_name = "TOKENS")]
+    pub batch: Option<u32>,
+    /// Generation requests that may wait behind the running one before new ones get 503 [default: 8].
+    #[arg(long, env = "HEARTH_QUEUE_DEPTH", value_name = "N")]
+    pub queue_depth: Option<u32>,
+    /// Largest JSON request body in bytes [default: 1048576].
+    #[arg(long, env = "HEARTH_MAX_BODY_BYTES", value_name = "BYTES")]
+    pub max_body_bytes: Option<u64>,
+    /// Simultaneous client connections [default: 256].
+    #[arg(long, env = "HEARTH_MAX_CONNECTIONS", value_name = "N")]
+    pub max_connections: Option<u32>,
+    /// Seconds a client may take to send its request headers [default: 10].
+    #[arg(long, env = "HEARTH_HEADER_TIMEOUT_SECS", value_name = "SECS")]
+    pub header_timeout_secs: Option<u64>,
+    /// Seconds a streaming client may stop reading before its generation is cancelled [default: 30].
+    #[arg(long, env = "HEARTH_STALL_TIMEOUT_SECS", value_name = "SECS")]
+    pub stall_timeout_secs: Option<u64>,
+    /// Seconds of grace for running streams and jobs at shutdown [default: 10].
+    #[arg(long, env = "HEARTH_SHUTDOWN_GRACE_SECS", value_name = "SECS")]
+    pub shutdown_grace_secs: Option<u64>,
+    /// sled page cache in MiB; sled's own default (1 GiB) is far too big for a desktop daemon [default: 64].
+    #[arg(long, env = "HEARTH_CACHE_MB", value_name = "MIB")]
+    pub cache_mb: Option<u64>,
+    /// Log filter in `tracing` syntax [default: warn,hearth=info].
+    #[arg(long, env = "HEARTH_LOG", value_name = "FILTER")]
+    pub log: Option<String>,
+}
+
+impl RawConfig {
+    /// Overlays `over` on `self`: every field set in `over` wins.
+    fn overlay(self, over: RawConfig) -> RawConfig {
+        RawConfig {
+            data_dir: over.data_dir.or(self.data_dir),
+            socket: over.socket.or(self.socket),
+            models_dir: over.models_dir.or(self.models_dir),
+            model: over.model.or(self.model),
+            threads: over.threads.or(self.threads),
+            ctx: over.ctx.or(self.ctx),
+            batch: over.batch.or(self.batch),
+            queue_depth: over.queue_depth.or(self.queue_depth),
+            max_body_bytes: over.max_body_bytes.or(self.max_body_bytes),
+            max_connections: over.max_connections.or(self.max_connections),
+            header_timeout_secs: over.header_timeout_secs.or(self.header_timeout_secs),
+            stall_timeout_secs: over.stall_timeout_secs.or(self.stall_timeout_secs),
+            shutdown_grace_secs: over.shutdown_grace_secs.or(self.shutdown_grace_secs),
+            cache_mb: over.cache_mb.or(self.cache_mb),
+            log: over.log.or(self.log),
+        }
+    }
+}
+
+/// The validated configuration the daemon runs on.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Absolute data dir (created 0700 by the daemon).
+    pub data_dir: PathBuf,
+    /// Absolute socket path.
+    pub socket: PathBuf,
+    /// Absolute models dir.
+    pub models_dir: PathBuf,
+    /// Chat model name; `None` means the manifest's default.
+    pub model: Option<String>,
+    pub llm: LlmConfig,
+    pub server: ServerConfig,
+    /// sled page cache size in bytes.
+    pub cache_bytes: u64,
+    pub log_filter: String,
+    /// The config file that was read, if any (shown by `hearth status`).
+    pub config_file: Option<PathBuf>,
+}
+
+/// Inference settings.
+#[derive(Debug, Clone)]
+pub struct LlmConfig {
+    pub threads: u32,
+    pub n_ctx: NonZeroU32,
+    pub n_batch: u32,
+    pub queue_depth: usize,
+    /// How long the inference thread waits on a client that stopped reading.
+    pub stall_timeout: Duration,
+}
+
+/// HTTP server limits.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub max_body_bytes: u64,
+    pub max_connections: usize,
+    pub header_timeout: Duration,
+    pub shutdown_grace: Duration,
+}
+
+// Defaults, each with the reason for its value.
+
+/// 4096 tokens hold a long conversation for a small model and cost ~100 MB of KV cache for a
+/// 135M model; users with bigger models raise it.
+const DEFAULT_CTX: u32 = 4096;
+/// Prompt micro-batch: small enough that a cancel is noticed within ~0.5 s of prefill on a
+/// slow CPU, big enough to keep prefill efficient.
+const DEFAULT_BATCH: u32 = 256;
+/// One generation runs at a time; eight may wait. More waiting than that means the client should
+/// back off (503 + Retry-After) rather than queue without bound.
+const DEFAULT_QUEUE_DEPTH: u32 = 8;
+/// JSON bodies are messages and settings: 1 MiB is far above any sane chat message.
+const DEFAULT_MAX_BODY_BYTES: u64 = 1024 * 1024;
+/// A desktop daemon has a handful of clients; 256 leaves room for SSE listeners without letting
+/// a runaway client exhaust file descriptors.
+const DEFAULT_MAX_CONNECTIONS: u32 = 256;
+/// Slow-header (slowloris) defence.
+const DEFAULT_HEADER_TIMEOUT_SECS: u64 = 10;
+/// A client that reads nothing for this long is treated as gone.
+const DEFAULT_STALL_TIMEOUT_SECS: u64 = 30;
+/// Desktop apps expect a quick exit; 10 s lets a reply in flight finish its last tokens.
+const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 10;
+/// sled's cache; RSS is known to run several times over it, so keep it small.
+const DEFAULT_CACHE_MB: u64 = 64;
+const DEFAULT_LOG: &str = "warn,hearth=info";
+
+/// Where the default config file and dirs live.
+pub fn project_dirs() -> anyhow::Result<directories::ProjectDirs> {
+    directories::ProjectDirs::from("", "", "hearth")
+        .context("cannot determine the home directory; pass --data-dir")
+}
+
+/// The config file to read: `HEARTH_CONFIG` if set, else `hearth.toml` in the config dir.
+pub fn default_config_file() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("HEARTH_CONFIG") {
+        return Some(PathBuf::from(path));
+    }
+    project_dirs()
+        .ok()
+        .map(|dirs| dirs.config_dir().join(CONFIG_FILE_NAME))
+}
+
+/// Builds the [`Config`] from a config file (if it exists) and the flags/env clap collected.
+pub fn load(config_file: Option<&Path>, from_cli: RawConfig) -> anyhow::Result<Config> {
+    let mut file_used = None;
+    let mut raw = RawConfig::default();
+    if let Some(path) = config_file {
+        match std::fs::read_to_string(path) {
+            Ok(text) => {
+                raw = toml::from_str(&text)
+                    .with_context(|| format!("{}: invalid config", path.display()))?;
+                file_used = Some(path.to_path_buf());
+            }
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(err) => bail!("{}: {err}", path.display()),
+        }
+    }
+    let runtime_dir = std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from);
+    let mut config = resolve(raw.overlay(from_cli), runtime_dir.as_deref())?;
+    config.config_file = file_used;
+    Ok(config)
+}
+
+/// Resolves defaults and validates ranges. Pure apart from looking up the home directory.
+pub fn resolve(raw: RawConfig, runtime_dir: Option<&Path>) -> anyhow::Result<Config> {
+    let data_dir = match raw.data_dir {
+        Some(dir) => absolute(&expand_home(&dir))?,
+        None => project_dirs()?.data_dir().to_path_buf(),
+    };
+    let socket = match raw.socket {
+        Some(path) => absolute(&expand_home(&path))?,
+        None => match runtime_dir {
+            Some(dir) if dir.is_absolute() => dir.join("hearth").join("hearth.sock"),
+            _ => data_dir.join("run").join("hearth.sock"),
+        },
+    };
+    // sun_path is 108 bytes on Linux (104 on macOS) including the NUL; fail here with a clear
+    // message rather than with EINVAL at bind time.
+    let socket_len = socket.as_os_str().len();
+    if socket_len > 103 {
+        bail!(
+            "socket path is {socket_len} bytes, longer than the 103 a Unix socket allows: {}",
+            socket.display()
+        );
+    }
+    let models_dir = match raw.models_dir {
+        Some(dir) => absolute(&expand_home(&dir))?,
+        None => data_dir.join("models"),
+    };
+
+    let default_threads = std::thread::available_parallelism()
+        .map(|n| n.get().min(8))
+        .unwrap_or(4);
+    let threads = raw
+        .threads
+        .unwrap_or(u32::try_from(default_threads).unwrap_or(4));
+    check_range("threads", u64::from(threads), 1, 256)?;
+    let ctx = raw.ctx.unwrap_or(DEFAULT_CTX);
+    check_range("ctx", u64::from(ctx), 256, 1 << 20)?;
+    let batch = raw.batch.unwrap_or(DEFAULT_BATCH);
+    check_range("batch", u64::from(batch), 16, 8192)?;
+    let queue_depth = raw.queue_depth.unwrap_or(DEFAULT_QUEUE_DEPTH);
+    check_range("queue_depth", u64::from(queue_depth), 1, 1024)?;
+    let max_body_bytes = raw.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES);
+    check_range("max_body_bytes", max_body_bytes, 1024, 1 << 30)?;
+    let max_connections = raw.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS);
+    check_range("max_connections", u64::from(max_connections), 1, 65536)?;
+    let header_timeout = raw
+        .header_timeout_secs
+        .unwrap_or(DEFAULT_HEADER_TIMEOUT_SECS);
+    check_range("header_timeout_secs", header_timeout, 1, 3600)?;
+    let stall_timeout = raw.stall_timeout_secs.unwrap_or(DEFAULT_STALL_TIMEOUT_SECS);
+    check_range("stall_timeout_secs", stall_timeout, 1, 3600)?;
+    let grace = raw
+        .shutdown_grace_secs
+        .unwrap_or(DEFAULT_SHUTDOWN_GRACE_SECS);
+    check_range("shutdown_grace_secs", grace, 0, 3600)?;
+    let cache_mb = raw.cache_mb.unwrap_or(DEFAULT_CACHE_MB);
+    check_range("cache_mb", cache_mb, 4, 1 << 16)?;
+    if let Some(model) = &raw.model {
+        if model.is_empty() {
+            bail!("model: must not be empty");
+        }
+    }
+
+    Ok(Config {
+        data_dir,
+        socket,
+        models_dir,
+        model: raw.model,
+        llm: LlmConfig {
+            threads,
+            n_ctx: NonZeroU32::new(ctx).context("ctx: must be positive")?,
+            n_batch: batch.min(ctx),
+            queue_depth: usize::try_from(queue_depth)?,
+            stall_timeout: Duration::from_secs(stall_timeout),
+        },
+        server: ServerConfig {
+            max_body_bytes,
+            max_connections: usize::try_from(max_connections)?,
+            header_timeout: Duration::from_secs(header_timeout),
+            shutdown_grace: Duration::from_secs(grace),
+        },
+        cache_bytes: cache_mb * 1024 * 1024,
+        log_filter: raw.log.unwrap_or_else(|| DEFAULT_LOG.to_string()),
+        config_file: None,
+    })
+}
+
+fn check_range(name: &str, value: u64, min: u64, max: u64) -> anyhow::Result<()> {
+    if value < min || value > max {
+        bail!("{name}: {value} is out of range {min}..={max}");
+    }
+    Ok(())
+}
+
+/// Expands a leading `~/` (config files are written by hand and people write `~`).
+fn expand_home(path: &Path) -> PathBuf {
+    if let Ok(rest) = path.strip_prefix("~") {
+        if let Some(home) = directories::BaseDirs::new().map(|d| d.home_dir().to_path_buf()) {
+            return home.join(rest);
+        }
+    }
+    path.to_path_buf()
+}
+
+fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
+    std::path::absolute(path).with_context(|| format!("{}: cannot make absolute", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn later_layers_win_and_defaults_fill_the_rest() {
+        let file: RawConfig = toml::from_str("ctx = 2048\nthreads = 3\ndata_dir = \"/d\"").unwrap();
+        let cli = RawConfig {
+            threads: Some(1),
+            ..RawConfig::default()
+        };
+        let config = resolve(file.overlay(cli), Some(Path::new("/run/user/1"))).unwrap();
+        assert_eq!(config.llm.threads, 1);
+        assert_eq!(config.llm.n_ctx.get(), 2048);
+        assert_eq!(config.socket, Path::new("/run/user/1/hearth/hearth.sock"));
+        assert_eq!(config.models_dir, Path::new("/d/models"));
+        assert_eq!(config.llm.queue_depth, 8);
+    }
+
+    #[test]
+    fn socket_falls_back_to_data_dir_without_runtime_dir() {
+        let raw = RawConfig {
+            data_dir: Some("/d".into()),
+            ..RawConfig::default()
+        };
+        let config = resolve(raw, None).unwrap();
+        assert_eq!(config.socket, Path::new("/d/run/hearth.sock"));
+    }
+
+    #[test]
+    fn out_of_range_and_unknown_keys_are_errors() {
+        let raw = RawConfig {
+            data_dir: Some("/d".into()),
+            ctx: Some(10),
+            ..RawConfig::default()
+        };
+        let err = resolve(raw, None).unwrap_err().to_string();
+        assert!(err.contains("ctx: 10 is out of range"), "{err}");
+        assert!(toml::from_str::<RawConfig>("ctxx = 1").is_err());
+        let long = RawConfig {
+            data_dir: Some("/d".into()),
+            socket: Some(PathBuf::from(format!("/{}", "s".repeat(120)))),
+            ..RawConfig::default()
+        };
+        assert!(resolve(long, None).is_err());
+    }
+}

@@ -1,0 +1,26 @@
+//! hearth: an offline local AI daemon in one binary.
+//!
+//! # Layout
+//!
+//! - [`config`]: defaults < file < environment < flags, validated before anything binds.
+//! - [`models`]: the pinned model manifest and sha256 verification before any parser runs.
+//! - [`store`]: every persistent record, in sled; the only module that knows sled.
+//! - [`llm`]: llama.cpp inference on a dedicated thread; the only module with FFI.
+//! - [`chat`]: a chat turn from message to stored reply; prompt assembly within a token budget.
+//! - [`server`]: HTTP + SSE on a Unix socket; the only module that knows HTTP.
+//! - [`daemon`]: start-up order, instance lock and the one shutdown path.
+//! - [`client`], [`cli`]: the command line and the small client it (and the tests) use.
+//! - [`bench`]: `hearth bench`, the daemon against a direct decode loop.
+//!
+//! See ARCHITECTURE.md for the invariants that hold these together.
+
+pub mod bench;
+pub mod chat;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod daemon;
+pub mod llm;
+pub mod models;
+pub mod server;
+pub mod store;

@@ -1,0 +1,436 @@
+//! Local inference with llama.cpp (through `llama-cpp-2`): the only module that touches FFI.
+//!
+//! One dedicated OS thread owns the model's context (a `LlamaContext` borrows the model, is not
+//! `Sync`, and `decode` blocks) and takes [`Generation`]s from a bounded priority queue. Tokens
+//! leave through a bounded tokio channel, so a slow client slows generation instead of growing
+//! memory, and a gone client (closed channel) cancels it. A cancel flag is checked between every
+//! decoded token and between prompt micro-batches.
+//!
+//! Rendering the chat template and tokenizing happen on the caller's thread: the vocabulary is
+//! read-only and llama.cpp's tokenizer is safe to call concurrently with decoding.
+
+pub mod direct;
+mod utf8;
+mod worker;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, PoisonError, RwLock};
+use std::time::Duration;
+
+use llama_cpp_2::llama_backend::LlamaBackend;
+use llama_cpp_2::model::{LlamaChatMessage, LlamaChatTemplate, LlamaModel};
+use llama_cpp_2::token::LlamaToken;
+use tokio::sync::mpsc;
+
+use crate::config::LlmConfig;
+use crate::models::{ModelError, VerifiedModel};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LlmError {
+    #[error("the chat model is still loading")]
+    Loading,
+    #[error("the chat model is unavailable: {0}")]
+    Unavailable(String),
+    #[error("the generation queue is full ({0} waiting)")]
+    QueueFull(usize),
+    #[error("the inference worker is shutting down")]
+    ShuttingDown,
+    #[error("cannot render the chat template: {0}")]
+    Template(String),
+    #[error("inference failed: {0}")]
+    Inference(String),
+}
+
+/// Who is asking; the worker serves higher priorities first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Priority {
+    /// Background jobs (memory extraction).
+    Low = 0,
+    /// Background jobs a user will soon see (titles).
+    Normal = 1,
+    /// A person is waiting for the reply.
+    Interactive = 2,
+}
+
+/// One message of a conversation, as the chat template sees it.
+#[derive(Clone, Debug)]
+pub struct ChatMessage {
+    pub role: ChatRole,
+    pub content: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChatRole {
+    System,
+    User,
+    Assistant,
+}
+
+impl ChatRole {
+    fn as_str(self) -> &'static str {
+        match self {
+            ChatRole::System => "system",
+            ChatRole::User => "user",
+            ChatRole::Assistant => "assistant",
+        }
+    }
+}
+
+/// A tokenized prompt, ready for the worker.
+#[derive(Clone, Debug)]
+pub struct Prompt {
+    tokens: Vec<LlamaToken>,
+}
+
+impl Prompt {
+    pub fn len(&self) -> usize {
+        self.tokens.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tokens.is_empty()
+    }
+}
+
+/// Sampling settings for one generation. `temperature == 0` means greedy.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sampling {
+    pub temperature: f32,
+    pub top_k: u32,
+    pub top_p: f32,
+    pub min_p: f32,
+    pub repeat_penalty: f32,
+    pub seed: Option<u32>,
+}
+
+/// Shared cancel flag for one generation.
+#[derive(Clone, Debug, Default)]
+pub struct CancelFlag(Arc<AtomicBool>);
+
+impl CancelFlag {
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Work for the inference thread.
+pub struct Generation {
+    pub prompt: Prompt,
+    pub sampling: Sampling,
+    pub max_tokens: u32,
+    pub priority: Priority,
+    pub cancel: CancelFlag,
+    /// Bounded: the worker blocks (up to the stall timeout) when the consumer is slow.
+    pub events: mpsc::Sender<GenEvent>,
+}
+
+/// What the worker reports about a generation, in order: `Started`, `Token`*, `Finished`.
+#[derive(Debug)]
+pub enum GenEvent {
+    /// The worker picked the job up.
+    Started,
+    /// A piece of text: whole UTF-8 characters, never empty.
+    Token(String),
+    Finished(Outcome),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Finish {
+    Stop,
+    Length,
+    Cancelled,
+    Error,
+}
+
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    pub finish: Finish,
+    /// Set when `finish` is `Error`.
+    pub error: Option<String>,
+    pub prompt_tokens: u32,
+    /// Prompt tokens that had to be evaluated (the rest came from the reused KV cache).
+    pub prompt_evaluated: u32,
+    pub completion_tokens: u32,
+    pub prefill: Duration,
+    pub decode: Duration,
+}
+
+/// The model's state as health reports it.
+#[derive(Clone, Debug)]
+pub enum ModelState {
+    Loading,
+    Ready,
+    Failed(String),
+}
+
+/// Cheap-to-clone handle on the inference worker.
+#[derive(Clone)]
+pub struct Llm {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    name: String,
+    config: LlmConfig,
+    state: RwLock<LoadState>,
+    queue: Queue,
+}
+
+enum LoadState {
+    Loading,
+    Ready(Arc<Loaded>),
+    Failed(String),
+}
+
+/// The loaded model and what callers need to build prompts for it.
+struct Loaded {
+    model: Arc<LlamaModel>,
+    template: LlamaChatTemplate,
+    n_ctx: u32,
+}
+
+/// llama.cpp's backend may be initialised once per process.
+fn backend() -> Result<&'static LlamaBackend, LlmError> {
+    static BACKEND: OnceLock<Result<LlamaBackend, String>> = OnceLock::new();
+    BACKEND
+        .get_or_init(|| {
+            // llama.cpp logs ~1,500 lines per model load; route them into `tracing` (target
+            // `llama-cpp-2`) where the default filter keeps them quiet. Must precede init.
+            llama_cpp_2::send_logs_to_tracing(llama_cpp_2::LogOptions::default());
+            LlamaBackend::init().map_err(|err| err.to_string())
+        })
+        .as_ref()
+        .map_err(|err| LlmError::Unavailable(err.clone()))
+}
+
+impl Llm {
+    /// Starts the inference thread. It first runs `verify` (hashing the file), then loads the
+    /// model; until then the state is `Loading`. Returns at once.
+    pub fn start<V>(name: &str, config: LlmConfig, verify: V) -> Llm
+    where
+        V: FnOnce() -> Result<VerifiedModel, ModelError> + Send + 'static,
+    {
+        let shared = Arc::new(Shared {
+            name: name.to_string(),
+            queue: Queue::new(config.queue_depth),
+            config,
+            state: RwLock::new(LoadState::Loading),
+        });
+        let thread_shared = shared.clone();
+        let spawned = std::thread::Builder::new()
+            .name("hearth-llm".into())
+            .spawn(move || worker::run(&thread_shared, verify));
+        if let Err(err) = spawned {
+            shared.set_state(LoadState::Failed(format!(
+                "cannot start the inference thread: {err}"
+            )));
+        }
+        Llm { shared }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    pub fn state(&self) -> ModelState {
+        match &*self
+            .shared
+            .state
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+        {
+            LoadState::Loading => ModelState::Loading,
+            LoadState::Ready(_) => ModelState::Ready,
+            LoadState::Failed(err) => ModelState::Failed(err.clone()),
+        }
+    }
+
+    /// The context size in tokens (prompt + reply must fit): the context's real size once
+    /// loaded, the configured one before.
+    pub fn n_ctx(&self) -> u32 {
+        match self.loaded() {
+            Ok(loaded) => loaded.n_ctx,
+            Err(_) => self.shared.config.n_ctx.get(),
+        }
+    }
+
+    /// Generations waiting behind the running one.
+    pub fn queued(&self) -> usize {
+        self.shared.queue.len()
+    }
+
+    pub fn queue_capacity(&self) -> usize {
+        self.shared.queue.capacity
+    }
+
+    /// Ok when the model is loaded and generations can be submitted.
+    pub fn ready(&self) -> Result<(), LlmError> {
+        self.loaded().map(drop)
+    }
+
+    fn loaded(&self) -> Result<Arc<Loaded>, LlmError> {
+        match &*self
+            .shared
+            .state
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+        {
+            LoadState::Loading => Err(LlmError::Loading),
+            LoadState::Ready(loaded) => Ok(loaded.clone()),
+            LoadState::Failed(err) => Err(LlmError::Unavailable(err.clone())),
+        }
+    }
+
+    /// Renders `messages` with the model's chat template (ending with the assistant's turn
+    /// opened) and tokenizes the result.
+    pub fn chat_prompt(&self, messages: &[ChatMessage]) -> Result<Prompt, LlmError> {
+        let loaded = self.loaded()?;
+        let chat = messages
+            .iter()
+            .map(|m| LlamaChatMessage::new(m.role.as_str().to_string(), m.content.clone()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|err| LlmError::Template(err.to_string()))?;
+        let text = loaded
+            .model
+            .apply_chat_template(&loaded.template, &chat, true)
+            .map_err(|err| LlmError::Template(err.to_string()))?;
+        Ok(Prompt {
+            tokens: tokenize(&loaded.model, &text),
+        })
+    }
+
+    /// Tokenizes raw text (no template), e.g. for counting.
+    pub fn count_tokens(&self, text: &str) -> Result<usize, LlmError> {
+        let loaded = self.loaded()?;
+        Ok(loaded
+            .model
+            .vocab()
+            .tokenize(text.as_bytes(), false, false)
+            .len())
+    }
+
+    /// Queues a generation. Fails at once when the model is not ready or the queue is full.
+    pub fn submit(&self, job: Generation) -> Result<(), LlmError> {
+        self.loaded()?;
+        self.shared.queue.push(job)
+    }
+
+    /// Stops taking work; the worker exits after the running generation.
+    pub fn shutdown(&self) {
+        self.shared.queue.close();
+    }
+}
+
+impl Shared {
+    fn set_state(&self, state: LoadState) {
+        *self.state.write().unwrap_or_else(PoisonError::into_inner) = state;
+    }
+}
+
+/// Tokenizes a rendered prompt: special tokens in the template text are parsed, BOS is added when
+/// the model wants one, and a BOS the template already wrote is not doubled.
+fn tokenize(model: &LlamaModel, text: &str) -> Vec<LlamaToken> {
+    let vocab = model.vocab();
+    let mut tokens = vocab.tokenize(text.as_bytes(), true, true);
+    let bos = vocab.bos();
+    if tokens.len() >= 2 && tokens[0] == bos && tokens[1] == bos {
+        tokens.remove(0);
+    }
+    tokens
+}
+
+/// The bounded priority queue between callers and the worker.
+struct Queue {
+    capacity: usize,
+    state: Mutex<QueueState>,
+    ready: Condvar,
+}
+
+struct QueueState {
+    /// One FIFO lane per priority, highest last.
+    lanes: [std::collections::VecDeque<Generation>; 3],
+    closed: bool,
+}
+
+impl Queue {
+    fn new(capacity: usize) -> Queue {
+        Queue {
+            capacity,
+            state: Mutex::new(QueueState {
+                lanes: Default::default(),
+                closed: false,
+            }),
+            ready: Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, QueueState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn len(&self) -> usize {
+        self.lock().lanes.iter().map(|l| l.len()).sum()
+    }
+
+    fn push(&self, job: Generation) -> Result<(), LlmError> {
+        let mut state = self.lock();
+        if state.closed {
+            return Err(LlmError::ShuttingDown);
+        }
+        let waiting: usize = state.lanes.iter().map(|l| l.len()).sum();
+        if waiting >= self.capacity {
+            return Err(LlmError::QueueFull(waiting));
+        }
+        state.lanes[job.priority as usize].push_back(job);
+        drop(state);
+        self.ready.notify_one();
+        Ok(())
+    }
+
+    /// Blocks until a job is available (highest priority first) or the queue is closed.
+    fn pop(&self) -> Option<Generation> {
+        let mut state = self.lock();
+        loop {
+            if state.closed {
+                return None;
+            }
+            if let Some(job) = state
+                .lanes
+                .iter_mut()
+                .rev()
+                .find_map(|lane| lane.pop_front())
+            {
+                return Some(job);
+            }
+            state = self
+                .ready
+                .wait(state)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
+    fn close(&self) {
+        let jobs: Vec<Generation> = {
+            let mut state = self.lock();
+            state.closed = true;
+            state.lanes.iter_mut().flat_map(|l| l.drain(..)).collect()
+        };
+        // Jobs that never started end as cancelled, so their callers finish cleanly.
+        for job in jobs {
+            let _ = job.events.try_send(GenEvent::Finished(Outcome {
+                finish: Finish::Cancelled,
+                error: None,
+                prompt_tokens: u32::try_from(job.prompt.len()).unwrap_or(u32::MAX),
+                prompt_evaluated: 0,
+                completion_tokens: 0,
+                prefill: Duration::ZERO,
+                decode: Duration::ZERO,
+            }));
+        }
+        self.ready.notify_all();
+    }
+}

@@ -1,0 +1,314 @@
+//! The inference thread: loads the verified model, owns the one `LlamaContext`, and runs queued
+//! generations to completion one at a time.
+//!
+//! The KV cache is kept between generations: a follow-up turn in a chat shares its whole history
+//! with the previous prompt, so only the new tokens are evaluated (the longest common token prefix
+//! stays in the cache). That turns a multi-turn prompt's prefill from O(history) into O(new turn).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::context::LlamaContext;
+use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::model::params::LlamaModelParams;
+use llama_cpp_2::model::{LlamaChatTemplate, LlamaModel};
+use llama_cpp_2::sampling::LlamaSampler;
+use llama_cpp_2::token::LlamaToken;
+use tokio::sync::mpsc;
+
+use super::utf8::Utf8Stream;
+use super::{backend, Finish, GenEvent, Generation, LoadState, Loaded, Outcome, Sampling, Shared};
+use crate::models::{ModelError, VerifiedModel};
+
+/// Tokens considered by the repeat penalty (llama.cpp's default window).
+const PENALTY_LAST_N: i32 = 64;
+
+pub(super) fn run<V>(shared: &Arc<Shared>, verify: V)
+where
+    V: FnOnce() -> Result<VerifiedModel, ModelError>,
+{
+    let started = Instant::now();
+    let fail = |msg: String| {
+        tracing::error!(model = %shared.name, "{msg}");
+        shared.set_state(LoadState::Failed(msg));
+    };
+    let verified = match verify() {
+        Ok(verified) => verified,
+        Err(err) => return fail(err.to_string()),
+    };
+    let hashed_in = started.elapsed();
+    let backend = match backend() {
+        Ok(backend) => backend,
+        Err(err) => return fail(err.to_string()),
+    };
+    let params = LlamaModelParams::default().with_use_mmap(true);
+    let model = match LlamaModel::load_from_file(backend, &verified.load_path, &params) {
+        Ok(model) => Arc::new(model),
+        Err(err) => {
+            return fail(format!(
+                "llama.cpp cannot load {}: {err} (run with HEARTH_LOG=llama-cpp-2=info for its reasons)",
+                verified.path.display()
+            ))
+        }
+    };
+    // The template comes from the GGUF metadata; models without one get ChatML, the most common
+    // instruct format.
+    let template = match model.chat_template(None) {
+        Ok(template) => template,
+        Err(_) => match LlamaChatTemplate::new("chatml") {
+            Ok(template) => template,
+            Err(err) => return fail(err.to_string()),
+        },
+    };
+    let config = &shared.config;
+    let threads = i32::try_from(config.threads).unwrap_or(1);
+    let ctx_params = LlamaContextParams::default()
+        .with_n_ctx(Some(config.n_ctx))
+        .with_n_batch(config.n_batch)
+        .with_n_ubatch(config.n_batch)
+        .with_n_threads(threads)
+        .with_n_threads_batch(threads)
+        .with_no_perf(true);
+    let mut ctx = match model.new_context(backend, ctx_params) {
+        Ok(ctx) => ctx,
+        Err(err) => return fail(format!("cannot create a llama.cpp context: {err}")),
+    };
+    shared.set_state(LoadState::Ready(Arc::new(Loaded {
+        model: model.clone(),
+        template,
+        n_ctx: ctx.n_ctx(),
+    })));
+    tracing::info!(
+        model = %shared.name,
+        verify_ms = hashed_in.as_millis(),
+        hashed = verified.hashed,
+        load_ms = started.elapsed().as_millis(),
+        n_ctx = ctx.n_ctx(),
+        threads,
+        "chat model ready"
+    );
+
+    let mut kv = KvCache::default();
+    while let Some(job) = shared.queue.pop() {
+        let outcome = generate(&mut ctx, &model, &mut kv, &job, config.stall_timeout);
+        tracing::debug!(
+            finish = ?outcome.finish,
+            prompt_tokens = outcome.prompt_tokens,
+            evaluated = outcome.prompt_evaluated,
+            completion_tokens = outcome.completion_tokens,
+            "generation finished"
+        );
+        send(
+            &job.events,
+            GenEvent::Finished(outcome),
+            config.stall_timeout,
+        );
+    }
+    drop(verified);
+}
+
+/// The tokens whose keys/values are in the context, position by position.
+#[derive(Default)]
+struct KvCache {
+    tokens: Vec<LlamaToken>,
+}
+
+fn generate(
+    ctx: &mut LlamaContext<'_>,
+    model: &LlamaModel,
+    kv: &mut KvCache,
+    job: &Generation,
+    stall: Duration,
+) -> Outcome {
+    let prompt = &job.prompt.tokens;
+    let mut outcome = Outcome {
+        finish: Finish::Cancelled,
+        error: None,
+        prompt_tokens: u32::try_from(prompt.len()).unwrap_or(u32::MAX),
+        prompt_evaluated: 0,
+        completion_tokens: 0,
+        prefill: Duration::ZERO,
+        decode: Duration::ZERO,
+    };
+    let fail = |mut outcome: Outcome, msg: String| {
+        outcome.finish = Finish::Error;
+        outcome.error = Some(msg);
+        outcome
+    };
+    if !send(&job.events, GenEvent::Started, stall) || job.cancel.is_cancelled() {
+        return outcome;
+    }
+    let n_ctx = ctx.n_ctx() as usize;
+    if prompt.is_empty() || prompt.len() >= n_ctx {
+        return fail(
+            outcome,
+            format!(
+                "prompt of {} tokens does not fit the context of {n_ctx}",
+                prompt.len()
+            ),
+        );
+    }
+
+    // Reuse the cached prefix; at least one token must be evaluated to get logits.
+    let mut reuse = common_prefix(&kv.tokens, prompt).min(prompt.len() - 1);
+    if reuse < kv.tokens.len() {
+        let start = u32::try_from(reuse).unwrap_or(0);
+        if ctx.kv_cache_seq_rm(0, Some(start), None).is_err() {
+            ctx.clear_kv_cache();
+            reuse = 0;
+        }
+        kv.tokens.truncate(reuse);
+    }
+
+    let prefill_started = Instant::now();
+    let n_batch = ctx.n_batch() as usize;
+    let mut batch = LlamaBatch::new(n_batch.max(1), 1);
+    let mut chunk_start = reuse;
+    while chunk_start < prompt.len() {
+        // Checked between micro-batches so a long prompt can be abandoned part-way.
+        if job.cancel.is_cancelled() {
+            return outcome;
+        }
+        let end = (chunk_start + n_batch).min(prompt.len());
+        batch.clear();
+        for (pos, token) in prompt.iter().enumerate().take(end).skip(chunk_start) {
+            let last = pos + 1 == prompt.len();
+            if let Err(err) = batch.add(*token, pos_i32(pos), &[0], last) {
+                return fail(outcome, err.to_string());
+            }
+        }
+        if let Err(err) = ctx.decode(&mut batch) {
+            ctx.clear_kv_cache();
+            kv.tokens.clear();
+            return fail(outcome, format!("prompt evaluation failed: {err}"));
+        }
+        kv.tokens.extend_from_slice(&prompt[chunk_start..end]);
+        chunk_start = end;
+    }
+    outcome.prompt_evaluated = u32::try_from(prompt.len() - reuse).unwrap_or(u32::MAX);
+    outcome.prefill = prefill_started.elapsed();
+
+    let decode_started = Instant::now();
+    let vocab = model.vocab();
+    let mut sampler = sampler(model, &job.sampling);
+    let mut logits_index = batch.n_tokens() - 1;
+    let mut text = Utf8Stream::default();
+    let mut piece = Vec::with_capacity(32);
+    let mut pos = prompt.len();
+    let finish = loop {
+        if job.cancel.is_cancelled() {
+            break Finish::Cancelled;
+        }
+        // `sample` also accepts the token into the sampler state (penalties, grammar).
+        let token = sampler.sample(ctx, logits_index);
+        if vocab.is_eog(token) {
+            break Finish::Stop;
+        }
+        outcome.completion_tokens += 1;
+        piece.clear();
+        vocab.token_to_piece_into(token, &mut piece, false, None);
+        let chunk = text.push(&piece);
+        if !chunk.is_empty() && !send(&job.events, GenEvent::Token(chunk), stall) {
+            // The consumer is gone or stalled: nobody will read more.
+            job.cancel.cancel();
+            break Finish::Cancelled;
+        }
+        if outcome.completion_tokens >= job.max_tokens || pos + 1 >= n_ctx {
+            break Finish::Length;
+        }
+        batch.clear();
+        if let Err(err) = batch.add(token, pos_i32(pos), &[0], true) {
+            return fail(outcome, err.to_string());
+        }
+        if let Err(err) = ctx.decode(&mut batch) {
+            ctx.clear_kv_cache();
+            kv.tokens.clear();
+            outcome.decode = decode_started.elapsed();
+            return fail(outcome, format!("decode failed: {err}"));
+        }
+        kv.tokens.push(token);
+        pos += 1;
+        logits_index = 0;
+    };
+    let tail = text.finish();
+    if !tail.is_empty() && finish != Finish::Cancelled {
+        send(&job.events, GenEvent::Token(tail), stall);
+    }
+    outcome.finish = finish;
+    outcome.decode = decode_started.elapsed();
+    outcome
+}
+
+fn sampler(model: &LlamaModel, s: &Sampling) -> LlamaSampler {
+    let mut chain = Vec::with_capacity(6);
+    if (s.repeat_penalty - 1.0).abs() > f32::EPSILON {
+        chain.push(LlamaSampler::penalties(
+            model.n_vocab(),
+            PENALTY_LAST_N,
+            s.repeat_penalty,
+            0.0,
+            0.0,
+        ));
+    }
+    if s.temperature <= 0.0 {
+        chain.push(LlamaSampler::greedy());
+    } else {
+        if s.top_k > 0 {
+            chain.push(LlamaSampler::top_k(
+                i32::try_from(s.top_k).unwrap_or(i32::MAX),
+            ));
+        }
+        if s.top_p < 1.0 {
+            chain.push(LlamaSampler::top_p(s.top_p, 1));
+        }
+        if s.min_p > 0.0 {
+            chain.push(LlamaSampler::min_p(s.min_p, 1));
+        }
+        chain.push(LlamaSampler::temp(s.temperature));
+        chain.push(LlamaSampler::dist(s.seed.unwrap_or_else(random_seed)));
+    }
+    LlamaSampler::chain_simple(chain)
+}
+
+fn random_seed() -> u32 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos() ^ (d.as_secs() as u32))
+        .unwrap_or(0);
+    nanos ^ std::process::id().rotate_left(16)
+}
+
+fn common_prefix(a: &[LlamaToken], b: &[LlamaToken]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+fn pos_i32(pos: usize) -> i32 {
+    // Positions are below n_ctx, which fits an i32 by construction (config caps it).
+    i32::try_from(pos).unwrap_or(i32::MAX)
+}
+
+/// Sends an event, waiting up to `stall` for room. False when the receiver is gone or stalled.
+///
+/// A blocking thread cannot await, so it polls `try_send` with a short back-off; the wait only
+/// happens when the client is slower than generation.
+fn send(tx: &mpsc::Sender<GenEvent>, event: GenEvent, stall: Duration) -> bool {
+    let deadline = Instant::now() + stall;
+    let mut event = event;
+    let mut backoff = Duration::from_micros(200);
+    loop {
+        match tx.try_send(event) {
+            Ok(()) => return true,
+            Err(mpsc::error::TrySendError::Closed(_)) => return false,
+            Err(mpsc::error::TrySendError::Full(back)) => {
+                if Instant::now() >= deadline {
+                    tracing::debug!("client stalled; cancelling generation");
+                    return false;
+                }
+                event = back;
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_millis(20));
+            }
+        }
+    }
+}

@@ -1,0 +1,291 @@
+//! Model files: the manifest compiled into the binary, and sha256 verification of a file before
+//! any parser (llama.cpp, onnxruntime) sees it.
+//!
+//! The manifest (`models/manifest.toml`) is the allow-list: a GGUF is a parser input with a long
+//! CVE history, so hearth only hands llama.cpp a file whose bytes hash to a pinned value. Hashing
+//! 100 MB takes ~0.3 s, so a successful check is cached in the store keyed by inode, size and
+//! mtime; a restart on an unchanged file does not hash again.
+//!
+//! On Linux the verified file is passed to the loader as `/proc/self/fd/N` of the descriptor that
+//! was checked, so swapping the file between check and load changes nothing.
+
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use crate::store::{Store, VerifiedFile};
+
+/// The manifest as built into this binary.
+const MANIFEST_TOML: &str = include_str!("../models/manifest.toml");
+
+/// The command that fetches the default model files, named in every "missing" error.
+pub const FETCH_HINT: &str = "./models/fetch";
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Manifest {
+    #[serde(rename = "model")]
+    pub entries: Vec<Entry>,
+}
+
+/// One pinned file.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Entry {
+    pub name: String,
+    pub role: Role,
+    pub file: String,
+    pub size: u64,
+    pub sha256: String,
+    pub source: String,
+    #[serde(default)]
+    pub group: Option<String>,
+    #[serde(default)]
+    pub default: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Chat,
+    Embed,
+    Tokenizer,
+    Runtime,
+    /// Random-weight files for mechanical tests; loadable as chat models.
+    Test,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("unknown model '{0}' (not in models/manifest.toml); known chat models: {1}")]
+    Unknown(String, String),
+    #[error("model file {path} is missing; fetch it with `{FETCH_HINT}`", path = .0.display())]
+    Missing(PathBuf),
+    #[error("model file {path} is not a regular file", path = .0.display())]
+    NotAFile(PathBuf),
+    #[error("model file {path} has size {found}, the manifest pins {expected}; re-fetch it with `{FETCH_HINT}`", path = .path.display())]
+    WrongSize {
+        path: PathBuf,
+        found: u64,
+        expected: u64,
+    },
+    #[error("model file {path} has sha256 {found}, the manifest pins {expected}; refusing to load it", path = .path.display())]
+    WrongHash {
+        path: PathBuf,
+        found: String,
+        expected: String,
+    },
+    #[error("model file {path}: {err}", path = .path.display())]
+    Io { path: PathBuf, err: std::io::Error },
+}
+
+impl Manifest {
+    /// The manifest compiled into this binary.
+    pub fn builtin() -> Manifest {
+        // A unit test parses the same text, so this cannot fail in a tested build.
+        toml::from_str(MANIFEST_TOML).expect("models/manifest.toml is valid")
+    }
+
+    /// The chat model by name, or the default one.
+    pub fn chat_model(&self, name: Option<&str>) -> Result<&Entry, ModelError> {
+        let loadable = |e: &&Entry| matches!(e.role, Role::Chat | Role::Test);
+        let found = match name {
+            Some(name) => self
+                .entries
+                .iter()
+                .filter(loadable)
+                .find(|e| e.name == name),
+            None => self.entries.iter().filter(loadable).find(|e| e.default),
+        };
+        found.ok_or_else(|| {
+            let known: Vec<_> = self
+                .entries
+                .iter()
+                .filter(loadable)
+                .map(|e| e.name.as_str())
+                .collect();
+            ModelError::Unknown(name.unwrap_or("(default)").to_string(), known.join(", "))
+        })
+    }
+}
+
+/// A model file whose bytes matched the manifest. Holds the checked descriptor open.
+#[derive(Debug)]
+pub struct VerifiedModel {
+    pub name: String,
+    /// The path the user knows the file by (for messages).
+    pub path: PathBuf,
+    /// The path to hand to a loader: the checked descriptor where the OS allows it.
+    pub load_path: PathBuf,
+    /// Whether the hash was computed now (false when the cache vouched for the file).
+    pub hashed: bool,
+    _file: File,
+}
+
+/// Cheap checks that need no hashing: present, a regular file, the pinned size. Run before the
+/// daemon binds, so a missing model is a one-line startup error.
+pub fn precheck(models_dir: &Path, entry: &Entry) -> Result<PathBuf, ModelError> {
+    let path = models_dir.join(&entry.file);
+    let meta = match std::fs::metadata(&path) {
+        Ok(meta) => meta,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+            return Err(ModelError::Missing(path))
+        }
+        Err(err) => return Err(ModelError::Io { path, err }),
+    };
+    if !meta.is_file() {
+        return Err(ModelError::NotAFile(path));
+    }
+    if meta.len() != entry.size {
+        return Err(ModelError::WrongSize {
+            path,
+            found: meta.len(),
+            expected: entry.size,
+        });
+    }
+    Ok(path)
+}
+
+/// Verifies `entry`'s file in `models_dir` against its pinned sha256 (using the store's cache).
+pub fn verify(
+    models_dir: &Path,
+    entry: &Entry,
+    store: &Store,
+) -> Result<VerifiedModel, ModelError> {
+    let path = precheck(models_dir, entry)?;
+    let io = |err| ModelError::Io {
+        path: path.clone(),
+        err,
+    };
+    let mut file = File::open(&path).map_err(io)?;
+    let meta = file.metadata().map_err(io)?;
+    if !meta.is_file() {
+        return Err(ModelError::NotAFile(path));
+    }
+    let key = VerifiedFile {
+        size: meta.len(),
+        mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
+        inode: meta.ino(),
+        sha256: entry.sha256.clone(),
+    };
+    let cached = store.verified_file(&path).ok().flatten();
+    let hashed = cached.as_ref() != Some(&key);
+    if hashed {
+        let found = sha256_of(&mut file).map_err(io)?;
+        if found != entry.sha256 {
+            return Err(ModelError::WrongHash {
+                path,
+                found,
+                expected: entry.sha256.clone(),
+            });
+        }
+        if let Err(err) = store.put_verified_file(&path, &key) {
+            tracing::warn!(error = %err, "cannot cache model verification");
+        }
+    }
+    let load_path = descriptor_path(&file).unwrap_or_else(|| path.clone());
+    Ok(VerifiedModel {
+        name: entry.name.clone(),
+        path,
+        load_path,
+        hashed,
+        _file: file,
+    })
+}
+
+/// Streams a file through sha256 (1 MiB reads: bounded memory for any file size).
+pub fn sha256_of(file: &mut File) -> std::io::Result<String> {
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
+#[cfg(target_os = "linux")]
+fn descriptor_path(file: &File) -> Option<PathBuf> {
+    use std::os::fd::AsRawFd;
+    let path = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
+    path.exists().then_some(path)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn descriptor_path(_file: &File) -> Option<PathBuf> {
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtin_manifest_parses_and_has_one_default_chat_model() {
+        let manifest = Manifest::builtin();
+        let defaults: Vec<_> = manifest.entries.iter().filter(|e| e.default).collect();
+        assert_eq!(defaults.len(), 1);
+        assert_eq!(defaults[0].role, Role::Chat);
+        assert_eq!(manifest.chat_model(None).unwrap().name, defaults[0].name);
+        for entry in &manifest.entries {
+            assert_eq!(entry.sha256.len(), 64, "{}", entry.name);
+            assert!(!entry.file.contains('/'), "{}", entry.name);
+        }
+        assert!(matches!(
+            manifest.chat_model(Some("nope")),
+            Err(ModelError::Unknown(..))
+        ));
+    }
+
+    #[test]
+    fn verification_rejects_missing_resized_and_tampered_files_and_caches_success() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db"), 8 << 20).unwrap();
+        let body = b"not really a model";
+        let mut entry = Entry {
+            name: "t".into(),
+            role: Role::Test,
+            file: "t.gguf".into(),
+            size: body.len() as u64,
+            sha256: sha256_of(&mut tempfile_with(dir.path(), "probe", body)).unwrap(),
+            source: "test".into(),
+            group: None,
+            default: false,
+        };
+        assert!(matches!(
+            verify(dir.path(), &entry, &store),
+            Err(ModelError::Missing(_))
+        ));
+        std::fs::write(dir.path().join("t.gguf"), body).unwrap();
+        let first = verify(dir.path(), &entry, &store).unwrap();
+        assert!(first.hashed);
+        let second = verify(dir.path(), &entry, &store).unwrap();
+        assert!(!second.hashed, "second check must come from the cache");
+
+        entry.sha256 = "0".repeat(64);
+        assert!(matches!(
+            verify(dir.path(), &entry, &store),
+            Err(ModelError::WrongHash { .. })
+        ));
+        entry.size += 1;
+        assert!(matches!(
+            verify(dir.path(), &entry, &store),
+            Err(ModelError::WrongSize { .. })
+        ));
+    }
+
+    fn tempfile_with(dir: &Path, name: &str, body: &[u8]) -> File {
+        let path = dir.join(name);
+        std::fs::write(&path, body).unwrap();
+        File::open(path).unwrap()
+    }
+}

@@ -1,0 +1,169 @@
+//! The HTTP/SSE server on a Unix socket: the only module that knows HTTP.
+//!
+//! Security rests on the socket, not on tokens: the socket lives in a directory only the user can
+//! enter (0700), the socket itself is 0600 from the moment it exists (umask around `bind`), and
+//! every accepted peer's uid is checked with `SO_PEERCRED`/`getpeereid`, which also covers
+//! platforms that ignore socket file permissions.
+
+pub mod body;
+pub mod error;
+pub mod routes;
+pub mod sse;
+
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use nix::sys::stat::{umask, Mode};
+use tokio::net::UnixListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::chat::ChatService;
+use crate::config::ServerConfig;
+use crate::llm::Llm;
+use crate::store::Store;
+
+/// Largest request head (request line + headers). Larger gets 431 from hyper.
+const MAX_HEADER_BYTES: usize = 64 * 1024;
+
+/// What handlers share.
+pub struct App {
+    pub store: Store,
+    pub llm: Llm,
+    pub chat: ChatService,
+    pub config: ServerConfig,
+    pub started: Instant,
+}
+
+/// Binds the Unix socket safely (see the module doc). A leftover socket file is replaced only when
+/// nothing answers on it; a live one is an error.
+pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
+    let dir = path
+        .parent()
+        .context("socket path has no parent directory")?;
+    ensure_private_dir(dir)?;
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) => {
+            if !meta.file_type().is_socket() {
+                bail!(
+                    "{} exists and is not a socket; refusing to replace it",
+                    path.display()
+                );
+            }
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                bail!(
+                    "another daemon is answering on {}; stop it or pick another --socket",
+                    path.display()
+                );
+            }
+            std::fs::remove_file(path)
+                .with_context(|| format!("{}: cannot remove stale socket", path.display()))?;
+            tracing::info!(socket = %path.display(), "replaced a stale socket");
+        }
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+        Err(err) => return Err(err).with_context(|| path.display().to_string()),
+    }
+    // The socket is created with mode 0777 & !umask: with umask 0177 it is 0600 from birth, so
+    // there is no window in which another user could connect.
+    let old = umask(Mode::from_bits_truncate(0o177));
+    let bound = UnixListener::bind(path);
+    umask(old);
+    let listener = bound.with_context(|| format!("{}: cannot bind", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+/// Creates `dir` 0700 if missing; an existing one must be ours and not open to others.
+pub fn ensure_private_dir(dir: &Path) -> anyhow::Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("{}: cannot create directory", dir.display()))?;
+    let meta = std::fs::metadata(dir)?;
+    let me = nix::unistd::geteuid().as_raw();
+    if meta.uid() != me {
+        bail!(
+            "{} belongs to uid {}, not to us (uid {me}); refusing to use it",
+            dir.display(),
+            meta.uid()
+        );
+    }
+    if meta.mode() & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("{}: cannot make it private", dir.display()))?;
+    }
+    Ok(())
+}
+
+/// Serves connections until `shutdown` fires, then waits up to `grace` for open connections (and
+/// the streams in them) to finish.
+pub async fn serve(listener: UnixListener, app: Arc<App>, shutdown: CancellationToken) {
+    let me = nix::unistd::geteuid().as_raw();
+    let graceful = GracefulShutdown::new();
+    let permits = Arc::new(Semaphore::new(app.config.max_connections));
+    let header_timeout = app.config.header_timeout;
+    let grace = app.config.shutdown_grace;
+    loop {
+        let accepted = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(err) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(error = %err, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        match stream.peer_cred() {
+            Ok(cred) if cred.uid() == me => {}
+            Ok(cred) => {
+                tracing::warn!(uid = cred.uid(), pid = ?cred.pid(), "refused a connection from another user");
+                continue;
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot read peer credentials; refusing connection");
+                continue;
+            }
+        }
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            tracing::warn!(
+                limit = app.config.max_connections,
+                "connection limit reached; refusing connection"
+            );
+            continue;
+        };
+        let app = app.clone();
+        let service = service_fn(move |req| routes::handle(app.clone(), req));
+        let conn = http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(header_timeout)
+            .max_buf_size(MAX_HEADER_BYTES)
+            .serve_connection(TokioIo::new(stream), service);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(err) = conn.await {
+                // Clients hanging up mid-response are normal.
+                tracing::debug!(error = %err, "connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    tokio::select! {
+        () = graceful.shutdown() => {}
+        () = tokio::time::sleep(grace) => {
+            tracing::warn!(grace_secs = grace.as_secs(), "connections still open after the grace period; closing them");
+        }
+    }
+}

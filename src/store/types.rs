@@ -1,0 +1,235 @@
+//! Records kept in the store and their typed ids.
+//!
+//! Ids are UUIDv7: sortable by creation time, generated without coordination, and parsed from
+//! request strings into these newtypes at the edge so nothing unvalidated reaches a key.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+macro_rules! id_type {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(pub Uuid);
+
+        impl $name {
+            /// A fresh, time-ordered id.
+            pub fn new() -> Self {
+                Self(Uuid::now_v7())
+            }
+
+            /// The 16 key bytes (big-endian, so keys sort by creation time).
+            pub fn as_bytes(&self) -> &[u8; 16] {
+                self.0.as_bytes()
+            }
+
+            /// Parses key bytes back into an id.
+            pub fn from_slice(bytes: &[u8]) -> Option<Self> {
+                Uuid::from_slice(bytes).ok().map(Self)
+            }
+        }
+
+        impl Default for $name {
+            fn default() -> Self {
+                Self::new()
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = uuid::Error;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                Uuid::try_parse(s).map(Self)
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                self.0.hyphenated().fmt(f)
+            }
+        }
+    };
+}
+
+id_type!(
+    /// A user.
+    UserId
+);
+id_type!(
+    /// A chat.
+    ChatId
+);
+id_type!(
+    /// A message in a chat.
+    MessageId
+);
+
+/// Milliseconds since the Unix epoch (what every timestamp in the store is).
+pub type Millis = u64;
+
+/// Now, in [`Millis`].
+pub fn now_millis() -> Millis {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct User {
+    pub id: UserId,
+    pub username: String,
+    pub created_at: Millis,
+}
+
+/// Per-user generation settings. Ranges are checked by [`Settings::validate`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Settings {
+    pub temperature: f32,
+    pub top_p: f32,
+    /// 0 disables top-k.
+    pub top_k: u32,
+    /// 0 disables min-p.
+    pub min_p: f32,
+    /// 1.0 disables the penalty.
+    pub repeat_penalty: f32,
+    pub max_tokens: u32,
+    /// `None` picks a random seed per request.
+    pub seed: Option<u32>,
+    pub system_prompt: String,
+    pub updated_at: Millis,
+}
+
+/// Upper bound of `max_tokens`: far beyond what the default context holds; the context size is
+/// the real limit and generation stops with `length` when it is reached.
+pub const MAX_TOKENS_LIMIT: u32 = 32768;
+/// Upper bound of the system prompt in bytes; it is sent with every request.
+pub const MAX_SYSTEM_PROMPT_BYTES: usize = 16 * 1024;
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            temperature: 0.7,
+            top_p: 0.9,
+            top_k: 40,
+            min_p: 0.05,
+            repeat_penalty: 1.1,
+            max_tokens: 1024,
+            seed: None,
+            system_prompt: "You are a helpful assistant.".to_string(),
+            updated_at: 0,
+        }
+    }
+}
+
+impl Settings {
+    /// Returns the first out-of-range field as `(field, reason)`.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        fn range(
+            name: &'static str,
+            v: f32,
+            lo: f32,
+            hi: f32,
+        ) -> Result<(), (&'static str, String)> {
+            if v.is_finite() && v >= lo && v <= hi {
+                Ok(())
+            } else {
+                Err((name, format!("must be between {lo} and {hi}")))
+            }
+        }
+        range("temperature", self.temperature, 0.0, 2.0)?;
+        range("top_p", self.top_p, 0.0, 1.0)?;
+        range("min_p", self.min_p, 0.0, 1.0)?;
+        range("repeat_penalty", self.repeat_penalty, 0.5, 2.0)?;
+        if self.top_k > 1000 {
+            return Err(("top_k", "must be between 0 and 1000".into()));
+        }
+        if self.max_tokens == 0 || self.max_tokens > MAX_TOKENS_LIMIT {
+            return Err((
+                "max_tokens",
+                format!("must be between 1 and {MAX_TOKENS_LIMIT}"),
+            ));
+        }
+        if self.system_prompt.len() > MAX_SYSTEM_PROMPT_BYTES {
+            return Err((
+                "system_prompt",
+                format!("must be at most {MAX_SYSTEM_PROMPT_BYTES} bytes"),
+            ));
+        }
+        if self.system_prompt.contains('\0') {
+            return Err(("system_prompt", "must not contain NUL characters".into()));
+        }
+        Ok(())
+    }
+}
+
+/// The title a chat gets when none is given; later, background titling replaces only this.
+pub const DEFAULT_CHAT_TITLE: &str = "New Chat";
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Chat {
+    pub id: ChatId,
+    pub user_id: UserId,
+    pub title: String,
+    /// True once a user set the title; automatic titles never overwrite it.
+    pub title_by_user: bool,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+    pub message_count: u64,
+    /// Sequence number for the next message key (messages are keyed chat ‖ seq).
+    pub next_seq: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    User,
+    Assistant,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FinishReason {
+    /// The model ended its turn.
+    Stop,
+    /// `max_tokens` or the context size was reached.
+    Length,
+    /// A cancel request, a client disconnect or shutdown stopped it.
+    Cancelled,
+    /// Inference failed part-way; the text is what was produced before.
+    Error,
+}
+
+impl FinishReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+            FinishReason::Cancelled => "cancelled",
+            FinishReason::Error => "error",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Usage {
+    pub prompt_tokens: u32,
+    pub completion_tokens: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Message {
+    pub id: MessageId,
+    pub chat_id: ChatId,
+    pub seq: u64,
+    pub role: Role,
+    pub content: String,
+    pub created_at: Millis,
+    /// Assistant replies only.
+    pub finish_reason: Option<FinishReason>,
+    /// Assistant replies only.
+    pub usage: Option<Usage>,
+}

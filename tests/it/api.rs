@@ -1,0 +1,272 @@
+//! The JSON API: CRUD round trips, validation, and a table of bad requests that must each get the
+//! right 4xx and leave the daemon healthy with nothing stored.
+
+use http::Method;
+use serde_json::json;
+
+use crate::support::{raw, request, Daemon, Opts, TINY_MODEL};
+
+fn tiny() -> Opts {
+    Opts {
+        model: TINY_MODEL,
+        ..Opts::default()
+    }
+}
+
+#[tokio::test]
+async fn users_settings_and_chats_round_trip() {
+    let d = Daemon::start(tiny()).await;
+    let c = &d.client;
+    let (status, user) = c
+        .request(
+            Method::POST,
+            "/api/v1/users",
+            Some(&json!({"username": "ada"})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 201);
+    let (status, again) = c
+        .request(
+            Method::POST,
+            "/api/v1/users",
+            Some(&json!({"username": "ada"})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(user["id"], again["id"]);
+    let uid = user["id"].as_str().unwrap();
+
+    let got = c
+        .call(Method::GET, &format!("/api/v1/users/{uid}"), None)
+        .await
+        .unwrap();
+    assert_eq!(got["username"], "ada");
+
+    let settings = c
+        .call(Method::GET, &format!("/api/v1/users/{uid}/settings"), None)
+        .await
+        .unwrap();
+    assert_eq!(settings["max_tokens"], 1024);
+    let updated = c
+        .call(
+            Method::PUT,
+            &format!("/api/v1/users/{uid}/settings"),
+            Some(&json!({"temperature": 0.2, "system_prompt": "Be brief."})),
+        )
+        .await
+        .unwrap();
+    assert!((updated["temperature"].as_f64().unwrap() - 0.2).abs() < 1e-6);
+    assert_eq!(updated["system_prompt"], "Be brief.");
+    assert_eq!(updated["top_k"], 40, "a partial PUT keeps the other fields");
+    let (status, err) = c
+        .request(
+            Method::PUT,
+            &format!("/api/v1/users/{uid}/settings"),
+            Some(&json!({"temperature": 9.0})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 422);
+    assert_eq!(err["error"]["code"], "invalid_request");
+    assert!(err["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("temperature"));
+
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        let (status, chat) = c
+            .request(
+                Method::POST,
+                "/api/v1/chats",
+                Some(&json!({"user_id": uid, "title": format!("t{n}")})),
+            )
+            .await
+            .unwrap();
+        assert_eq!(status, 201);
+        ids.push(chat["id"].as_str().unwrap().to_string());
+    }
+    let page = c
+        .call(
+            Method::GET,
+            &format!("/api/v1/users/{uid}/chats?limit=2"),
+            None,
+        )
+        .await
+        .unwrap();
+    let titles: Vec<_> = page["chats"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["title"].clone())
+        .collect();
+    assert_eq!(titles, [json!("t2"), json!("t1")]);
+    let before = page["next_before"].as_str().unwrap();
+    let rest = c
+        .call(
+            Method::GET,
+            &format!("/api/v1/users/{uid}/chats?limit=2&before={before}"),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(rest["chats"][0]["title"], "t0");
+    assert!(rest["next_before"].is_null());
+
+    let renamed = c
+        .call(
+            Method::PATCH,
+            &format!("/api/v1/chats/{}", ids[0]),
+            Some(&json!({"title": "renamed"})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(renamed["title"], "renamed");
+    let deleted = c
+        .call(Method::DELETE, &format!("/api/v1/chats/{}", ids[0]), None)
+        .await
+        .unwrap();
+    assert_eq!(deleted["messages_deleted"], 0);
+    let (status, err) = c
+        .request(Method::GET, &format!("/api/v1/chats/{}", ids[0]), None)
+        .await
+        .unwrap();
+    assert_eq!(status, 404);
+    assert_eq!(err["error"]["code"], "chat_not_found");
+}
+
+/// (name, raw request, expected status, expected code)
+fn bad_requests(uid: &str, chat: &str) -> Vec<(&'static str, Vec<u8>, u16, &'static str)> {
+    let json = Some("application/json");
+    let msgs = format!("/api/v1/chats/{chat}/messages");
+    let unknown_chat = "/api/v1/chats/01890a5d-ac96-774b-bcce-b302099a8057/messages".to_string();
+    let huge = vec![b'a'; 2 * 1024 * 1024];
+    let mut huge_json = b"{\"content\":\"".to_vec();
+    huge_json.extend_from_slice(&huge);
+    huge_json.extend_from_slice(b"\"}");
+    vec![
+        ("malformed json", request("POST", "/api/v1/users", json, b"{\"username\":"), 400, "invalid_json"),
+        ("not json at all", request("POST", "/api/v1/users", json, b"hello"), 400, "invalid_json"),
+        ("empty body", request("POST", "/api/v1/users", json, b""), 400, "empty_body"),
+        ("bad utf-8", request("POST", "/api/v1/users", json, b"{\"username\":\"\xff\xfe\"}"), 400, "invalid_utf8"),
+        ("wrong type", request("POST", "/api/v1/users", json, b"{\"username\":42}"), 422, "invalid_request"),
+        ("missing field", request("POST", "/api/v1/users", json, b"{}"), 422, "invalid_request"),
+        ("unknown field", request("POST", "/api/v1/users", json, b"{\"username\":\"x\",\"admin\":true}"), 422, "invalid_request"),
+        ("json array", request("POST", "/api/v1/users", json, b"[1,2]"), 422, "invalid_request"),
+        ("empty username", request("POST", "/api/v1/users", json, b"{\"username\":\"  \"}"), 422, "invalid_request"),
+        ("control char name", request("POST", "/api/v1/users", json, b"{\"username\":\"a\\u0007b\"}"), 422, "invalid_request"),
+        ("form content type", request("POST", "/api/v1/users", Some("application/x-www-form-urlencoded"), b"username=x"), 415, "unsupported_media_type"),
+        ("huge body", request("POST", &msgs, json, &huge_json), 413, "body_too_large"),
+        ("lying content-length", format!("POST /api/v1/users HTTP/1.1\r\nHost: h\r\nContent-Length: 99999999\r\nContent-Type: application/json\r\n\r\n{{}}").into_bytes(), 413, "body_too_large"),
+        ("wrong method on users", request("DELETE", "/api/v1/users", None, b""), 405, "method_not_allowed"),
+        ("wrong method on health", request("POST", "/api/v1/health", json, b"{}"), 405, "method_not_allowed"),
+        ("wrong method on messages", request("GET", &msgs, None, b""), 405, "method_not_allowed"),
+        ("unknown path", request("GET", "/api/v1/nope", None, b""), 404, "no_route"),
+        ("no prefix", request("GET", "/health", None, b""), 404, "no_route"),
+        ("bad user id", request("GET", "/api/v1/users/not-a-uuid", None, b""), 400, "invalid_id"),
+        ("unknown user", request("GET", "/api/v1/users/01890a5d-ac96-774b-bcce-b302099a8057", None, b""), 404, "user_not_found"),
+        ("unknown chat", request("POST", &unknown_chat, json, b"{\"content\":\"hi\"}"), 404, "chat_not_found"),
+        ("bad chat id", request("GET", "/api/v1/chats/zzz", None, b""), 400, "invalid_id"),
+        ("empty message", request("POST", &msgs, json, b"{\"content\":\"   \"}"), 422, "invalid_request"),
+        ("message wrong type", request("POST", &msgs, json, b"{\"content\":[1]}"), 422, "invalid_request"),
+        ("bad option", request("POST", &msgs, json, b"{\"content\":\"hi\",\"options\":{\"temperature\":-1}}"), 422, "invalid_request"),
+        ("unknown option", request("POST", &msgs, json, b"{\"content\":\"hi\",\"options\":{\"temprature\":1}}"), 422, "invalid_request"),
+        ("max_tokens zero", request("POST", &msgs, json, b"{\"content\":\"hi\",\"options\":{\"max_tokens\":0}}"), 422, "invalid_request"),
+        ("NUL in message", request("POST", &msgs, json, b"{\"content\":\"a\\u0000b\"}"), 422, "invalid_request"),
+        ("chat for unknown user", request("POST", "/api/v1/chats", json, b"{\"user_id\":\"01890a5d-ac96-774b-bcce-b302099a8057\"}"), 404, "user_not_found"),
+        ("chat with bad user id", request("POST", "/api/v1/chats", json, b"{\"user_id\":\"x\"}"), 422, "invalid_request"),
+        ("settings out of range", request("PUT", &format!("/api/v1/users/{uid}/settings"), json, b"{\"top_p\":1.5}"), 422, "invalid_request"),
+        ("settings bad limit", request("GET", &format!("/api/v1/users/{uid}/chats?limit=0"), None, b""), 422, "invalid_request"),
+        ("settings bad cursor", request("GET", &format!("/api/v1/users/{uid}/chats?before=zz"), None, b""), 422, "invalid_request"),
+        ("patch empty title", request("PATCH", &format!("/api/v1/chats/{chat}"), json, b"{\"title\":\"\"}"), 422, "invalid_request"),
+        ("huge number", request("PUT", &format!("/api/v1/users/{uid}/settings"), json, b"{\"max_tokens\":1e400}"), 400, "invalid_json"),
+        ("deep nesting", request("POST", "/api/v1/users", json, &[b'['; 10_000]), 400, "invalid_json"),
+    ]
+}
+
+#[tokio::test]
+async fn bad_requests_get_precise_4xx_and_change_nothing() {
+    let d = Daemon::start(tiny()).await;
+    let uid = d
+        .client
+        .call(
+            Method::POST,
+            "/api/v1/users",
+            Some(&json!({"username": "u"})),
+        )
+        .await
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let chat = d
+        .client
+        .call(
+            Method::POST,
+            "/api/v1/chats",
+            Some(&json!({"user_id": uid})),
+        )
+        .await
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let cases = bad_requests(&uid, &chat);
+    assert!(cases.len() >= 25);
+    for (name, req, status, code) in cases {
+        let (got, body) = raw(&d.socket, &req);
+        assert_eq!(got, status, "{name}: {body}");
+        let value: serde_json::Value = serde_json::from_str(&body)
+            .unwrap_or_else(|e| panic!("{name}: body is not JSON ({e}): {body:?}"));
+        assert_eq!(value["error"]["code"], code, "{name}: {body}");
+        assert!(
+            value["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{name}"
+        );
+    }
+    // Oversized headers are refused by the HTTP layer itself.
+    let big_header = format!(
+        "GET /api/v1/health HTTP/1.1\r\nHost: h\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(100_000)
+    );
+    let (status, _) = raw(&d.socket, big_header.as_bytes());
+    assert_eq!(status, 431);
+
+    // Nothing partial was stored and the daemon is healthy.
+    let health = d
+        .client
+        .call(Method::GET, "/api/v1/health", None)
+        .await
+        .unwrap();
+    assert_eq!(health["status"], "ok");
+    assert_eq!(health["store"]["users"], 1);
+    assert_eq!(health["store"]["chats"], 1);
+    assert_eq!(health["store"]["messages"], 0);
+    let page = d
+        .client
+        .call(Method::GET, &format!("/api/v1/users/{uid}/chats"), None)
+        .await
+        .unwrap();
+    assert_eq!(page["chats"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn every_response_carries_a_request_id_and_errors_have_retry_after_where_useful() {
+    let d = Daemon::start(tiny()).await;
+    let (status, body) = raw(&d.socket, &request("GET", "/api/v1/health", None, b""));
+    assert_eq!(status, 200, "{body}");
+    let mut stream = std::os::unix::net::UnixStream::connect(&d.socket).unwrap();
+    use std::io::{Read, Write};
+    stream
+        .write_all(b"DELETE /api/v1/users HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    let lower = text.to_ascii_lowercase();
+    assert!(lower.contains("x-request-id: "), "{text}");
+    assert!(lower.contains("allow: post"), "{text}");
+}

@@ -1,0 +1,143 @@
+//! Process-level behaviour: socket permissions, single instance per data dir, stale sockets,
+//! model verification, graceful stop.
+
+use std::os::unix::fs::MetadataExt;
+use std::time::Duration;
+
+use http::Method;
+
+use crate::support::{models_dir, Daemon, Opts, TINY_MODEL};
+
+fn tiny() -> Opts {
+    Opts {
+        model: TINY_MODEL,
+        ..Opts::default()
+    }
+}
+
+#[tokio::test]
+async fn socket_is_0600_in_a_0700_dir_and_a_second_daemon_is_refused() {
+    let d = Daemon::start(tiny()).await;
+    let sock = std::fs::metadata(&d.socket).unwrap();
+    assert_eq!(sock.mode() & 0o777, 0o600);
+    let dir = std::fs::metadata(d.socket.parent().unwrap()).unwrap();
+    assert_eq!(dir.mode() & 0o777, 0o700);
+    let data = std::fs::metadata(d.data_dir()).unwrap();
+    assert_eq!(data.mode() & 0o777, 0o700);
+
+    // Same data dir, another socket: the lock refuses it and names the running instance.
+    let mut second = d.command_for(&d.dir.path().join("other.sock"));
+    let out = second
+        .env("HEARTH_CONFIG", "/nonexistent")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("another hearth is running"), "{err}");
+    assert!(err.contains(&format!("pid={}", d.pid())), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    // The first daemon is unaffected.
+    d.client
+        .call(Method::GET, "/api/v1/health", None)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_stale_socket_is_replaced_and_clean_shutdown_removes_socket_and_lock() {
+    let mut d = Daemon::spawn_only(tiny());
+    // Kill the first daemon hard: its socket file stays behind.
+    d.wait_ready().await;
+    d.kill9();
+    assert!(d.socket.exists());
+    d.restart().await;
+    d.client
+        .call(Method::GET, "/api/v1/health", None)
+        .await
+        .unwrap();
+    let status = d.terminate();
+    assert!(status.success(), "exit status {status}");
+    assert!(!d.socket.exists(), "socket removed at shutdown");
+    assert!(
+        !d.data_dir().join("hearth.lock").exists(),
+        "lock removed at shutdown"
+    );
+}
+
+#[tokio::test]
+async fn a_model_file_with_the_wrong_hash_is_never_loaded() {
+    // Same size, one byte changed.
+    let dir = tempfile::tempdir().unwrap();
+    let mut bytes = std::fs::read(models_dir().join("tiny-random.gguf")).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(dir.path().join("tiny-random.gguf"), &bytes).unwrap();
+    let mut d = Daemon::spawn_only(Opts {
+        models_dir: Some(dir.path().to_path_buf()),
+        ..tiny()
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let health = loop {
+        if let Ok((_, health)) = d.client.request(Method::GET, "/api/v1/health", None).await {
+            if health["models"]["chat"]["state"] == "failed" {
+                break health;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "model never failed: {}",
+            d.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let error = health["models"]["chat"]["error"].as_str().unwrap();
+    assert!(error.contains("sha256"), "{error}");
+    let chat = {
+        let user = d
+            .client
+            .call(
+                Method::POST,
+                "/api/v1/users",
+                Some(&serde_json::json!({"username": "x"})),
+            )
+            .await
+            .unwrap();
+        d.client
+            .call(
+                Method::POST,
+                "/api/v1/chats",
+                Some(&serde_json::json!({"user_id": user["id"]})),
+            )
+            .await
+            .unwrap()
+    };
+    let (status, err) = d
+        .client
+        .request(
+            Method::POST,
+            &format!("/api/v1/chats/{}/messages", chat["id"].as_str().unwrap()),
+            Some(&serde_json::json!({"content": "hi"})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 503);
+    assert_eq!(err["error"]["code"], "model_unavailable");
+    d.kill9();
+}
+
+#[tokio::test]
+async fn a_missing_model_is_a_one_line_error_naming_the_file_and_the_fetch_command() {
+    let empty = tempfile::tempdir().unwrap();
+    let d = Daemon::stopped(Opts {
+        models_dir: Some(empty.path().to_path_buf()),
+        ..tiny()
+    });
+    let out = d.command().output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("tiny-random.gguf") && err.contains("./models/fetch"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+}

@@ -1,0 +1,8 @@
+//! hearth's integration tests: one binary (fast to link), real daemon processes, real models,
+//! real sockets. Run with `cargo test --release` after `./models/fetch`.
+
+mod api;
+mod chat;
+mod lifecycle;
+mod support;
+mod tidy;
