@@ -55,7 +55,7 @@ impl Client {
             let _ = conn.await;
         });
         let bytes = body
-            .map(|b| serde_json::to_vec(b))
+            .map(serde_json::to_vec)
             .transpose()?
             .unwrap_or_default();
         let mut req = Request::builder()

@@ -138,6 +138,12 @@ where
 mod tests {
     use super::*;
 
+    impl<T> TokenLen for Vec<T> {
+        fn token_len(&self) -> usize {
+            self.len()
+        }
+    }
+
     /// One "token" per word plus 2 per message of template overhead.
     fn render(messages: &[ChatMessage]) -> Result<Vec<()>, LlmError> {
         let n: usize = messages
@@ -167,20 +173,20 @@ mod tests {
     #[test]
     fn everything_fits_when_the_budget_allows() {
         let history = turns(3);
-        let plan = plan("sys", &history, "new q", 1000, render).unwrap();
-        assert_eq!((plan.history_kept, plan.history_dropped), (6, 0));
+        let p = plan("sys", &history, "new q", 1000, render).unwrap();
+        assert_eq!((p.history_kept, p.history_dropped), (6, 0));
         // sys(1+2) + 3 × (4+2 + 3+2) + new(2+2)
-        assert_eq!(plan.prompt.len(), 3 + 33 + 4);
+        assert_eq!(p.prompt.len(), 3 + 33 + 4);
     }
 
     #[test]
     fn oldest_whole_turns_are_dropped_first() {
         let history = turns(3);
         // Room for system + new + exactly one turn (11 tokens): 3 + 11 + 4 = 18.
-        let plan = plan("sys", &history, "new q", 18, render).unwrap();
-        assert_eq!((plan.history_kept, plan.history_dropped), (2, 4));
-        let plan = plan("sys", &history, "new q", 17, render).unwrap();
-        assert_eq!((plan.history_kept, plan.history_dropped), (0, 6));
+        let p = plan("sys", &history, "new q", 18, render).unwrap();
+        assert_eq!((p.history_kept, p.history_dropped), (2, 4));
+        let p = plan("sys", &history, "new q", 17, render).unwrap();
+        assert_eq!((p.history_kept, p.history_dropped), (0, 6));
     }
 
     #[test]

@@ -148,7 +148,8 @@ pub async fn serve(listener: UnixListener, app: Arc<App>, shutdown: Cancellation
         let conn = http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(header_timeout)
-            .max_buf_size(MAX_HEADER_BYTES)
+            .max_header_size(MAX_HEADER_BYTES)
+            .max_buf_size(MAX_HEADER_BYTES * 4)
             .serve_connection(TokioIo::new(stream), service);
         let conn = graceful.watch(conn);
         tokio::spawn(async move {

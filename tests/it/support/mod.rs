@@ -1,7 +1,7 @@
 //! Test support: a real `hearth` daemon process on a temp data dir and socket, with the real model
 //! files from `models/` (fetched by `./models/fetch`), plus raw-HTTP helpers.
 
-#![allow(dead_code)]
+#![allow(dead_code, unreachable_pub)]
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -251,8 +251,8 @@ pub fn raw(socket: &Path, request: &[u8]) -> (u16, String) {
         .set_read_timeout(Some(Duration::from_secs(20)))
         .unwrap();
     // The server may answer (e.g. 413) and close before reading everything; ignore EPIPE.
+    // Requests say `Connection: close`, so the server closes after answering.
     let _ = stream.write_all(request);
-    let _ = stream.shutdown(std::net::Shutdown::Write);
     let mut response = Vec::new();
     let _ = stream.read_to_end(&mut response);
     let text = String::from_utf8_lossy(&response).into_owned();
