@@ -14,6 +14,7 @@ use serde_json::json;
 
 use crate::client::Client;
 use crate::config::{self, RawConfig};
+use crate::daemon::StartError;
 
 #[derive(Parser)]
 #[command(
@@ -32,13 +33,26 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the daemon in the foreground.
-    Serve(Box<RawConfig>),
+    Serve(Box<ServeArgs>),
     /// Ask a running daemon something and stream the answer.
     Chat(ChatArgs),
     /// Show a running daemon's health.
     Status(ClientArgs),
     /// Measure the daemon (socket + SSE) against an in-process decode loop, start-up and memory.
     Bench(crate::bench::BenchArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    config: RawConfig,
+    /// Run as an app's sidecar: print one JSON ready (or error) line on stdout, exit when stdin
+    /// closes or the parent process dies.
+    #[arg(long)]
+    sidecar: bool,
+    /// Exit when this process exits [default in sidecar mode: the parent process].
+    #[arg(long, value_name = "PID")]
+    parent_pid: Option<u32>,
 }
 
 /// Where to find a running daemon.
@@ -81,7 +95,7 @@ pub fn main(started: Instant) -> ExitCode {
     let cli = Cli::parse();
     let config_file = cli.config.or_else(config::default_config_file);
     let result = match cli.command {
-        Command::Serve(raw) => serve(config_file.as_deref(), *raw, started),
+        Command::Serve(args) => serve(config_file.as_deref(), *args, started),
         Command::Chat(args) => {
             runtime().and_then(|rt| rt.block_on(chat(config_file.as_deref(), args)))
         }
@@ -109,10 +123,37 @@ pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
-fn serve(config_file: Option<&Path>, raw: RawConfig, started: Instant) -> anyhow::Result<()> {
-    let config = config::load(config_file, raw)?;
-    let _guard = init_logging(&config.log_filter, Some(&config.data_dir.join("logs")));
-    runtime()?.block_on(crate::daemon::run(config, started))
+fn serve(config_file: Option<&Path>, args: ServeArgs, started: Instant) -> anyhow::Result<()> {
+    let life = crate::daemon::Lifecycle {
+        sidecar: args.sidecar,
+        parent_pid: args.parent_pid,
+    };
+    let result = config::load(config_file, args.config)
+        .map_err(|error| StartError {
+            code: "invalid_config",
+            error,
+        })
+        .and_then(|config| {
+            let _guard = init_logging(&config.log_filter, Some(&config.data_dir.join("logs")));
+            let rt = runtime().map_err(|error| StartError {
+                code: "runtime",
+                error,
+            })?;
+            let result = rt.block_on(crate::daemon::run(config, life, started));
+            // Do not wait for stray blocking work (e.g. a stdin read) at exit.
+            rt.shutdown_timeout(Duration::from_secs(1));
+            result
+        });
+    match result {
+        Ok(()) => Ok(()),
+        Err(err) if life.sidecar => {
+            // The parent app reads stdout: one machine-readable line, then a non-zero exit.
+            let line = json!({"event": "error", "code": err.code, "message": err.to_string()});
+            let _ = writeln!(std::io::stdout(), "{line}");
+            Err(err.error)
+        }
+        Err(err) => Err(err.error),
+    }
 }
 
 /// Resolves the socket a client should use, the same way the daemon chooses it.

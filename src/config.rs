@@ -64,6 +64,18 @@ pub struct RawConfig {
     /// sled page cache in MiB; sled's own default (1 GiB) is far too big for a desktop daemon [default: 64].
     #[arg(long, env = "HEARTH_CACHE_MB", value_name = "MIB")]
     pub cache_mb: Option<u64>,
+    /// Also listen on this loopback TCP address (e.g. 127.0.0.1:8765), with a bearer token from
+    /// DATA_DIR/tcp-token; for clients that cannot use a Unix socket [default: off].
+    #[arg(long, env = "HEARTH_TCP", value_name = "ADDR")]
+    pub tcp: Option<String>,
+    /// Origins allowed to call the TCP listener (CORS), comma-separated [default: none].
+    #[arg(
+        long = "allow-origin",
+        env = "HEARTH_ALLOWED_ORIGINS",
+        value_name = "ORIGIN",
+        value_delimiter = ','
+    )]
+    pub allowed_origins: Option<Vec<String>>,
     /// Log filter in `tracing` syntax [default: warn,hearth=info].
     #[arg(long, env = "HEARTH_LOG", value_name = "FILTER")]
     pub log: Option<String>,
@@ -87,6 +99,8 @@ impl RawConfig {
             stall_timeout_secs: over.stall_timeout_secs.or(self.stall_timeout_secs),
             shutdown_grace_secs: over.shutdown_grace_secs.or(self.shutdown_grace_secs),
             cache_mb: over.cache_mb.or(self.cache_mb),
+            tcp: over.tcp.or(self.tcp),
+            allowed_origins: over.allowed_origins.or(self.allowed_origins),
             log: over.log.or(self.log),
         }
     }
@@ -107,6 +121,10 @@ pub struct Config {
     pub server: ServerConfig,
     /// sled page cache size in bytes.
     pub cache_bytes: u64,
+    /// Optional loopback TCP listener.
+    pub tcp: Option<std::net::SocketAddr>,
+    /// Origins allowed on the TCP listener.
+    pub allowed_origins: Vec<String>,
     pub log_filter: String,
     /// The config file that was read, if any (shown by `hearth status`).
     pub config_file: Option<PathBuf>,
@@ -251,6 +269,20 @@ pub fn resolve(raw: RawConfig, runtime_dir: Option<&Path>) -> anyhow::Result<Con
     check_range("shutdown_grace_secs", grace, 0, 3600)?;
     let cache_mb = raw.cache_mb.unwrap_or(DEFAULT_CACHE_MB);
     check_range("cache_mb", cache_mb, 4, 1 << 16)?;
+    let tcp = match &raw.tcp {
+        None => None,
+        Some(text) => {
+            let addr: std::net::SocketAddr = text
+                .parse()
+                .with_context(|| format!("tcp: '{text}' is not an address like 127.0.0.1:8765"))?;
+            // A TCP port is reachable by every local user and, via DNS rebinding, by web
+            // pages; it is loopback-only, behind a token, always.
+            if !addr.ip().is_loopback() {
+                bail!("tcp: {addr} is not a loopback address; hearth only listens on 127.0.0.0/8 or ::1");
+            }
+            Some(addr)
+        }
+    };
     if let Some(model) = &raw.model {
         if model.is_empty() {
             bail!("model: must not be empty");
@@ -276,6 +308,8 @@ pub fn resolve(raw: RawConfig, runtime_dir: Option<&Path>) -> anyhow::Result<Con
             shutdown_grace: Duration::from_secs(grace),
         },
         cache_bytes: cache_mb * 1024 * 1024,
+        tcp,
+        allowed_origins: raw.allowed_origins.unwrap_or_default(),
         log_filter: raw.log.unwrap_or_else(|| DEFAULT_LOG.to_string()),
         config_file: None,
     })
@@ -347,5 +381,24 @@ mod tests {
             ..RawConfig::default()
         };
         assert!(resolve(long, None).is_err());
+    }
+
+    #[test]
+    fn tcp_is_loopback_only() {
+        let with = |tcp: &str| {
+            resolve(
+                RawConfig {
+                    data_dir: Some("/d".into()),
+                    tcp: Some(tcp.into()),
+                    ..RawConfig::default()
+                },
+                None,
+            )
+        };
+        assert!(with("127.0.0.1:8765").is_ok());
+        assert!(with("[::1]:8765").is_ok());
+        assert!(with("0.0.0.0:8765").is_err());
+        assert!(with("192.168.1.2:8765").is_err());
+        assert!(with("localhost").is_err());
     }
 }

@@ -5,7 +5,7 @@
 //! the cheap model pre-check (a missing file is a one-line error), the store, the socket, and only
 //! then the model load in the background: clients can connect and see `loading` at once.
 //!
-//! Shutdown (SIGINT/SIGTERM): stop accepting, cancel running turns (they store their partial reply
+//! Shutdown (SIGINT/SIGTERM; for a sidecar also stdin EOF and parent death): stop accepting, cancel running turns (they store their partial reply
 //! and end with `shutting_down`), wait for connections up to the grace period, stop the inference
 //! worker, flush sled, remove the socket and the lock file.
 
@@ -14,7 +14,7 @@ use std::io::{Read, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use nix::fcntl::{Flock, FlockArg};
@@ -24,31 +24,108 @@ use crate::chat::ChatService;
 use crate::config::Config;
 use crate::llm::Llm;
 use crate::models::{self, Manifest};
+use crate::server::tcp::TcpPolicy;
 use crate::server::{self, App};
 use crate::store::Store;
 
 /// Name of the lock file in the data dir.
 const LOCK_FILE: &str = "hearth.lock";
+/// How often a sidecar checks that its parent is alive. With the check itself this keeps the
+/// exit within ~0.5 s of the parent's death.
+const PARENT_POLL: Duration = Duration::from_millis(250);
 
-/// Runs the daemon until a shutdown signal. `started` is the process start, for the log line that
-/// says how long it took to accept connections.
-pub async fn run(config: Config, started: Instant) -> anyhow::Result<()> {
-    server::ensure_private_dir(&config.data_dir)?;
-    let lock = InstanceLock::acquire(&config.data_dir, &config.socket)?;
+/// How the process is run, beyond the configuration.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Lifecycle {
+    /// Spawned by an app: print the ready line, exit when stdin closes or the parent dies.
+    pub sidecar: bool,
+    /// Exit when this process dies (defaults to the parent in sidecar mode).
+    pub parent_pid: Option<u32>,
+}
+
+/// A start-up failure with a stable code (the sidecar error line carries it).
+#[derive(Debug)]
+pub struct StartError {
+    pub code: &'static str,
+    pub error: anyhow::Error,
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:#}", self.error)
+    }
+}
+
+trait Code<T> {
+    fn code(self, code: &'static str) -> Result<T, StartError>;
+}
+
+impl<T, E: Into<anyhow::Error>> Code<T> for Result<T, E> {
+    fn code(self, code: &'static str) -> Result<T, StartError> {
+        self.map_err(|err| StartError {
+            code,
+            error: err.into(),
+        })
+    }
+}
+
+/// Runs the daemon until a shutdown signal (or, for a sidecar, stdin EOF or parent death).
+/// `started` is the process start, for the log line that says how long accepting took.
+pub async fn run(config: Config, life: Lifecycle, started: Instant) -> Result<(), StartError> {
+    server::ensure_private_dir(&config.data_dir).code("data_dir")?;
+    let lock = InstanceLock::acquire(&config.data_dir, &config.socket).code("already_running")?;
 
     let manifest = Manifest::builtin();
-    let entry = manifest.chat_model(config.model.as_deref())?.clone();
-    models::precheck(&config.models_dir, &entry)?;
+    let entry = manifest
+        .chat_model(config.model.as_deref())
+        .code("unknown_model")?
+        .clone();
+    models::precheck(&config.models_dir, &entry).code("model_missing")?;
 
     let store = Store::open(&config.data_dir.join("db"), config.cache_bytes)
-        .with_context(|| format!("{}: cannot open the store", config.data_dir.display()))?;
-    let listener = server::bind(&config.socket)?;
+        .with_context(|| format!("{}: cannot open the store", config.data_dir.display()))
+        .code("store_failed")?;
+    // A socket handed over by systemd is used as is (it owns the file); otherwise bind our own.
+    let (unix, socket_path, owns_socket) = match server::activated_listener().code("bind_failed")? {
+        Some(listener) => {
+            let path = listener
+                .local_addr()
+                .ok()
+                .and_then(|a| a.as_pathname().map(Path::to_path_buf))
+                .unwrap_or_else(|| config.socket.clone());
+            (listener, path, false)
+        }
+        None => (
+            server::bind(&config.socket).code("bind_failed")?,
+            config.socket.clone(),
+            true,
+        ),
+    };
+    let (tcp, tcp_policy) = match config.tcp {
+        None => (None, None),
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("tcp: cannot bind {addr}"))
+                .code("bind_failed")?;
+            let bound = listener.local_addr().code("bind_failed")?;
+            let policy = TcpPolicy::load(bound, &config.data_dir, config.allowed_origins.clone())
+                .code("tcp_token")?;
+            (Some(listener), Some(policy))
+        }
+    };
     tracing::info!(
-        socket = %config.socket.display(),
+        socket = %socket_path.display(),
+        tcp = ?tcp_policy.as_ref().map(|p| p.addr),
         pid = std::process::id(),
         startup_ms = started.elapsed().as_millis(),
         "accepting connections"
     );
+    if life.sidecar {
+        ready_line(&socket_path, tcp_policy.as_ref()).code("stdout_closed")?;
+    }
+    // systemd Type=notify; a no-op when NOTIFY_SOCKET is unset.
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
 
     let models_dir = config.models_dir.clone();
     let verify_store = store.clone();
@@ -64,19 +141,104 @@ pub async fn run(config: Config, started: Instant) -> anyhow::Result<()> {
         chat,
         config: config.server.clone(),
         started,
+        tcp: tcp_policy,
     });
 
     tokio::spawn(signals(shutdown.clone()));
-    server::serve(listener, app, shutdown.clone()).await;
+    if life.sidecar {
+        watch_stdin(shutdown.clone());
+    }
+    let parent = life.parent_pid.or_else(|| {
+        life.sidecar
+            .then(|| nix::unistd::getppid().as_raw().unsigned_abs())
+    });
+    if let Some(parent) = parent {
+        watch_parent(parent, shutdown.clone());
+    }
+    server::serve(server::Listeners { unix, tcp }, app, shutdown.clone()).await;
 
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     llm.shutdown();
-    store.flush_now().context("final store flush failed")?;
-    if let Err(err) = std::fs::remove_file(&config.socket) {
-        tracing::warn!(error = %err, "cannot remove the socket file");
+    store
+        .flush_now()
+        .context("final store flush failed")
+        .code("shutdown_failed")?;
+    if owns_socket {
+        if let Err(err) = std::fs::remove_file(&socket_path) {
+            tracing::warn!(error = %err, "cannot remove the socket file");
+        }
     }
     lock.release();
-    tracing::info!("stopped");
+    tracing::info!(uptime_ms = started.elapsed().as_millis(), "stopped");
     Ok(())
+}
+
+/// The one line on stdout that tells a parent app the daemon is reachable.
+fn ready_line(socket: &Path, tcp: Option<&TcpPolicy>) -> std::io::Result<()> {
+    let mut line = serde_json::json!({
+        "event": "ready",
+        "socket": socket,
+        "pid": std::process::id(),
+        "version": env!("CARGO_PKG_VERSION"),
+        "api": crate::server::routes::API_PREFIX,
+    });
+    if let Some(policy) = tcp {
+        line["tcp"] = serde_json::json!(policy.addr.to_string());
+        line["token_file"] = serde_json::json!(policy.token_file);
+    }
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}")?;
+    out.flush()
+}
+
+/// A sidecar exits when its stdin reaches EOF: the app closed it, or the app is gone. A plain
+/// thread, not a tokio task: a blocking read must not hold up the runtime's shutdown.
+fn watch_stdin(shutdown: CancellationToken) {
+    let spawned = std::thread::Builder::new()
+        .name("hearth-stdin".into())
+        .spawn(move || {
+            let mut buf = [0u8; 512];
+            let mut stdin = std::io::stdin().lock();
+            while matches!(stdin.read(&mut buf), Ok(n) if n > 0) {}
+            tracing::info!("stdin closed: shutting down");
+            shutdown.cancel();
+        });
+    if let Err(err) = spawned {
+        tracing::error!(error = %err, "cannot watch stdin");
+    }
+}
+
+/// Exits when `parent` dies. Polls (pidfd needs `unsafe` here); `PR_SET_PDEATHSIG` is the
+/// backstop when `parent` is our real parent.
+fn watch_parent(parent: u32, shutdown: CancellationToken) {
+    use nix::sys::signal::kill;
+    use nix::unistd::{getppid, Pid};
+    let Ok(raw) = i32::try_from(parent) else {
+        return;
+    };
+    let pid = Pid::from_raw(raw);
+    let is_real_parent = getppid() == pid;
+    if is_real_parent {
+        #[cfg(target_os = "linux")]
+        let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM);
+    }
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(PARENT_POLL);
+        loop {
+            tick.tick().await;
+            // Reparenting means the real parent died, even if a zombie of it still exists.
+            let gone = (is_real_parent && getppid() != pid)
+                || matches!(kill(pid, None), Err(nix::errno::Errno::ESRCH));
+            if gone {
+                tracing::info!(parent, "parent process exited: shutting down");
+                shutdown.cancel();
+                return;
+            }
+            if shutdown.is_cancelled() {
+                return;
+            }
+        }
+    });
 }
 
 /// Fires `shutdown` on SIGINT or SIGTERM.

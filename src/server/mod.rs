@@ -9,6 +9,7 @@ pub mod body;
 pub mod error;
 pub mod routes;
 pub mod sse;
+pub mod tcp;
 
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::Path;
@@ -21,8 +22,9 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use nix::sys::stat::{umask, Mode};
-use tokio::net::UnixListener;
-use tokio::sync::Semaphore;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::chat::ChatService;
@@ -40,6 +42,38 @@ pub struct App {
     pub chat: ChatService,
     pub config: ServerConfig,
     pub started: Instant,
+    /// Set when the loopback TCP listener is on.
+    pub tcp: Option<tcp::TcpPolicy>,
+}
+
+/// Which listener a connection came from; TCP requests get the token/Host/Origin checks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    Unix,
+    Tcp,
+}
+
+/// The listening sockets of one daemon.
+pub struct Listeners {
+    pub unix: UnixListener,
+    pub tcp: Option<TcpListener>,
+}
+
+/// Takes a listening Unix socket handed over by the service manager (systemd socket activation:
+/// `LISTEN_PID`/`LISTEN_FDS`), if there is one.
+pub fn activated_listener() -> anyhow::Result<Option<UnixListener>> {
+    let mut fds = listenfd::ListenFd::from_env();
+    if fds.len() == 0 {
+        return Ok(None);
+    }
+    let Some(listener) = fds
+        .take_unix_listener(0)
+        .context("LISTEN_FDS: the first passed descriptor is not a Unix stream socket")?
+    else {
+        return Ok(None);
+    };
+    listener.set_nonblocking(true)?;
+    Ok(Some(UnixListener::from_std(listener)?))
 }
 
 /// Binds the Unix socket safely (see the module doc). A leftover socket file is replaced only when
@@ -103,68 +137,114 @@ pub fn ensure_private_dir(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Serves connections until `shutdown` fires, then waits up to `grace` for open connections (and
-/// the streams in them) to finish.
-pub async fn serve(listener: UnixListener, app: Arc<App>, shutdown: CancellationToken) {
+/// Serves connections until `shutdown` fires, then waits up to the grace period for open
+/// connections (and the streams in them) to finish.
+pub async fn serve(listeners: Listeners, app: Arc<App>, shutdown: CancellationToken) {
     let me = nix::unistd::geteuid().as_raw();
     let graceful = GracefulShutdown::new();
     let permits = Arc::new(Semaphore::new(app.config.max_connections));
-    let header_timeout = app.config.header_timeout;
     let grace = app.config.shutdown_grace;
     loop {
-        let accepted = tokio::select! {
+        tokio::select! {
             () = shutdown.cancelled() => break,
-            accepted = listener.accept() => accepted,
-        };
-        let stream = match accepted {
-            Ok((stream, _)) => stream,
-            Err(err) => {
-                // EMFILE and friends: back off instead of spinning.
-                tracing::warn!(error = %err, "accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
+            accepted = listeners.unix.accept() => {
+                let stream = match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(err) => {
+                        backoff(&err).await;
+                        continue;
+                    }
+                };
+                match stream.peer_cred() {
+                    Ok(cred) if cred.uid() == me => {}
+                    Ok(cred) => {
+                        tracing::warn!(uid = cred.uid(), pid = ?cred.pid(), "refused a connection from another user");
+                        continue;
+                    }
+                    Err(err) => {
+                        tracing::warn!(error = %err, "cannot read peer credentials; refusing connection");
+                        continue;
+                    }
+                }
+                let Some(permit) = permit(&permits, &app) else { continue };
+                spawn_connection(stream, Transport::Unix, permit, &app, &graceful);
             }
-        };
-        match stream.peer_cred() {
-            Ok(cred) if cred.uid() == me => {}
-            Ok(cred) => {
-                tracing::warn!(uid = cred.uid(), pid = ?cred.pid(), "refused a connection from another user");
-                continue;
-            }
-            Err(err) => {
-                tracing::warn!(error = %err, "cannot read peer credentials; refusing connection");
-                continue;
+            accepted = accept_tcp(listeners.tcp.as_ref()) => {
+                let stream = match accepted {
+                    Ok((stream, peer)) if peer.ip().is_loopback() => stream,
+                    Ok((_, peer)) => {
+                        tracing::warn!(%peer, "refused a non-loopback TCP peer");
+                        continue;
+                    }
+                    Err(err) => {
+                        backoff(&err).await;
+                        continue;
+                    }
+                };
+                let Some(permit) = permit(&permits, &app) else { continue };
+                spawn_connection(stream, Transport::Tcp, permit, &app, &graceful);
             }
         }
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            tracing::warn!(
-                limit = app.config.max_connections,
-                "connection limit reached; refusing connection"
-            );
-            continue;
-        };
-        let app = app.clone();
-        let service = service_fn(move |req| routes::handle(app.clone(), req));
-        let conn = http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(header_timeout)
-            .max_header_size(MAX_HEADER_BYTES)
-            .max_buf_size(MAX_HEADER_BYTES * 4)
-            .serve_connection(TokioIo::new(stream), service);
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(err) = conn.await {
-                // Clients hanging up mid-response are normal.
-                tracing::debug!(error = %err, "connection ended with an error");
-            }
-            drop(permit);
-        });
     }
-    drop(listener);
+    drop(listeners);
     tokio::select! {
         () = graceful.shutdown() => {}
         () = tokio::time::sleep(grace) => {
             tracing::warn!(grace_secs = grace.as_secs(), "connections still open after the grace period; closing them");
         }
     }
+}
+
+async fn accept_tcp(
+    listener: Option<&TcpListener>,
+) -> std::io::Result<(tokio::net::TcpStream, std::net::SocketAddr)> {
+    match listener {
+        Some(listener) => listener.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// EMFILE and friends: back off instead of spinning.
+async fn backoff(err: &std::io::Error) {
+    tracing::warn!(error = %err, "accept failed");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+}
+
+fn permit(permits: &Arc<Semaphore>, app: &App) -> Option<OwnedSemaphorePermit> {
+    let permit = permits.clone().try_acquire_owned().ok();
+    if permit.is_none() {
+        tracing::warn!(
+            limit = app.config.max_connections,
+            "connection limit reached; refusing connection"
+        );
+    }
+    permit
+}
+
+fn spawn_connection<I>(
+    io: I,
+    transport: Transport,
+    permit: OwnedSemaphorePermit,
+    app: &Arc<App>,
+    graceful: &GracefulShutdown,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let app = app.clone();
+    let header_timeout = app.config.header_timeout;
+    let service = service_fn(move |req| routes::handle(app.clone(), transport, req));
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .max_header_size(MAX_HEADER_BYTES)
+        .max_buf_size(MAX_HEADER_BYTES * 4)
+        .serve_connection(TokioIo::new(io), service);
+    let conn = graceful.watch(conn);
+    tokio::spawn(async move {
+        if let Err(err) = conn.await {
+            // Clients hanging up mid-response are normal.
+            tracing::debug!(error = %err, "connection ended with an error");
+        }
+        drop(permit);
+    });
 }

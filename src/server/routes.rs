@@ -8,7 +8,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::header::{HeaderValue, ALLOW, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER};
+use http::header::{
+    HeaderValue, ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS,
+    ACCESS_CONTROL_ALLOW_ORIGIN, ACCESS_CONTROL_EXPOSE_HEADERS, ACCESS_CONTROL_MAX_AGE, ALLOW,
+    CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER, VARY,
+};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
@@ -21,7 +25,8 @@ use tracing::Instrument;
 use super::body;
 use super::error::ApiError;
 use super::sse::{SseBody, SseEvent};
-use super::App;
+use super::tcp::Verdict;
+use super::{App, Transport};
 use crate::chat::{ChatEvent, Options, SendRequest};
 use crate::llm::ModelState;
 use crate::store::{Chat, ChatId, Message, Settings, User, UserId};
@@ -37,19 +42,47 @@ const MAX_TITLE_CHARS: usize = 200;
 const DEFAULT_PAGE: usize = 50;
 const MAX_PAGE: usize = 500;
 
-/// Entry point for every request: routes, maps errors, stamps `x-request-id`.
+/// Entry point for every request: transport checks, routing, error mapping, `x-request-id`.
 pub async fn handle(
     app: Arc<App>,
+    transport: Transport,
     req: Request<Incoming>,
 ) -> Result<Response<ResBody>, Infallible> {
     static NEXT_ID: AtomicU64 = AtomicU64::new(1);
     let request_id = format!("{:08x}", NEXT_ID.fetch_add(1, Ordering::Relaxed));
     let span = tracing::debug_span!("request", id = %request_id, method = %req.method(), path = %req.uri().path());
     let received = Instant::now();
-    let mut response = match route(&app, req, received).instrument(span.clone()).await {
-        Ok(response) => response,
-        Err(err) => error_response(&err),
+    // TCP requests pass the token/Host/Origin policy first; Unix peers were checked at accept.
+    let (early, cors_origin) = match (transport, &app.tcp) {
+        (Transport::Unix, _) => (None, None),
+        (Transport::Tcp, None) => (
+            Some(error_response(&ApiError::internal(
+                "TCP connection without a policy",
+            ))),
+            None,
+        ),
+        (Transport::Tcp, Some(policy)) => match policy.check(req.method(), req.headers()) {
+            Err(err) => (Some(error_response(&err)), None),
+            Ok(Verdict::Preflight { origin }) => (Some(preflight(origin)), None),
+            Ok(Verdict::Allow { cors_origin }) => (None, cors_origin),
+        },
     };
+    let mut response = match early {
+        Some(response) => response,
+        None => match route(&app, req, received).instrument(span.clone()).await {
+            Ok(response) => response,
+            Err(err) => error_response(&err),
+        },
+    };
+    if let Some(origin) = cors_origin {
+        let headers = response.headers_mut();
+        headers.insert(ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+        headers.insert(VARY, HeaderValue::from_static("origin"));
+        headers.insert(
+            ACCESS_CONTROL_EXPOSE_HEADERS,
+            HeaderValue::from_static("x-request-id"),
+        );
+    }
     span.in_scope(|| {
         tracing::debug!(
             status = response.status().as_u16(),
@@ -61,6 +94,25 @@ pub async fn handle(
         response.headers_mut().insert("x-request-id", value);
     }
     Ok(response)
+}
+
+/// The answer to a CORS preflight from an allowed origin.
+fn preflight(origin: HeaderValue) -> Response<ResBody> {
+    let mut response = Response::new(Full::new(Bytes::new()).boxed_unsync());
+    *response.status_mut() = StatusCode::NO_CONTENT;
+    let headers = response.headers_mut();
+    headers.insert(ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+    headers.insert(VARY, HeaderValue::from_static("origin"));
+    headers.insert(
+        ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("GET, POST, PUT, PATCH, DELETE"),
+    );
+    headers.insert(
+        ACCESS_CONTROL_ALLOW_HEADERS,
+        HeaderValue::from_static("authorization, content-type"),
+    );
+    headers.insert(ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("600"));
+    response
 }
 
 async fn route(

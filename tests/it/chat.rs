@@ -341,3 +341,69 @@ async fn a_message_larger_than_the_context_is_413_and_long_history_is_truncated(
             <= done["context"]["prompt_budget"].as_u64().unwrap()
     );
 }
+
+#[tokio::test]
+async fn a_fixed_seed_reproduces_the_same_sampled_reply() {
+    let d = Daemon::start(Opts {
+        model: TINY_MODEL,
+        ..Opts::default()
+    })
+    .await;
+    let body = json!({"content": "hello there", "options": {"temperature": 1.0, "seed": 42, "max_tokens": 48}});
+    let mut replies = Vec::new();
+    for _ in 0..3 {
+        let chat = d.new_chat("seed").await;
+        let (text, events) = d.ask(&chat, body.clone()).await;
+        assert_eq!(events.last().unwrap().event, "done");
+        replies.push(text);
+    }
+    assert!(!replies[0].is_empty());
+    assert_eq!(replies[0], replies[1]);
+    assert_eq!(replies[1], replies[2]);
+    let chat = d.new_chat("seed").await;
+    let other = json!({"content": "hello there", "options": {"temperature": 1.0, "seed": 7, "max_tokens": 48}});
+    let (text, _) = d.ask(&chat, other).await;
+    assert_ne!(text, replies[0], "another seed samples another reply");
+}
+
+#[tokio::test]
+async fn disconnect_during_a_long_prompt_evaluation_stops_it_between_micro_batches() {
+    let d = Daemon::start(Opts {
+        ctx: 4096,
+        ..Opts::default()
+    })
+    .await;
+    let chat = d.new_chat("prefill").await;
+    // ~3,000 prompt tokens: seconds of prefill on one thread, evaluated 256 tokens at a time.
+    let long = "The quick brown fox jumps over the lazy dog. ".repeat(300);
+    let body = json!({"content": long, "options": {"max_tokens": 64}});
+    let stream = d
+        .client
+        .stream(&format!("/api/v1/chats/{chat}/messages"), &body)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let gone = Instant::now();
+    drop(stream);
+    let reply = loop {
+        let stored = d
+            .client
+            .call(Method::GET, &format!("/api/v1/chats/{chat}"), None)
+            .await
+            .unwrap();
+        if let Some(reply) = stored["messages"].get(1) {
+            break reply.clone();
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let took = gone.elapsed();
+    assert_eq!(reply["finish_reason"], "cancelled");
+    assert_eq!(
+        reply["usage"]["completion_tokens"], 0,
+        "stopped before the first token"
+    );
+    assert!(
+        took < Duration::from_secs(3),
+        "prefill ran on for {took:?} after the disconnect"
+    );
+}

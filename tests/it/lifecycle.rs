@@ -141,3 +141,42 @@ async fn a_missing_model_is_a_one_line_error_naming_the_file_and_the_fetch_comma
     );
     assert_eq!(err.trim().lines().count(), 1, "{err}");
 }
+
+/// Another user reaching the socket (here: permissions relaxed on purpose) is refused by the
+/// peer-credential check. Needs root to act as another user; CI runs as root.
+#[tokio::test]
+async fn a_peer_with_another_uid_is_refused_even_when_permissions_allow_it() {
+    use std::os::unix::fs::PermissionsExt;
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: connecting as another uid needs root (CI runs as root)");
+        return;
+    }
+    let d = Daemon::start(tiny()).await;
+    for path in [d.dir.path(), d.socket.parent().unwrap()] {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o777)).unwrap();
+    }
+    std::fs::set_permissions(&d.socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let out = std::process::Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "curl",
+            "-sS",
+            "--max-time",
+            "5",
+            "--unix-socket",
+        ])
+        .arg(&d.socket)
+        .arg("http://h/api/v1/health")
+        .output()
+        .expect("setpriv and curl are needed");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "another uid got an answer: {stdout}");
+    assert!(!stdout.contains("status"), "{stdout}");
+    // Our own uid still gets answers.
+    d.client
+        .call(Method::GET, "/api/v1/health", None)
+        .await
+        .unwrap();
+}

@@ -4,5 +4,6 @@
 mod api;
 mod chat;
 mod lifecycle;
+mod sidecar;
 mod support;
 mod tidy;

@@ -189,6 +189,19 @@ impl Daemon {
         }
     }
 
+    /// Waits for the daemon to exit by itself (after a signal sent elsewhere).
+    pub fn wait_stopped(&mut self) -> std::process::ExitStatus {
+        let child = self.child.as_mut().expect("running");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "daemon did not stop");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Starts the daemon again on the same data dir and socket.
     pub async fn restart(&mut self) {
         self.kill9();

@@ -1,0 +1,255 @@
+//! The optional loopback TCP listener's request policy, for clients that cannot reach a Unix
+//! socket (off by default).
+//!
+//! A TCP port on localhost is reachable by every local user and, through DNS rebinding, by web
+//! pages (Ollama's CVE-2024-28224). So every request must carry the bearer token from a 0600 file
+//! in the data dir, name a loopback `Host` with our port, and come from no `Origin` or an allowed
+//! one. CORS headers are sent only to allowed origins.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use http::header::{HeaderValue, AUTHORIZATION, HOST, ORIGIN};
+use http::{HeaderMap, Method, StatusCode};
+
+use super::error::ApiError;
+
+/// File in the data dir that holds the bearer token.
+pub const TOKEN_FILE: &str = "tcp-token";
+
+/// What a TCP request must satisfy.
+#[derive(Debug, Clone)]
+pub struct TcpPolicy {
+    pub addr: SocketAddr,
+    pub token: String,
+    pub token_file: PathBuf,
+    pub allowed_origins: Vec<String>,
+}
+
+/// The result of checking a request's headers.
+pub enum Verdict {
+    /// Serve it; add CORS headers for this origin (if any).
+    Allow { cors_origin: Option<HeaderValue> },
+    /// A CORS preflight from an allowed origin: answer it with these headers and stop.
+    Preflight { origin: HeaderValue },
+}
+
+impl TcpPolicy {
+    /// Reads the token file, creating it (0600, 256 random bits) when missing.
+    pub fn load(
+        addr: SocketAddr,
+        data_dir: &Path,
+        allowed_origins: Vec<String>,
+    ) -> anyhow::Result<TcpPolicy> {
+        let token_file = data_dir.join(TOKEN_FILE);
+        let token = match std::fs::read_to_string(&token_file) {
+            Ok(text) if text.trim().len() >= 32 => text.trim().to_string(),
+            _ => {
+                let token = random_token()?;
+                write_private(&token_file, &token)?;
+                token
+            }
+        };
+        Ok(TcpPolicy {
+            addr,
+            token,
+            token_file,
+            allowed_origins,
+        })
+    }
+
+    /// Checks Host, Origin and the bearer token, in that order (a preflight carries no token).
+    pub fn check(&self, method: &Method, headers: &HeaderMap) -> Result<Verdict, ApiError> {
+        let forbidden = |code, msg: &str| ApiError::new(StatusCode::FORBIDDEN, code, msg);
+        let host = headers
+            .get(HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("");
+        if !self.host_allowed(host) {
+            return Err(forbidden(
+                "bad_host",
+                "Host must be a loopback address with this port",
+            ));
+        }
+        let origin = match headers.get(ORIGIN) {
+            None => None,
+            Some(origin) => {
+                let text = origin.to_str().unwrap_or("");
+                if !self.allowed_origins.iter().any(|o| o == text) {
+                    return Err(forbidden(
+                        "origin_not_allowed",
+                        "this Origin is not allowed",
+                    ));
+                }
+                Some(origin.clone())
+            }
+        };
+        if method == Method::OPTIONS {
+            if let Some(origin) = origin {
+                return Ok(Verdict::Preflight { origin });
+            }
+        }
+        let presented = headers
+            .get(AUTHORIZATION)
+            .and_then(|h| h.to_str().ok())
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !constant_time_eq(presented.as_bytes(), self.token.as_bytes()) {
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "send Authorization: Bearer <token from the tcp-token file in the data dir>",
+            ));
+        }
+        Ok(Verdict::Allow {
+            cors_origin: origin,
+        })
+    }
+
+    fn host_allowed(&self, host: &str) -> bool {
+        let port = self.addr.port();
+        let host = host.to_ascii_lowercase();
+        [
+            format!("127.0.0.1:{port}"),
+            format!("localhost:{port}"),
+            format!("[::1]:{port}"),
+            self.addr.to_string(),
+        ]
+        .contains(&host)
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn random_token() -> anyhow::Result<String> {
+    use std::io::Read;
+    let mut bytes = [0u8; 32];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Writes `text` to `path` readable by the owner only (created 0600, never world-readable).
+fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    file.write_all(text.as_bytes())?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> TcpPolicy {
+        TcpPolicy {
+            addr: "127.0.0.1:8765".parse().unwrap(),
+            token: "t".repeat(64),
+            token_file: PathBuf::from("/x"),
+            allowed_origins: vec!["app://hearth".into()],
+        }
+    }
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (k, v) in pairs {
+            map.insert(*k, HeaderValue::from_str(v).unwrap());
+        }
+        map
+    }
+
+    #[test]
+    fn host_origin_and_token_are_all_required() {
+        let p = policy();
+        let token = format!("Bearer {}", "t".repeat(64));
+        let code = |m: &Method, h: &[(&'static str, &str)]| match p.check(m, &headers(h)) {
+            Ok(Verdict::Allow { .. }) => "allow",
+            Ok(Verdict::Preflight { .. }) => "preflight",
+            Err(e) => e.code,
+        };
+        let get = Method::GET;
+        assert_eq!(
+            code(
+                &get,
+                &[("host", "127.0.0.1:8765"), ("authorization", &token)]
+            ),
+            "allow"
+        );
+        assert_eq!(
+            code(
+                &get,
+                &[("host", "localhost:8765"), ("authorization", &token)]
+            ),
+            "allow"
+        );
+        assert_eq!(code(&get, &[("host", "127.0.0.1:8765")]), "unauthorized");
+        assert_eq!(
+            code(
+                &get,
+                &[("host", "127.0.0.1:8765"), ("authorization", "Bearer nope")]
+            ),
+            "unauthorized"
+        );
+        assert_eq!(
+            code(
+                &get,
+                &[("host", "evil.example:8765"), ("authorization", &token)]
+            ),
+            "bad_host"
+        );
+        assert_eq!(
+            code(
+                &get,
+                &[("host", "127.0.0.1:9999"), ("authorization", &token)]
+            ),
+            "bad_host"
+        );
+        assert_eq!(code(&get, &[("authorization", &token)]), "bad_host");
+        assert_eq!(
+            code(
+                &get,
+                &[
+                    ("host", "127.0.0.1:8765"),
+                    ("origin", "https://evil.example"),
+                    ("authorization", &token)
+                ]
+            ),
+            "origin_not_allowed"
+        );
+        assert_eq!(
+            code(
+                &get,
+                &[
+                    ("host", "127.0.0.1:8765"),
+                    ("origin", "app://hearth"),
+                    ("authorization", &token)
+                ]
+            ),
+            "allow"
+        );
+        assert_eq!(
+            code(
+                &Method::OPTIONS,
+                &[("host", "127.0.0.1:8765"), ("origin", "app://hearth")]
+            ),
+            "preflight"
+        );
+        assert_eq!(
+            code(&Method::OPTIONS, &[("host", "127.0.0.1:8765")]),
+            "unauthorized"
+        );
+    }
+}
