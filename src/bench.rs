@@ -43,6 +43,9 @@ pub struct BenchArgs {
     /// Daemon start-ups to time.
     #[arg(long, default_value_t = 5)]
     starts: usize,
+    /// Sidecar spawns to time (spawn → ready line).
+    #[arg(long, default_value_t = 20)]
+    sidecar_starts: usize,
 }
 
 const PROMPT: &str = "Write a long, detailed story about a dragon who learns to bake bread.";
@@ -122,6 +125,8 @@ pub fn run(config_file: Option<&Path>, args: BenchArgs) -> anyhow::Result<()> {
     }
     daemon.stop();
 
+    let sidecar = sidecar_figures(&rt, &scratch.join("sidecar"), &config.models_dir, &entry.name, &args)?;
+
     let direct_rate = median(&mut direct_rates);
     let socket_rate = median(&mut socket_rates);
     let startup_ms = median(
@@ -168,6 +173,21 @@ pub fn run(config_file: Option<&Path>, args: BenchArgs) -> anyhow::Result<()> {
             format!("{:.1}", mib(&mut ready_rss)),
             String::new(),
         ),
+        (
+            "sidecar spawn → ready line, ms (p50)",
+            format!("{:.1}", sidecar.ready_ms),
+            String::new(),
+        ),
+        (
+            "sidecar spawn → first token, ms",
+            format!("{:.1}", sidecar.first_token_ms),
+            String::new(),
+        ),
+        (
+            "SIGTERM → exit, stream open, ms",
+            format!("{:.1}", sidecar.shutdown_ms),
+            "≤ 10000 (grace)".into(),
+        ),
     ];
     let mut out = String::new();
     out.push_str(&format!(
@@ -184,6 +204,93 @@ pub fn run(config_file: Option<&Path>, args: BenchArgs) -> anyhow::Result<()> {
     use std::io::Write;
     std::io::stdout().write_all(out.as_bytes())?;
     Ok(())
+}
+
+struct SidecarFigures {
+    ready_ms: f64,
+    first_token_ms: f64,
+    shutdown_ms: f64,
+}
+
+/// Sidecar start-up (spawn → ready line, p50), spawn → first token of a short question, and
+/// SIGTERM → exit while a long reply is streaming. One data dir, so the model's hash is cached
+/// after the first start, as it is for a real app.
+fn sidecar_figures(
+    rt: &tokio::runtime::Runtime,
+    dir: &Path,
+    models_dir: &Path,
+    model: &str,
+    args: &BenchArgs,
+) -> anyhow::Result<SidecarFigures> {
+    use std::io::BufRead;
+    let spawn_sidecar = || -> anyhow::Result<(BenchDaemon, Instant, serde_json::Value)> {
+        let spawned = Instant::now();
+        let mut cmd = command(dir, models_dir, model, args.threads)?;
+        cmd.arg("--sidecar").stdin(Stdio::piped()).stdout(Stdio::piped());
+        let mut child = cmd.spawn().context("cannot spawn hearth serve --sidecar")?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        let mut line = String::new();
+        std::io::BufReader::new(stdout).read_line(&mut line)?;
+        let ready: serde_json::Value = serde_json::from_str(&line).context("ready line")?;
+        if ready["event"] != "ready" {
+            bail!("sidecar did not start: {line}");
+        }
+        Ok((BenchDaemon { child }, spawned, ready))
+    };
+    let mut ready_ms = Vec::new();
+    for _ in 0..args.sidecar_starts.max(1) {
+        let (mut daemon, spawned, _) = spawn_sidecar()?;
+        ready_ms.push(spawned.elapsed().as_secs_f64() * 1000.0);
+        drop(daemon.child.stdin.take());
+        daemon.child.wait()?;
+    }
+
+    let (mut daemon, spawned, ready) = spawn_sidecar()?;
+    let client = Client::new(Path::new(ready["socket"].as_str().unwrap_or_default()));
+    let first_token_ms = rt.block_on(async {
+        client.wait_ready(Duration::from_secs(60)).await?;
+        let chat = new_chat(&client).await?;
+        let body = json!({"content": "What is the capital of France?", "options": {"temperature": 0, "max_tokens": 16}});
+        let mut stream = client.stream(&format!("/api/v1/chats/{chat}/messages"), &body).await?;
+        while let Some(event) = stream.next().await? {
+            if event.event == "token" {
+                return Ok(spawned.elapsed().as_secs_f64() * 1000.0);
+            }
+        }
+        bail!("no token")
+    })?;
+    let shutdown_ms = rt.block_on(async {
+        let chat = new_chat(&client).await?;
+        let body = json!({"content": PROMPT, "options": {"max_tokens": 4000}});
+        let mut stream = client.stream(&format!("/api/v1/chats/{chat}/messages"), &body).await?;
+        let mut tokens = 0;
+        while tokens < 3 {
+            match stream.next().await? {
+                Some(event) if event.event == "token" => tokens += 1,
+                Some(_) => {}
+                None => bail!("stream ended early"),
+            }
+        }
+        let signalled = Instant::now();
+        daemon.signal_term();
+        daemon.child.wait()?;
+        Ok::<_, anyhow::Error>(signalled.elapsed().as_secs_f64() * 1000.0)
+    })?;
+    Ok(SidecarFigures {
+        ready_ms: median(&mut ready_ms),
+        first_token_ms,
+        shutdown_ms,
+    })
+}
+
+async fn new_chat(client: &Client) -> anyhow::Result<String> {
+    let user = client
+        .call(Method::POST, "/api/v1/users", Some(&json!({"username": "bench"})))
+        .await?;
+    let chat = client
+        .call(Method::POST, "/api/v1/chats", Some(&json!({"user_id": user["id"]})))
+        .await?;
+    Ok(chat["id"].as_str().unwrap_or_default().to_string())
 }
 
 struct SocketRun {
@@ -257,11 +364,15 @@ struct BenchDaemon {
 }
 
 impl BenchDaemon {
-    fn stop(&mut self) {
+    fn signal_term(&self) {
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).unwrap_or(0)),
             nix::sys::signal::Signal::SIGTERM,
         );
+    }
+
+    fn stop(&mut self) {
+        self.signal_term();
         let _ = self.child.wait();
     }
 }
@@ -274,8 +385,17 @@ impl Drop for BenchDaemon {
 }
 
 fn spawn(dir: &Path, models_dir: &Path, model: &str, threads: u32) -> anyhow::Result<BenchDaemon> {
+    let child = command(dir, models_dir, model, threads)?
+        .stdout(Stdio::null())
+        .spawn()
+        .context("cannot spawn hearth serve")?;
+    Ok(BenchDaemon { child })
+}
+
+fn command(dir: &Path, models_dir: &Path, model: &str, threads: u32) -> anyhow::Result<Command> {
     std::fs::create_dir_all(dir)?;
-    let child = Command::new(std::env::current_exe()?)
+    let mut cmd = Command::new(std::env::current_exe()?);
+    cmd
         .arg("serve")
         .arg("--data-dir")
         .arg(dir.join("data"))
@@ -292,11 +412,8 @@ fn spawn(dir: &Path, models_dir: &Path, model: &str, threads: u32) -> anyhow::Re
         .env("HEARTH_CONFIG", dir.join("none.toml"))
         .env("HEARTH_LOG", "error")
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("cannot spawn hearth serve")?;
-    Ok(BenchDaemon { child })
+        .stderr(Stdio::null());
+    Ok(cmd)
 }
 
 fn rss_kib(pid: u32) -> anyhow::Result<u64> {
