@@ -125,7 +125,13 @@ pub fn run(config_file: Option<&Path>, args: BenchArgs) -> anyhow::Result<()> {
     }
     daemon.stop();
 
-    let sidecar = sidecar_figures(&rt, &scratch.join("sidecar"), &config.models_dir, &entry.name, &args)?;
+    let sidecar = sidecar_figures(
+        &rt,
+        &scratch.join("sidecar"),
+        &config.models_dir,
+        &entry.name,
+        &args,
+    )?;
 
     let direct_rate = median(&mut direct_rates);
     let socket_rate = median(&mut socket_rates);
@@ -226,7 +232,9 @@ fn sidecar_figures(
     let spawn_sidecar = || -> anyhow::Result<(BenchDaemon, Instant, serde_json::Value)> {
         let spawned = Instant::now();
         let mut cmd = command(dir, models_dir, model, args.threads)?;
-        cmd.arg("--sidecar").stdin(Stdio::piped()).stdout(Stdio::piped());
+        cmd.arg("--sidecar")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped());
         let mut child = cmd.spawn().context("cannot spawn hearth serve --sidecar")?;
         let stdout = child.stdout.take().context("no stdout")?;
         let mut line = String::new();
@@ -262,7 +270,9 @@ fn sidecar_figures(
     let shutdown_ms = rt.block_on(async {
         let chat = new_chat(&client).await?;
         let body = json!({"content": PROMPT, "options": {"max_tokens": 4000}});
-        let mut stream = client.stream(&format!("/api/v1/chats/{chat}/messages"), &body).await?;
+        let mut stream = client
+            .stream(&format!("/api/v1/chats/{chat}/messages"), &body)
+            .await?;
         let mut tokens = 0;
         while tokens < 3 {
             match stream.next().await? {
@@ -285,10 +295,18 @@ fn sidecar_figures(
 
 async fn new_chat(client: &Client) -> anyhow::Result<String> {
     let user = client
-        .call(Method::POST, "/api/v1/users", Some(&json!({"username": "bench"})))
+        .call(
+            Method::POST,
+            "/api/v1/users",
+            Some(&json!({"username": "bench"})),
+        )
         .await?;
     let chat = client
-        .call(Method::POST, "/api/v1/chats", Some(&json!({"user_id": user["id"]})))
+        .call(
+            Method::POST,
+            "/api/v1/chats",
+            Some(&json!({"user_id": user["id"]})),
+        )
         .await?;
     Ok(chat["id"].as_str().unwrap_or_default().to_string())
 }
@@ -395,8 +413,7 @@ fn spawn(dir: &Path, models_dir: &Path, model: &str, threads: u32) -> anyhow::Re
 fn command(dir: &Path, models_dir: &Path, model: &str, threads: u32) -> anyhow::Result<Command> {
     std::fs::create_dir_all(dir)?;
     let mut cmd = Command::new(std::env::current_exe()?);
-    cmd
-        .arg("serve")
+    cmd.arg("serve")
         .arg("--data-dir")
         .arg(dir.join("data"))
         .arg("--socket")

@@ -61,6 +61,21 @@ pub struct RawConfig {
     /// Seconds of grace for running streams and jobs at shutdown [default: 10].
     #[arg(long, env = "HEARTH_SHUTDOWN_GRACE_SECS", value_name = "SECS")]
     pub shutdown_grace_secs: Option<u64>,
+    /// Largest uploaded document in bytes [default: 67108864].
+    #[arg(long, env = "HEARTH_MAX_UPLOAD_BYTES", value_name = "BYTES")]
+    pub max_upload_bytes: Option<u64>,
+    /// Seconds one file's text extraction may take [default: 60].
+    #[arg(long, env = "HEARTH_EXTRACT_TIMEOUT_SECS", value_name = "SECS")]
+    pub extract_timeout_secs: Option<u64>,
+    /// Threads for the embedding model [default: as --threads].
+    #[arg(long, env = "HEARTH_EMBED_THREADS", value_name = "N")]
+    pub embed_threads: Option<u32>,
+    /// Chunks retrieved per question in `docs`/`all` search mode [default: 5].
+    #[arg(long, env = "HEARTH_RETRIEVAL_K", value_name = "N")]
+    pub retrieval_k: Option<u32>,
+    /// Cosine similarity a chunk needs to be used as context [default: 0.3].
+    #[arg(long, env = "HEARTH_RETRIEVAL_MIN_SCORE", value_name = "SCORE")]
+    pub retrieval_min_score: Option<f32>,
     /// sled page cache in MiB; sled's own default (1 GiB) is far too big for a desktop daemon [default: 64].
     #[arg(long, env = "HEARTH_CACHE_MB", value_name = "MIB")]
     pub cache_mb: Option<u64>,
@@ -99,6 +114,11 @@ impl RawConfig {
             stall_timeout_secs: over.stall_timeout_secs.or(self.stall_timeout_secs),
             shutdown_grace_secs: over.shutdown_grace_secs.or(self.shutdown_grace_secs),
             cache_mb: over.cache_mb.or(self.cache_mb),
+            max_upload_bytes: over.max_upload_bytes.or(self.max_upload_bytes),
+            extract_timeout_secs: over.extract_timeout_secs.or(self.extract_timeout_secs),
+            embed_threads: over.embed_threads.or(self.embed_threads),
+            retrieval_k: over.retrieval_k.or(self.retrieval_k),
+            retrieval_min_score: over.retrieval_min_score.or(self.retrieval_min_score),
             tcp: over.tcp.or(self.tcp),
             allowed_origins: over.allowed_origins.or(self.allowed_origins),
             log: over.log.or(self.log),
@@ -119,6 +139,7 @@ pub struct Config {
     pub model: Option<String>,
     pub llm: LlmConfig,
     pub server: ServerConfig,
+    pub rag: RagConfig,
     /// sled page cache size in bytes.
     pub cache_bytes: u64,
     /// Optional loopback TCP listener.
@@ -139,6 +160,16 @@ pub struct LlmConfig {
     pub queue_depth: usize,
     /// How long the inference thread waits on a client that stopped reading.
     pub stall_timeout: Duration,
+}
+
+/// Documents, embeddings and retrieval.
+#[derive(Debug, Clone)]
+pub struct RagConfig {
+    pub max_upload_bytes: u64,
+    pub extract_timeout: Duration,
+    pub embed_threads: usize,
+    pub retrieval_k: usize,
+    pub retrieval_min_score: f32,
 }
 
 /// HTTP server limits.
@@ -172,6 +203,14 @@ const DEFAULT_HEADER_TIMEOUT_SECS: u64 = 10;
 const DEFAULT_STALL_TIMEOUT_SECS: u64 = 30;
 /// Desktop apps expect a quick exit; 10 s lets a reply in flight finish its last tokens.
 const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 10;
+/// Uploads: 64 MiB holds a long PDF; bigger files are rarely documents one chats with.
+const DEFAULT_MAX_UPLOAD_BYTES: u64 = 64 * 1024 * 1024;
+/// Extraction of a sane document takes well under a second; a minute means a hostile file.
+const DEFAULT_EXTRACT_TIMEOUT_SECS: u64 = 60;
+/// Five ~250-token chunks (~1,250 tokens) leave most of a 4k context to the conversation.
+const DEFAULT_RETRIEVAL_K: u32 = 5;
+/// all-MiniLM-L6-v2 cosine: related passages score ~0.4–0.8, unrelated text ~0–0.2.
+const DEFAULT_RETRIEVAL_MIN_SCORE: f32 = 0.3;
 /// sled's cache; RSS is known to run several times over it, so keep it small.
 const DEFAULT_CACHE_MB: u64 = 64;
 const DEFAULT_LOG: &str = "warn,hearth=info";
@@ -269,6 +308,22 @@ pub fn resolve(raw: RawConfig, runtime_dir: Option<&Path>) -> anyhow::Result<Con
     check_range("shutdown_grace_secs", grace, 0, 3600)?;
     let cache_mb = raw.cache_mb.unwrap_or(DEFAULT_CACHE_MB);
     check_range("cache_mb", cache_mb, 4, 1 << 16)?;
+    let max_upload_bytes = raw.max_upload_bytes.unwrap_or(DEFAULT_MAX_UPLOAD_BYTES);
+    check_range("max_upload_bytes", max_upload_bytes, 1024, 1 << 34)?;
+    let extract_timeout = raw
+        .extract_timeout_secs
+        .unwrap_or(DEFAULT_EXTRACT_TIMEOUT_SECS);
+    check_range("extract_timeout_secs", extract_timeout, 1, 3600)?;
+    let embed_threads = raw.embed_threads.unwrap_or(threads);
+    check_range("embed_threads", u64::from(embed_threads), 1, 256)?;
+    let retrieval_k = raw.retrieval_k.unwrap_or(DEFAULT_RETRIEVAL_K);
+    check_range("retrieval_k", u64::from(retrieval_k), 1, 50)?;
+    let min_score = raw
+        .retrieval_min_score
+        .unwrap_or(DEFAULT_RETRIEVAL_MIN_SCORE);
+    if !(min_score.is_finite() && (-1.0..=1.0).contains(&min_score)) {
+        bail!("retrieval_min_score: {min_score} is out of range -1..=1");
+    }
     let tcp = match &raw.tcp {
         None => None,
         Some(text) => {
@@ -306,6 +361,13 @@ pub fn resolve(raw: RawConfig, runtime_dir: Option<&Path>) -> anyhow::Result<Con
             max_connections: usize::try_from(max_connections)?,
             header_timeout: Duration::from_secs(header_timeout),
             shutdown_grace: Duration::from_secs(grace),
+        },
+        rag: RagConfig {
+            max_upload_bytes,
+            extract_timeout: Duration::from_secs(extract_timeout),
+            embed_threads: usize::try_from(embed_threads)?,
+            retrieval_k: usize::try_from(retrieval_k)?,
+            retrieval_min_score: min_score,
         },
         cache_bytes: cache_mb * 1024 * 1024,
         tcp,

@@ -20,8 +20,12 @@ use anyhow::{bail, Context};
 use nix::fcntl::{Flock, FlockArg};
 use tokio_util::sync::CancellationToken;
 
+use crate::chat::retrieve::Retriever;
 use crate::chat::ChatService;
 use crate::config::Config;
+use crate::embed::Embedder;
+use crate::index::Index;
+use crate::ingest::{IngestLimits, Ingestor};
 use crate::llm::Llm;
 use crate::models::{self, Manifest};
 use crate::server::tcp::TcpPolicy;
@@ -134,12 +138,37 @@ pub async fn run(config: Config, life: Lifecycle, started: Instant) -> Result<()
         models::verify(&models_dir, &entry, &verify_store)
     });
     let shutdown = CancellationToken::new();
-    let chat = ChatService::new(store.clone(), llm.clone(), shutdown.clone());
+    let embedder = Embedder::new(&config.models_dir, config.rag.embed_threads, store.clone());
+    let index = Index::new(store.clone(), embedder.model_id(), crate::embed::DIM);
+    let ingestor = Ingestor::new(
+        store.clone(),
+        embedder.clone(),
+        index.clone(),
+        IngestLimits {
+            extract: crate::ingest::extract::Limits {
+                max_bytes: config.rag.max_upload_bytes,
+                ..crate::ingest::extract::Limits::default()
+            },
+            extract_timeout: config.rag.extract_timeout,
+        },
+    );
+    let retriever = Retriever {
+        store: store.clone(),
+        embedder: embedder.clone(),
+        index: index.clone(),
+        k: config.rag.retrieval_k,
+        min_score: config.rag.retrieval_min_score,
+    };
+    let chat = ChatService::new(store.clone(), llm.clone(), retriever, shutdown.clone());
     let app = Arc::new(App {
         store: store.clone(),
         llm: llm.clone(),
         chat,
+        ingestor,
+        embedder: embedder.clone(),
+        index,
         config: config.server.clone(),
+        rag: config.rag.clone(),
         started,
         tcp: tcp_policy,
     });

@@ -6,7 +6,11 @@
 //! - [`models`]: the pinned model manifest and sha256 verification before any parser runs.
 //! - [`store`]: every persistent record, in sled; the only module that knows sled.
 //! - [`llm`]: llama.cpp inference on a dedicated thread; the only module with FFI.
-//! - [`chat`]: a chat turn from message to stored reply; prompt assembly within a token budget.
+//! - [`chat`]: a chat turn from message to stored reply; prompt assembly within a token budget;
+//!   retrieval of document chunks as cited context.
+//! - [`embed`]: ONNX sentence embeddings on a dedicated thread, loaded on first use.
+//! - [`ingest`]: a file → extracted text → chunks → vectors → one stored document.
+//! - [`index`]: exact vector search per scope.
 //! - [`server`]: HTTP + SSE on a Unix socket; the only module that knows HTTP.
 //! - [`daemon`]: start-up order, instance lock and the one shutdown path.
 //! - [`client`], [`cli`]: the command line and the small client it (and the tests) use.
@@ -20,6 +24,9 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod daemon;
+pub mod embed;
+pub mod index;
+pub mod ingest;
 pub mod llm;
 pub mod models;
 pub mod server;

@@ -88,6 +88,14 @@ impl Manifest {
         toml::from_str(MANIFEST_TOML).expect("models/manifest.toml is valid")
     }
 
+    /// Any entry by name.
+    pub fn entry(&self, name: &str) -> Result<&Entry, ModelError> {
+        self.entries.iter().find(|e| e.name == name).ok_or_else(|| {
+            let known: Vec<_> = self.entries.iter().map(|e| e.name.as_str()).collect();
+            ModelError::Unknown(name.to_string(), known.join(", "))
+        })
+    }
+
     /// The chat model by name, or the default one.
     pub fn chat_model(&self, name: Option<&str>) -> Result<&Entry, ModelError> {
         let loadable = |e: &&Entry| matches!(e.role, Role::Chat | Role::Test);

@@ -9,6 +9,7 @@
 //! This module knows nothing of HTTP; `server` turns the events into SSE.
 
 pub mod prompt;
+pub mod retrieve;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -22,8 +23,10 @@ use crate::llm::{
     CancelFlag, Finish, GenEvent, Generation, Llm, LlmError, Outcome, Priority, Sampling,
 };
 use crate::store::{
-    now_millis, ChatId, FinishReason, Message, MessageId, Role, Settings, Store, StoreError, Usage,
+    now_millis, ChatId, FinishReason, Message, MessageId, Role, Scope, Settings, Source, Store,
+    StoreError, Usage,
 };
+use retrieve::{RetrieveError, Retriever};
 
 /// Events between the worker and this module's forwarding task; small, since tokens are small.
 const GEN_CHANNEL_CAPACITY: usize = 64;
@@ -46,6 +49,21 @@ pub enum ChatError {
     Llm(#[from] LlmError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("retrieval failed: {0}")]
+    Retrieve(#[from] RetrieveError),
+}
+
+/// Where a turn looks for context.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SearchMode {
+    /// No retrieval.
+    #[default]
+    Normal,
+    /// The chat's documents.
+    Docs,
+    /// Documents and (once there) long-term memories.
+    All,
 }
 
 /// Per-request overrides of the user's settings; every field optional.
@@ -89,6 +107,8 @@ pub enum ChatEvent {
         message_id: MessageId,
         reply_id: MessageId,
     },
+    /// Context passages, before the first token (only when there are any).
+    Sources(Vec<Source>),
     Token(String),
     Done(Done),
     Error {
@@ -139,6 +159,7 @@ pub struct SendRequest {
     pub chat_id: ChatId,
     pub content: String,
     pub options: Options,
+    pub search_mode: SearchMode,
     /// When the server received the request (for time-to-first-token).
     pub received: Instant,
 }
@@ -148,6 +169,7 @@ pub struct SendRequest {
 pub struct ChatService {
     store: Store,
     llm: Llm,
+    retriever: Retriever,
     /// The cancel flag of each chat's running turn; at most one turn per chat.
     active: Arc<Mutex<HashMap<ChatId, CancelFlag>>>,
     /// Fired at daemon shutdown: running turns end with `shutting_down`.
@@ -155,10 +177,16 @@ pub struct ChatService {
 }
 
 impl ChatService {
-    pub fn new(store: Store, llm: Llm, shutdown: CancellationToken) -> ChatService {
+    pub fn new(
+        store: Store,
+        llm: Llm,
+        retriever: Retriever,
+        shutdown: CancellationToken,
+    ) -> ChatService {
         ChatService {
             store,
             llm,
+            retriever,
             active: Arc::default(),
             shutdown,
         }
@@ -193,6 +221,14 @@ impl ChatService {
         let cancel = CancelFlag::default();
         let slot = ActiveSlot::claim(&self.active, req.chat_id, cancel.clone())?;
 
+        let sources = match req.search_mode {
+            SearchMode::Normal => Vec::new(),
+            SearchMode::Docs | SearchMode::All => {
+                self.retriever
+                    .retrieve(&[Scope::Chat(req.chat_id)], &req.content)
+                    .await?
+            }
+        };
         let history = prompt::history(&self.store.messages(req.chat_id)?);
         let n_ctx = self.llm.n_ctx();
         // Reserve room for the reply, but never more than half the context: a huge max_tokens
@@ -203,7 +239,18 @@ impl ChatService {
         let system = settings.system_prompt.clone();
         let content = req.content.clone();
         let plan = tokio::task::spawn_blocking(move || {
-            prompt::plan(&system, &history, &content, budget, |m| llm.chat_prompt(m))
+            // Context goes in the system prompt; when even the bare question does not fit with
+            // it, the weakest passages are dropped first.
+            let mut sources = sources;
+            loop {
+                let system = retrieve::with_context(&system, &sources);
+                match prompt::plan(&system, &history, &content, budget, |m| llm.chat_prompt(m)) {
+                    Err(prompt::PlanError::TooLong { .. }) if !sources.is_empty() => {
+                        sources.pop();
+                    }
+                    result => return result.map(|plan| (plan, sources)),
+                }
+            }
         })
         .await
         .map_err(|err| ChatError::Invalid(format!("prompt assembly failed: {err}")))?
@@ -211,6 +258,7 @@ impl ChatService {
             prompt::PlanError::TooLong { tokens, budget } => ChatError::TooLong { tokens, budget },
             prompt::PlanError::Llm(err) => ChatError::Llm(err),
         })?;
+        let (plan, sources) = plan;
 
         let (gen_tx, gen_rx) = mpsc::channel(GEN_CHANNEL_CAPACITY);
         let prompt_tokens = u32::try_from(plan.prompt.len()).unwrap_or(u32::MAX);
@@ -240,6 +288,7 @@ impl ChatService {
             reply_id: MessageId::new(),
             received: req.received,
             cancel,
+            sources,
             context: ContextInfo {
                 n_ctx,
                 prompt_budget: u32::try_from(budget).unwrap_or(u32::MAX),
@@ -328,6 +377,7 @@ struct Turn {
     reply_id: MessageId,
     received: Instant,
     cancel: CancelFlag,
+    sources: Vec<Source>,
     context: ContextInfo,
 }
 
@@ -340,6 +390,12 @@ impl Turn {
             })
             .await
             .is_err();
+        if !self.sources.is_empty() && !client_gone {
+            client_gone = out
+                .send(ChatEvent::Sources(self.sources.clone()))
+                .await
+                .is_err();
+        }
         let mut reply = String::new();
         let mut first_token: Option<Instant> = None;
         let mut picked_up: Option<Instant> = None;
@@ -396,6 +452,7 @@ impl Turn {
                 created_at: now,
                 finish_reason: None,
                 usage: None,
+                sources: Vec::new(),
             },
             Message {
                 id: self.reply_id,
@@ -406,6 +463,7 @@ impl Turn {
                 created_at: now,
                 finish_reason: Some(finish_reason),
                 usage: Some(usage),
+                sources: self.sources.clone(),
             },
         ];
         let stored = match self.store.append_messages(self.chat_id, &mut messages) {

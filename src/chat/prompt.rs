@@ -215,6 +215,7 @@ mod tests {
             created_at: 0,
             finish_reason: finish,
             usage: None,
+            sources: Vec::new(),
         };
         let stored = vec![
             mk(Role::User, "hi", None),

@@ -127,6 +127,10 @@ impl From<ChatError> for ApiError {
             ),
             ChatError::Llm(err) => err.into(),
             ChatError::Store(err) => err.into(),
+            ChatError::Retrieve(crate::chat::retrieve::RetrieveError::Store(err)) => err.into(),
+            ChatError::Retrieve(err) => {
+                ApiError::unavailable("embedder_unavailable", err.to_string(), 5)
+            }
         }
     }
 }

@@ -6,6 +6,7 @@
 //! platforms that ignore socket file permissions.
 
 pub mod body;
+pub mod docs;
 pub mod error;
 pub mod routes;
 pub mod sse;
@@ -40,7 +41,11 @@ pub struct App {
     pub store: Store,
     pub llm: Llm,
     pub chat: ChatService,
+    pub ingestor: crate::ingest::Ingestor,
+    pub embedder: crate::embed::Embedder,
+    pub index: crate::index::Index,
     pub config: ServerConfig,
+    pub rag: crate::config::RagConfig,
     pub started: Instant,
     /// Set when the loopback TCP listener is on.
     pub tcp: Option<tcp::TcpPolicy>,

@@ -23,11 +23,12 @@ use tokio::sync::mpsc;
 use tracing::Instrument;
 
 use super::body;
+use super::docs;
 use super::error::ApiError;
 use super::sse::{SseBody, SseEvent};
 use super::tcp::Verdict;
 use super::{App, Transport};
-use crate::chat::{ChatEvent, Options, SendRequest};
+use crate::chat::{ChatEvent, Options, SearchMode, SendRequest};
 use crate::llm::ModelState;
 use crate::store::{Chat, ChatId, Message, Settings, User, UserId};
 
@@ -165,6 +166,24 @@ async fn route(
             Method::POST => post_message(app, chat_id(id)?, req, received).await,
             _ => Err(ApiError::method_not_allowed("POST")),
         },
+        ["chats", id, "documents"] => match method {
+            Method::GET => docs::list(app, chat_id(id)?),
+            Method::POST => docs::upload(app, chat_id(id)?, req).await,
+            _ => Err(ApiError::method_not_allowed("GET, POST")),
+        },
+        ["documents", id] => match method {
+            Method::GET => docs::get(app, id),
+            Method::DELETE => docs::delete(app, id).await,
+            _ => Err(ApiError::method_not_allowed("GET, DELETE")),
+        },
+        ["search"] => match method {
+            Method::POST => docs::search(app, req).await,
+            _ => Err(ApiError::method_not_allowed("POST")),
+        },
+        ["embeddings"] => match method {
+            Method::POST => docs::embeddings(app, req).await,
+            _ => Err(ApiError::method_not_allowed("POST")),
+        },
         ["chats", id, "cancel"] => match method {
             Method::POST => cancel(app, chat_id(id)?),
             _ => Err(ApiError::method_not_allowed("POST")),
@@ -194,7 +213,7 @@ fn chat_id(text: &str) -> Result<ChatId, ApiError> {
 
 // === responses ===
 
-fn json_response(status: StatusCode, value: &impl Serialize) -> Response<ResBody> {
+pub(super) fn json_response(status: StatusCode, value: &impl Serialize) -> Response<ResBody> {
     let body = serde_json::to_vec(value).unwrap_or_default();
     let mut response = Response::new(Full::new(Bytes::from(body)).boxed_unsync());
     *response.status_mut() = status;
@@ -204,7 +223,7 @@ fn json_response(status: StatusCode, value: &impl Serialize) -> Response<ResBody
     response
 }
 
-fn ok(value: &impl Serialize) -> Result<Response<ResBody>, ApiError> {
+pub(super) fn ok(value: &impl Serialize) -> Result<Response<ResBody>, ApiError> {
     Ok(json_response(StatusCode::OK, value))
 }
 
@@ -223,7 +242,7 @@ pub fn error_response(err: &ApiError) -> Response<ResBody> {
     response
 }
 
-fn sse_response(rx: mpsc::Receiver<SseEvent>) -> Response<ResBody> {
+pub(super) fn sse_response(rx: mpsc::Receiver<SseEvent>) -> Response<ResBody> {
     let mut response = Response::new(SseBody::new(rx).boxed_unsync());
     let headers = response.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
@@ -287,6 +306,8 @@ struct MessageOut<'a> {
     finish_reason: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     usage: Option<crate::store::Usage>,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    sources: &'a [crate::store::Source],
 }
 
 impl<'a> From<&'a Message> for MessageOut<'a> {
@@ -298,6 +319,7 @@ impl<'a> From<&'a Message> for MessageOut<'a> {
             created_at: m.created_at,
             finish_reason: m.finish_reason.map(|f| f.as_str()),
             usage: m.usage,
+            sources: &m.sources,
         }
     }
 }
@@ -418,7 +440,7 @@ fn require_user(app: &App, id: UserId) -> Result<User, ApiError> {
         .ok_or_else(|| ApiError::not_found("user_not_found", format!("no user {id}")))
 }
 
-fn require_chat(app: &App, id: ChatId) -> Result<Chat, ApiError> {
+pub(super) fn require_chat(app: &App, id: ChatId) -> Result<Chat, ApiError> {
     app.store
         .chat(id)?
         .ok_or_else(|| ApiError::not_found("chat_not_found", format!("no chat {id}")))
@@ -577,7 +599,12 @@ async fn delete_chat(app: &App, id: ChatId) -> Result<Response<ResBody>, ApiErro
         other => other.into(),
     })?;
     app.store.durable().await?;
-    ok(&json!({"deleted": id, "messages_deleted": deleted.messages}))
+    app.index.drop_scope(&crate::store::Scope::Chat(id));
+    ok(&json!({
+        "deleted": id,
+        "messages_deleted": deleted.messages,
+        "documents_deleted": deleted.documents.len(),
+    }))
 }
 
 #[derive(Deserialize)]
@@ -586,6 +613,8 @@ struct PostMessage {
     content: String,
     #[serde(default)]
     options: Options,
+    #[serde(default)]
+    search_mode: SearchMode,
 }
 
 async fn post_message(
@@ -601,6 +630,7 @@ async fn post_message(
             chat_id: id,
             content: body.content,
             options: body.options,
+            search_mode: body.search_mode,
             received,
         })
         .await?;
@@ -621,6 +651,7 @@ fn chat_events_to_sse(mut events: mpsc::Receiver<ChatEvent>) -> mpsc::Receiver<S
                         ChatEvent::Start { message_id, reply_id } => {
                             SseEvent::json("start", &json!({"message_id": message_id, "reply_id": reply_id}))
                         }
+                        ChatEvent::Sources(sources) => SseEvent::json("sources", &json!({"sources": sources})),
                         ChatEvent::Token(text) => SseEvent::json("token", &json!({"text": text})),
                         ChatEvent::Done(done) => SseEvent::json("done", &done),
                         ChatEvent::Error { code, message } => {

@@ -10,6 +10,7 @@
 //! chats          chat_id → Chat                 chats_by_user  user_id ‖ updated_at BE ‖ chat_id → ()
 //! messages       chat_id ‖ seq BE → Message
 //! model_verify   file path → VerifiedFile (sha256 cache keyed by size + mtime)
+//! documents, docs_by_scope, doc_by_hash, chunks, vectors: see `documents.rs`
 //! ```
 //!
 //! Values are JSON (serde): small, debuggable, and tolerant of added fields.
@@ -18,8 +19,11 @@
 //! with [`Store::durable`], which groups the flushes of concurrent writers into one fsync. Callers
 //! answer 2xx only after `durable` returned; that is the invariant the API rests on.
 
+mod documents;
 mod flush;
 pub mod types;
+
+pub use documents::{Inserted, StoredVector};
 
 use std::path::Path;
 use std::sync::Arc;
@@ -63,6 +67,11 @@ struct Inner {
     chats_by_user: sled::Tree,
     messages: sled::Tree,
     model_verify: sled::Tree,
+    documents: sled::Tree,
+    docs_by_scope: sled::Tree,
+    doc_by_hash: sled::Tree,
+    chunks: sled::Tree,
+    vectors: sled::Tree,
     flusher: flush::GroupFlush,
 }
 
@@ -83,6 +92,8 @@ pub struct ChatPage {
 /// Counts of what [`Store::delete_chat`] removed.
 pub struct DeletedChat {
     pub messages: u64,
+    /// The chat's documents, removed with it (the caller drops them from the index).
+    pub documents: Vec<DocumentId>,
 }
 
 /// A cached verification of a model file.
@@ -115,6 +126,11 @@ impl Store {
             chats_by_user: tree("chats_by_user")?,
             messages: tree("messages")?,
             model_verify: tree("model_verify")?,
+            documents: tree("documents")?,
+            docs_by_scope: tree("docs_by_scope")?,
+            doc_by_hash: tree("doc_by_hash")?,
+            chunks: tree("chunks")?,
+            vectors: tree("vectors")?,
             flusher: flush::GroupFlush::start(db.clone()),
             db,
         };
@@ -294,7 +310,15 @@ impl Store {
             Ok(())
         });
         unwrap_tx(res)?;
-        Ok(DeletedChat { messages })
+        let mut documents = Vec::new();
+        for doc in self.documents_in(&Scope::Chat(id))? {
+            self.delete_document(doc.id)?;
+            documents.push(doc.id);
+        }
+        Ok(DeletedChat {
+            messages,
+            documents,
+        })
     }
 
     // === messages ===
@@ -364,6 +388,8 @@ impl Store {
             users: self.inner.users.len(),
             chats: self.inner.chats.len(),
             messages: self.inner.messages.len(),
+            documents: self.inner.documents.len(),
+            chunks: self.inner.chunks.len(),
         }
     }
 }
@@ -373,6 +399,8 @@ pub struct StoreCounts {
     pub users: usize,
     pub chats: usize,
     pub messages: usize,
+    pub documents: usize,
+    pub chunks: usize,
 }
 
 // === keys and encoding ===
@@ -546,6 +574,7 @@ mod tests {
             created_at: now_millis(),
             finish_reason: None,
             usage: None,
+            sources: Vec::new(),
         }
     }
 }

@@ -232,4 +232,112 @@ pub struct Message {
     pub finish_reason: Option<FinishReason>,
     /// Assistant replies only.
     pub usage: Option<Usage>,
+    /// Assistant replies only: the passages given to the model as context.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sources: Vec<Source>,
+}
+
+id_type!(
+    /// A document (an uploaded or watched file's extracted content).
+    DocumentId
+);
+
+/// Where a document is searchable: one chat, or the shared library.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum Scope {
+    Chat(ChatId),
+    Library,
+}
+
+impl FromStr for Scope {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s == "library" {
+            return Ok(Scope::Library);
+        }
+        match s.strip_prefix("chat:").map(str::parse::<ChatId>) {
+            Some(Ok(id)) => Ok(Scope::Chat(id)),
+            _ => Err(format!(
+                "'{s}' is not a scope (\"chat:<chat id>\" or \"library\")"
+            )),
+        }
+    }
+}
+
+impl TryFrom<String> for Scope {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl From<Scope> for String {
+    fn from(scope: Scope) -> String {
+        scope.to_string()
+    }
+}
+
+impl fmt::Display for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Scope::Chat(id) => write!(f, "chat:{id}"),
+            Scope::Library => f.write_str("library"),
+        }
+    }
+}
+
+impl Scope {
+    /// Key prefix: the scope's text and a 0 byte (no scope text contains one).
+    pub fn key_prefix(&self) -> Vec<u8> {
+        let mut key = self.to_string().into_bytes();
+        key.push(0);
+        key
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Document {
+    pub id: DocumentId,
+    pub scope: Scope,
+    pub filename: String,
+    /// Detected format (`pdf`, `docx`, `markdown`, ...).
+    pub format: String,
+    pub size: u64,
+    /// blake3 of the bytes, hex: the same bytes in the same scope are one document.
+    pub content_hash: String,
+    pub chunk_count: u32,
+    /// Pages, for paged formats.
+    pub pages: Option<u32>,
+    /// The embedding model the vectors were made with.
+    pub model_id: String,
+    pub created_at: Millis,
+}
+
+/// One chunk of a document's text, as retrieved and cited.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ChunkRecord {
+    pub text: String,
+    pub page: Option<u32>,
+    pub heading_path: Vec<String>,
+    /// Byte offsets into the document's extracted text.
+    pub start: u64,
+    pub end: u64,
+}
+
+/// A retrieved passage used as context for a reply, as the client sees it and as stored with the
+/// reply.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Source {
+    /// The number the prompt cites it by (`[n]`).
+    pub n: u32,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub document_id: DocumentId,
+    pub filename: String,
+    pub page: Option<u32>,
+    pub start: u64,
+    pub end: u64,
+    pub score: f32,
+    pub text: String,
 }

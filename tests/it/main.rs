@@ -3,6 +3,7 @@
 
 mod api;
 mod chat;
+mod docs;
 mod lifecycle;
 mod sidecar;
 mod support;

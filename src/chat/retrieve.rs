@@ -1,0 +1,92 @@
+//! Retrieval for a chat turn: embed the question, search the scopes the chat may see, keep the
+//! chunks above the relevance threshold, and format them as numbered, citable context.
+//!
+//! No relevant chunk means no context and no sources: the top-k are never used regardless of
+//! their score, because irrelevant context makes small models answer worse.
+
+use crate::embed::{EmbedError, Embedder, Urgency};
+use crate::index::Index;
+use crate::store::{Scope, Source, Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RetrieveError {
+    #[error(transparent)]
+    Embed(#[from] EmbedError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Finds context passages; cheap to clone.
+#[derive(Clone)]
+pub struct Retriever {
+    pub store: Store,
+    pub embedder: Embedder,
+    pub index: Index,
+    pub k: usize,
+    pub min_score: f32,
+}
+
+impl Retriever {
+    /// The best chunks for `query` in `scopes`, numbered from 1, best first.
+    pub async fn retrieve(
+        &self,
+        scopes: &[Scope],
+        query: &str,
+    ) -> Result<Vec<Source>, RetrieveError> {
+        let mut vectors = self
+            .embedder
+            .embed(vec![query.to_string()], Urgency::Query)
+            .await?;
+        let Some(vector) = vectors.pop() else {
+            return Ok(Vec::new());
+        };
+        let hits = self.index.search(scopes, &vector, self.k, self.min_score)?;
+        let mut sources = Vec::with_capacity(hits.len());
+        for hit in hits {
+            let (Some(doc), Some(chunk)) = (
+                self.store.document(hit.document)?,
+                self.store.chunk(hit.document, hit.chunk)?,
+            ) else {
+                // Deleted between search and lookup.
+                continue;
+            };
+            sources.push(Source {
+                n: u32::try_from(sources.len() + 1).unwrap_or(u32::MAX),
+                kind: "document".into(),
+                document_id: doc.id,
+                filename: doc.filename,
+                page: chunk.page,
+                start: chunk.start,
+                end: chunk.end,
+                score: hit.score,
+                text: chunk.text,
+            });
+        }
+        Ok(sources)
+    }
+}
+
+/// The system prompt with the sources appended as numbered excerpts.
+pub fn with_context(system: &str, sources: &[Source]) -> String {
+    if sources.is_empty() {
+        return system.to_string();
+    }
+    let mut out = String::from(system);
+    if !out.is_empty() {
+        out.push_str("\n\n");
+    }
+    out.push_str(
+        "Answer using the numbered excerpts below when they are relevant, and cite them like [1]. \
+         If they do not contain the answer, say so.\n",
+    );
+    for source in sources {
+        out.push_str(&format!("\n[{}] {}", source.n, source.filename));
+        if let Some(page) = source.page {
+            out.push_str(&format!(", page {page}"));
+        }
+        out.push_str(":\n");
+        out.push_str(source.text.trim());
+        out.push('\n');
+    }
+    out
+}

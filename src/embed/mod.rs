@@ -1,0 +1,356 @@
+//! Sentence embeddings in-process: all-MiniLM-L6-v2 (ONNX) through fastembed and ONNX Runtime,
+//! on one dedicated thread, loaded on first use.
+//!
+//! Why a thread of its own: `TextEmbedding::embed` takes `&mut self` and blocks for tens of
+//! milliseconds per batch; keeping it off the async runtime keeps the API responsive. Why lazy:
+//! the runtime library and session cost ~100–250 MB of RSS, which a daemon that only chats should
+//! not pay.
+//!
+//! Every file (the runtime library, the ONNX model, its four tokenizer files) is checked against
+//! the manifest's sha256 before it is loaded, like the chat model. ONNX Runtime is loaded
+//! explicitly from the models dir with `ort::init_from`, so a missing or too-old library is an
+//! error, not a panic.
+//!
+//! Work is queued in two lanes: queries (a person waits) before ingest batches. Texts are grouped
+//! by length before batching (fastembed pads a batch to its longest text) and batches are capped
+//! at [`MAX_BATCH`] so the ONNX arena, and with it RSS, stays bounded.
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+
+use fastembed::{
+    InitOptionsUserDefined, Pooling, TextEmbedding, TokenizerFiles, UserDefinedEmbeddingModel,
+};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::models::{self, Manifest, VerifiedModel};
+use crate::store::Store;
+
+/// Vector dimension of all-MiniLM-L6-v2.
+pub const DIM: usize = 384;
+/// The model's window in tokens, special tokens included; longer texts are truncated by the
+/// tokenizer, so chunks are cut to fit it.
+pub const MAX_TOKENS: usize = 256;
+/// Largest batch handed to ONNX Runtime: beyond 32 the arena (and RSS) grows with no speed gain.
+pub const MAX_BATCH: usize = 32;
+
+/// Manifest names of the files the embedder needs.
+const MODEL: &str = "all-minilm-l6-v2";
+const RUNTIME: &str = "onnxruntime";
+const TOKENIZER: &str = "all-minilm-l6-v2-tokenizer";
+const CONFIG: &str = "all-minilm-l6-v2-config";
+const SPECIAL_TOKENS: &str = "all-minilm-l6-v2-special-tokens-map";
+const TOKENIZER_CONFIG: &str = "all-minilm-l6-v2-tokenizer-config";
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum EmbedError {
+    #[error("the embedding model is unavailable: {0}")]
+    Unavailable(String),
+    #[error("embedding failed: {0}")]
+    Failed(String),
+    #[error("the embedder is shutting down")]
+    ShuttingDown,
+}
+
+/// Who is waiting for the vectors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Urgency {
+    /// A search or a chat turn: served first.
+    Query,
+    /// Document ingestion: served between queries.
+    Ingest,
+}
+
+/// The embedder's state, for health.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EmbedState {
+    /// Not loaded yet (it loads on first use).
+    Idle,
+    Loading,
+    Ready,
+    Failed(String),
+}
+
+/// Cheap-to-clone handle.
+#[derive(Clone)]
+pub struct Embedder {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    models_dir: PathBuf,
+    threads: usize,
+    store: Store,
+    model_id: String,
+    state: Mutex<EmbedState>,
+    queue: Mutex<Lanes>,
+    wake: Condvar,
+}
+
+#[derive(Default)]
+struct Lanes {
+    query: VecDeque<Job>,
+    ingest: VecDeque<Job>,
+    closed: bool,
+    started: bool,
+}
+
+struct Job {
+    texts: Vec<String>,
+    reply: oneshot::Sender<Result<Vec<Vec<f32>>, EmbedError>>,
+    /// Receives the number of texts embedded so far, after every batch.
+    progress: Option<mpsc::UnboundedSender<usize>>,
+}
+
+impl Embedder {
+    /// A handle; nothing is loaded until the first request.
+    pub fn new(models_dir: &Path, threads: usize, store: Store) -> Embedder {
+        let manifest = Manifest::builtin();
+        let sha = manifest
+            .entry(MODEL)
+            .map(|e| e.sha256[..12].to_string())
+            .unwrap_or_default();
+        Embedder {
+            shared: Arc::new(Shared {
+                models_dir: models_dir.to_path_buf(),
+                threads: threads.max(1),
+                store,
+                model_id: format!("{MODEL}@{sha}"),
+                state: Mutex::new(EmbedState::Idle),
+                queue: Mutex::new(Lanes::default()),
+                wake: Condvar::new(),
+            }),
+        }
+    }
+
+    /// Identifies the model (name and hash prefix); stored with every vector so vectors of
+    /// another model are never compared with these.
+    pub fn model_id(&self) -> &str {
+        &self.shared.model_id
+    }
+
+    pub fn state(&self) -> EmbedState {
+        self.shared
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The paths of the tokenizer file (verified), for token-aware chunking.
+    pub fn tokenizer_path(&self) -> Result<PathBuf, EmbedError> {
+        let manifest = Manifest::builtin();
+        let entry = manifest
+            .entry(TOKENIZER)
+            .map_err(|err| EmbedError::Unavailable(err.to_string()))?;
+        let verified = models::verify(&self.shared.models_dir, entry, &self.shared.store)
+            .map_err(|err| EmbedError::Unavailable(err.to_string()))?;
+        Ok(verified.path)
+    }
+
+    /// Embeds `texts` (L2-normalised vectors, in order).
+    pub async fn embed(
+        &self,
+        texts: Vec<String>,
+        urgency: Urgency,
+    ) -> Result<Vec<Vec<f32>>, EmbedError> {
+        self.embed_with_progress(texts, urgency, None).await
+    }
+
+    /// Like [`Embedder::embed`], reporting the count done after each batch.
+    pub async fn embed_with_progress(
+        &self,
+        texts: Vec<String>,
+        urgency: Urgency,
+        progress: Option<mpsc::UnboundedSender<usize>>,
+    ) -> Result<Vec<Vec<f32>>, EmbedError> {
+        if texts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (reply, rx) = oneshot::channel();
+        {
+            let mut lanes = self
+                .shared
+                .queue
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if lanes.closed {
+                return Err(EmbedError::ShuttingDown);
+            }
+            if !lanes.started {
+                lanes.started = true;
+                let shared = self.shared.clone();
+                std::thread::Builder::new()
+                    .name("hearth-embed".into())
+                    .spawn(move || run(&shared))
+                    .map_err(|err| {
+                        EmbedError::Unavailable(format!("cannot start the embedding thread: {err}"))
+                    })?;
+            }
+            let job = Job {
+                texts,
+                reply,
+                progress,
+            };
+            match urgency {
+                Urgency::Query => lanes.query.push_back(job),
+                Urgency::Ingest => lanes.ingest.push_back(job),
+            }
+        }
+        self.shared.wake.notify_one();
+        rx.await.map_err(|_| EmbedError::ShuttingDown)?
+    }
+
+    /// Stops the thread after the running batch; waiting jobs fail with `ShuttingDown`.
+    pub fn shutdown(&self) {
+        let jobs: Vec<Job> = {
+            let mut lanes = self
+                .shared
+                .queue
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            lanes.closed = true;
+            let mut jobs: Vec<Job> = lanes.query.drain(..).collect();
+            jobs.extend(lanes.ingest.drain(..));
+            jobs
+        };
+        for job in jobs {
+            let _ = job.reply.send(Err(EmbedError::ShuttingDown));
+        }
+        self.shared.wake.notify_all();
+    }
+}
+
+impl Shared {
+    fn set_state(&self, state: EmbedState) {
+        *self.state.lock().unwrap_or_else(PoisonError::into_inner) = state;
+    }
+
+    /// The next job, queries first; `None` once closed.
+    fn next_job(&self) -> Option<Job> {
+        let mut lanes = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+        loop {
+            if lanes.closed {
+                return None;
+            }
+            if let Some(job) = lanes.query.pop_front().or_else(|| lanes.ingest.pop_front()) {
+                return Some(job);
+            }
+            lanes = self
+                .wake
+                .wait(lanes)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
+    /// A query job waiting, taken out of the queue (to run between an ingest job's batches).
+    fn take_query(&self) -> Option<Job> {
+        self.queue
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .query
+            .pop_front()
+    }
+}
+
+fn run(shared: &Shared) {
+    shared.set_state(EmbedState::Loading);
+    let started = std::time::Instant::now();
+    let mut model = match load(shared) {
+        Ok(model) => model,
+        Err(err) => {
+            tracing::error!(error = %err, "embedding model failed to load");
+            shared.set_state(EmbedState::Failed(err.clone()));
+            // Answer everything with the load error, now and later.
+            while let Some(job) = shared.next_job() {
+                let _ = job.reply.send(Err(EmbedError::Unavailable(err.clone())));
+            }
+            return;
+        }
+    };
+    shared.set_state(EmbedState::Ready);
+    tracing::info!(model = %shared.model_id, load_ms = started.elapsed().as_millis(), "embedding model ready");
+    while let Some(job) = shared.next_job() {
+        let result = embed_job(shared, &mut model, &job);
+        let _ = job.reply.send(result);
+    }
+}
+
+/// Embeds one job in length-grouped batches; queries that arrive meanwhile run between batches.
+fn embed_job(
+    shared: &Shared,
+    model: &mut TextEmbedding,
+    job: &Job,
+) -> Result<Vec<Vec<f32>>, EmbedError> {
+    let mut order: Vec<usize> = (0..job.texts.len()).collect();
+    order.sort_by_key(|&i| job.texts[i].len());
+    let mut out: Vec<Vec<f32>> = vec![Vec::new(); job.texts.len()];
+    let mut done = 0;
+    for batch in order.chunks(MAX_BATCH) {
+        while let Some(query) = shared.take_query() {
+            let result = embed_batch(model, &query.texts);
+            let _ = query.reply.send(result);
+        }
+        let texts: Vec<&str> = batch.iter().map(|&i| job.texts[i].as_str()).collect();
+        let vectors = embed_batch(model, &texts)?;
+        for (&i, vector) in batch.iter().zip(vectors) {
+            out[i] = vector;
+        }
+        done += batch.len();
+        if let Some(progress) = &job.progress {
+            let _ = progress.send(done);
+        }
+    }
+    Ok(out)
+}
+
+fn embed_batch<S: AsRef<str> + Send + Sync>(
+    model: &mut TextEmbedding,
+    texts: &[S],
+) -> Result<Vec<Vec<f32>>, EmbedError> {
+    let mut out = Vec::with_capacity(texts.len());
+    for batch in texts.chunks(MAX_BATCH) {
+        let vectors = model
+            .embed(batch, Some(MAX_BATCH))
+            .map_err(|err| EmbedError::Failed(err.to_string()))?;
+        out.extend(vectors);
+    }
+    Ok(out)
+}
+
+fn load(shared: &Shared) -> Result<TextEmbedding, String> {
+    let manifest = Manifest::builtin();
+    let verify = |name: &str| -> Result<VerifiedModel, String> {
+        let entry = manifest.entry(name).map_err(|err| err.to_string())?;
+        models::verify(&shared.models_dir, entry, &shared.store).map_err(|err| err.to_string())
+    };
+    let read = |v: &VerifiedModel| {
+        std::fs::read(&v.load_path).map_err(|err| format!("{}: {err}", v.path.display()))
+    };
+    let runtime = verify(RUNTIME)?;
+    let environment = ort::init_from(&runtime.load_path)
+        .map_err(|err| {
+            format!(
+                "cannot load ONNX Runtime from {}: {err}",
+                runtime.path.display()
+            )
+        })?
+        .with_name("hearth")
+        .build()
+        .map_err(|err| format!("cannot start ONNX Runtime: {err}"))?;
+    let onnx = read(&verify(MODEL)?)?;
+    let files = TokenizerFiles {
+        tokenizer_file: read(&verify(TOKENIZER)?)?,
+        config_file: read(&verify(CONFIG)?)?,
+        special_tokens_map_file: read(&verify(SPECIAL_TOKENS)?)?,
+        tokenizer_config_file: read(&verify(TOKENIZER_CONFIG)?)?,
+    };
+    let model = UserDefinedEmbeddingModel::new(onnx, files).with_pooling(Pooling::Mean);
+    let options = InitOptionsUserDefined::new()
+        .with_max_length(MAX_TOKENS)
+        .with_intra_threads(shared.threads)
+        .with_environment(environment);
+    TextEmbedding::try_new_from_user_defined(model, options)
+        .map_err(|err| format!("cannot create the embedding session: {err}"))
+}

@@ -1,0 +1,253 @@
+//! Turning a file into a searchable document: sniff and extract (`extract`), cut into
+//! token-bounded chunks (`chunk`), embed, and store document + chunks + vectors in one
+//! transaction, flushed before the document is reported ready.
+//!
+//! The same bytes in the same scope are one document (blake3 content hash): a second upload
+//! returns the first document and embeds nothing. A file that cannot be extracted stores nothing.
+
+pub mod chunk;
+pub mod extract;
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use crate::embed::{EmbedError, Embedder, Urgency};
+use crate::index::Index;
+use crate::store::{now_millis, ChunkRecord, Document, DocumentId, Scope, Store, StoreError};
+
+/// Overlap between neighbouring chunks, in tokens: enough to keep a sentence cut at a boundary
+/// findable from either side.
+const CHUNK_OVERLAP: usize = 32;
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error(transparent)]
+    Extract(#[from] extract::ExtractError),
+    #[error("extraction took longer than {0:?}")]
+    Timeout(Duration),
+    #[error(transparent)]
+    Embed(#[from] EmbedError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("tokenizer unavailable: {0}")]
+    Tokenizer(String),
+}
+
+impl IngestError {
+    /// Stable code for the API.
+    pub fn code(&self) -> &'static str {
+        match self {
+            IngestError::Extract(err) => err.code(),
+            IngestError::Timeout(_) => "extraction_timeout",
+            IngestError::Embed(EmbedError::Unavailable(_)) => "embedder_unavailable",
+            IngestError::Embed(_) => "embedding_failed",
+            IngestError::Store(_) => "store_failed",
+            IngestError::Tokenizer(_) => "embedder_unavailable",
+        }
+    }
+}
+
+/// Where an ingestion is, for progress events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    Received,
+    Extracting,
+    Chunking,
+    Embedding,
+    Indexing,
+}
+
+impl Stage {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Received => "received",
+            Stage::Extracting => "extracting",
+            Stage::Chunking => "chunking",
+            Stage::Embedding => "embedding",
+            Stage::Indexing => "indexing",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Progress {
+    pub stage: Stage,
+    /// 0..=100 over the whole ingestion.
+    pub percent: u8,
+    pub chunks_done: usize,
+    pub chunks_total: usize,
+}
+
+/// Per-file limits.
+#[derive(Debug, Clone)]
+pub struct IngestLimits {
+    pub extract: extract::Limits,
+    pub extract_timeout: Duration,
+}
+
+/// Ingests files; cheap to clone.
+#[derive(Clone)]
+pub struct Ingestor {
+    store: Store,
+    embedder: Embedder,
+    index: Index,
+    limits: IngestLimits,
+    tokenizer: Arc<OnceLock<Result<Arc<tokenizers::Tokenizer>, String>>>,
+}
+
+impl Ingestor {
+    pub fn new(store: Store, embedder: Embedder, index: Index, limits: IngestLimits) -> Ingestor {
+        Ingestor {
+            store,
+            embedder,
+            index,
+            limits,
+            tokenizer: Arc::default(),
+        }
+    }
+
+    pub fn limits(&self) -> &IngestLimits {
+        &self.limits
+    }
+
+    /// The embedder's tokenizer (verified against the manifest, loaded once).
+    fn tokenizer(&self) -> Result<Arc<tokenizers::Tokenizer>, IngestError> {
+        self.tokenizer
+            .get_or_init(|| {
+                let path = self.embedder.tokenizer_path().map_err(|e| e.to_string())?;
+                tokenizers::Tokenizer::from_file(&path)
+                    .map(Arc::new)
+                    .map_err(|e| format!("{}: {e}", path.display()))
+            })
+            .clone()
+            .map_err(IngestError::Tokenizer)
+    }
+
+    /// Ingests `bytes` as `filename` into `scope`. Progress goes to `progress` (dropped events
+    /// are fine: a slow reader only misses intermediate percentages).
+    pub async fn ingest(
+        &self,
+        scope: Scope,
+        filename: &str,
+        bytes: Arc<Vec<u8>>,
+        progress: &mpsc::Sender<Progress>,
+    ) -> Result<Document, IngestError> {
+        let report = |stage, percent, chunks_done, chunks_total| {
+            let _ = progress.try_send(Progress {
+                stage,
+                percent,
+                chunks_done,
+                chunks_total,
+            });
+        };
+        report(Stage::Received, 5, 0, 0);
+        let hash = blake3::hash(&bytes).to_hex().to_string();
+        if let Some(existing) = self.store.document_by_hash(&scope, &hash)? {
+            return Ok(existing);
+        }
+
+        report(Stage::Extracting, 10, 0, 0);
+        let limits = self.limits.extract;
+        let name = filename.to_string();
+        let data = bytes.clone();
+        // A hostile file may make a parser spin: the caller gets a timeout error; the thread is
+        // abandoned (Rust threads cannot be killed) and ends when the parser does.
+        let extracted = tokio::time::timeout(
+            self.limits.extract_timeout,
+            tokio::task::spawn_blocking(move || extract::extract(&name, &data, &limits)),
+        )
+        .await
+        .map_err(|_| IngestError::Timeout(self.limits.extract_timeout))?
+        .map_err(|err| extract::ExtractError::Corrupt(format!("extractor crashed: {err}")))??;
+
+        report(Stage::Chunking, 30, 0, 0);
+        let tokenizer = self.tokenizer()?;
+        let options = chunk::ChunkOptions {
+            max_tokens: crate::embed::MAX_TOKENS,
+            overlap: CHUNK_OVERLAP,
+        };
+        let (extracted, chunks) = tokio::task::spawn_blocking(move || {
+            let chunks = chunk::chunk(&extracted, &tokenizer, &options);
+            (extracted, chunks)
+        })
+        .await
+        .map_err(|err| IngestError::Tokenizer(err.to_string()))?;
+        if chunks.is_empty() {
+            return Err(extract::ExtractError::Empty.into());
+        }
+
+        let total = chunks.len();
+        report(Stage::Embedding, 35, 0, total);
+        let (done_tx, mut done_rx) = mpsc::unbounded_channel();
+        let texts: Vec<String> = chunks.iter().map(|c| c.text.clone()).collect();
+        let embedding = self
+            .embedder
+            .embed_with_progress(texts, Urgency::Ingest, Some(done_tx));
+        tokio::pin!(embedding);
+        let vectors = loop {
+            tokio::select! {
+                result = &mut embedding => break result?,
+                Some(done) = done_rx.recv() => {
+                    let percent = 35 + (55 * done / total.max(1)) as u8;
+                    report(Stage::Embedding, percent, done, total);
+                }
+            }
+        };
+
+        report(Stage::Indexing, 92, total, total);
+        let pages = extracted.sections.iter().filter_map(|s| s.page).max();
+        let document = Document {
+            id: DocumentId::new(),
+            scope: scope.clone(),
+            filename: filename.to_string(),
+            format: extracted.format.as_str().to_string(),
+            size: bytes.len() as u64,
+            content_hash: hash,
+            chunk_count: u32::try_from(total).unwrap_or(u32::MAX),
+            pages,
+            model_id: self.embedder.model_id().to_string(),
+            created_at: now_millis(),
+        };
+        let records: Vec<ChunkRecord> = chunks
+            .into_iter()
+            .map(|c| ChunkRecord {
+                text: c.text,
+                page: c.page,
+                heading_path: c.heading_path,
+                start: c.start as u64,
+                end: c.end as u64,
+            })
+            .collect();
+        let inserted = self.store.insert_document(&document, &records, &vectors)?;
+        self.store.durable().await?;
+        if inserted.created {
+            self.index.add(&scope, document.id, &vectors);
+        }
+        Ok(inserted.document)
+    }
+
+    /// Tokens each text costs the embedder (special tokens included, capped at its window).
+    pub fn count_tokens(&self, texts: &[String]) -> Result<usize, IngestError> {
+        let tokenizer = self.tokenizer()?;
+        let mut total = 0;
+        for text in texts {
+            let encoding = tokenizer
+                .encode(text.as_str(), true)
+                .map_err(|err| IngestError::Tokenizer(err.to_string()))?;
+            total += encoding.len().min(crate::embed::MAX_TOKENS);
+        }
+        Ok(total)
+    }
+
+    /// Deletes a document everywhere (store, index).
+    pub async fn delete(&self, id: DocumentId) -> Result<Option<Document>, StoreError> {
+        let deleted = self.store.delete_document(id)?;
+        if let Some(doc) = &deleted {
+            self.store.durable().await?;
+            self.index.remove(&doc.scope, doc.id);
+        }
+        Ok(deleted)
+    }
+}

@@ -1,0 +1,387 @@
+//! Handlers for documents, search and embeddings: multipart upload with live progress over SSE
+//! (or one JSON answer), document listing and deletion, vector search per scope, and raw
+//! embeddings.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use http::header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE};
+use http::{Request, Response, StatusCode};
+use http_body_util::BodyStream;
+use hyper::body::Incoming;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tokio::sync::mpsc;
+
+use super::error::ApiError;
+use super::routes::{json_response, ok, require_chat, sse_response, ResBody};
+use super::sse::SseEvent;
+use super::{body, App};
+use crate::embed::Urgency;
+use crate::ingest::{IngestError, Progress};
+use crate::store::{ChatId, Document, DocumentId, Scope};
+
+/// Most texts one embeddings request may carry: bounds the work a single request can queue.
+const MAX_EMBED_INPUTS: usize = 256;
+/// Longest text one embeddings request may carry, in bytes (the model reads 256 tokens anyway).
+const MAX_EMBED_INPUT_BYTES: usize = 64 * 1024;
+/// Most results a search may ask for.
+const MAX_SEARCH_K: usize = 100;
+/// Progress events buffered towards a slow client; older percentages may be skipped.
+const PROGRESS_BUFFER: usize = 64;
+
+/// A document as the API shows it.
+#[derive(Serialize)]
+pub struct DocumentOut<'a> {
+    id: DocumentId,
+    scope: String,
+    filename: &'a str,
+    format: &'a str,
+    size: u64,
+    pages: Option<u32>,
+    chunks: u32,
+    content_hash: &'a str,
+    model: &'a str,
+    created_at: u64,
+}
+
+impl<'a> From<&'a Document> for DocumentOut<'a> {
+    fn from(d: &'a Document) -> Self {
+        DocumentOut {
+            id: d.id,
+            scope: d.scope.to_string(),
+            filename: &d.filename,
+            format: &d.format,
+            size: d.size,
+            pages: d.pages,
+            chunks: d.chunk_count,
+            content_hash: &d.content_hash,
+            model: &d.model_id,
+            created_at: d.created_at,
+        }
+    }
+}
+
+/// `POST /api/v1/chats/{id}/documents`: multipart field `file`.
+pub async fn upload(
+    app: &App,
+    chat: ChatId,
+    req: Request<Incoming>,
+) -> Result<Response<ResBody>, ApiError> {
+    require_chat(app, chat)?;
+    let wants_json = req
+        .headers()
+        .get(ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("application/json") && !v.contains("text/event-stream"));
+    let (filename, bytes) = read_file_field(req, app.rag.max_upload_bytes).await?;
+    let scope = Scope::Chat(chat);
+    let ingestor = app.ingestor.clone();
+    if wants_json {
+        let (tx, _rx) = mpsc::channel(1);
+        let doc = ingestor
+            .ingest(scope, &filename, Arc::new(bytes), &tx)
+            .await
+            .map_err(ingest_error)?;
+        return Ok(json_response(StatusCode::OK, &DocumentOut::from(&doc)));
+    }
+    let (events_tx, events_rx) = mpsc::channel(PROGRESS_BUFFER);
+    tokio::spawn(async move {
+        let (progress_tx, mut progress_rx) = mpsc::channel::<Progress>(PROGRESS_BUFFER);
+        let work = ingestor.ingest(scope, &filename, Arc::new(bytes), &progress_tx);
+        tokio::pin!(work);
+        let result = loop {
+            tokio::select! {
+                result = &mut work => break result,
+                Some(p) = progress_rx.recv() => {
+                    let _ = events_tx.try_send(progress_event(&p));
+                }
+            }
+        };
+        while let Ok(p) = progress_rx.try_recv() {
+            let _ = events_tx.try_send(progress_event(&p));
+        }
+        let last = match result {
+            Ok(doc) => SseEvent::json("ready", &json!({ "document": DocumentOut::from(&doc) })),
+            Err(err) => {
+                let err = ingest_error(err);
+                SseEvent::json("error", &json!({"code": err.code, "message": err.message}))
+            }
+        };
+        // The terminal event must not be dropped: wait for room.
+        let _ = events_tx.send(last).await;
+    });
+    Ok(sse_response(events_rx))
+}
+
+fn progress_event(p: &Progress) -> SseEvent {
+    SseEvent::json(
+        "progress",
+        &json!({
+            "stage": p.stage.as_str(),
+            "progress": p.percent,
+            "chunks_done": p.chunks_done,
+            "chunks_total": p.chunks_total,
+        }),
+    )
+}
+
+/// Maps ingestion failures onto the API's error codes (the one place that decides statuses for
+/// them is `error.rs`'s `ApiError`; here only the document-specific codes are chosen).
+fn ingest_error(err: IngestError) -> ApiError {
+    let code = err.code();
+    let status = match &err {
+        IngestError::Extract(crate::ingest::extract::ExtractError::TooLarge { .. }) => {
+            StatusCode::PAYLOAD_TOO_LARGE
+        }
+        IngestError::Extract(_) | IngestError::Timeout(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        IngestError::Embed(_) | IngestError::Tokenizer(_) => StatusCode::SERVICE_UNAVAILABLE,
+        IngestError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    ApiError::new(status, code, err.to_string())
+}
+
+/// Reads the multipart body's `file` field, enforcing `limit` while reading (413 before the whole
+/// body is buffered).
+async fn read_file_field(
+    req: Request<Incoming>,
+    limit: u64,
+) -> Result<(String, Vec<u8>), ApiError> {
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("upload is larger than {limit} bytes"),
+        )
+    };
+    let content_type = req
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let boundary = multer::parse_boundary(content_type).map_err(|_| {
+        ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "expected multipart/form-data with a `file` field",
+        )
+    })?;
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    // Multipart framing adds a few hundred bytes around the file.
+    let framing = 64 * 1024;
+    if declared.is_some_and(|len| len > limit + framing) {
+        return Err(too_large());
+    }
+    let stream = BodyStream::new(req.into_body()).filter_map(|frame| async move {
+        match frame {
+            Ok(frame) => frame.into_data().ok().map(Ok::<Bytes, hyper::Error>),
+            Err(err) => Some(Err(err)),
+        }
+    });
+    let constraints = multer::Constraints::new().size_limit(
+        multer::SizeLimit::new()
+            .whole_stream(limit + framing)
+            .per_field(limit),
+    );
+    let mut multipart = multer::Multipart::with_constraints(stream, boundary, constraints);
+    let mut found = None;
+    loop {
+        let field = match multipart.next_field().await {
+            Ok(Some(field)) => field,
+            Ok(None) => break,
+            Err(multer::Error::StreamSizeExceeded { .. })
+            | Err(multer::Error::FieldSizeExceeded { .. }) => return Err(too_large()),
+            Err(err) => {
+                return Err(ApiError::bad_request(
+                    "bad_multipart",
+                    format!("malformed multipart body: {err}"),
+                ))
+            }
+        };
+        if field.name() != Some("file") {
+            continue;
+        }
+        let filename = field
+            .file_name()
+            .map(|n| n.rsplit(['/', '\\']).next().unwrap_or(n).to_string())
+            .filter(|n| !n.trim().is_empty())
+            .unwrap_or_else(|| "upload".to_string());
+        let data = match field.bytes().await {
+            Ok(data) => data,
+            Err(multer::Error::StreamSizeExceeded { .. })
+            | Err(multer::Error::FieldSizeExceeded { .. }) => return Err(too_large()),
+            Err(err) => {
+                return Err(ApiError::bad_request(
+                    "bad_multipart",
+                    format!("malformed multipart body: {err}"),
+                ))
+            }
+        };
+        if data.len() as u64 > limit {
+            return Err(too_large());
+        }
+        found = Some((filename, data.to_vec()));
+    }
+    found.ok_or_else(|| ApiError::invalid("multipart body has no `file` field"))
+}
+
+/// `GET /api/v1/chats/{id}/documents`
+pub fn list(app: &App, chat: ChatId) -> Result<Response<ResBody>, ApiError> {
+    require_chat(app, chat)?;
+    let docs = app.store.documents_in(&Scope::Chat(chat))?;
+    let out: Vec<_> = docs.iter().map(DocumentOut::from).collect();
+    ok(&json!({ "documents": out }))
+}
+
+fn document_id(text: &str) -> Result<DocumentId, ApiError> {
+    text.parse().map_err(|_| {
+        ApiError::bad_request("invalid_id", format!("'{text}' is not a valid document id"))
+    })
+}
+
+/// `GET /api/v1/documents/{id}`
+pub fn get(app: &App, id: &str) -> Result<Response<ResBody>, ApiError> {
+    let id = document_id(id)?;
+    let doc = app
+        .store
+        .document(id)?
+        .ok_or_else(|| ApiError::not_found("document_not_found", format!("no document {id}")))?;
+    ok(&DocumentOut::from(&doc))
+}
+
+/// `DELETE /api/v1/documents/{id}`: the document, its chunks, vectors and index entries.
+pub async fn delete(app: &App, id: &str) -> Result<Response<ResBody>, ApiError> {
+    let id = document_id(id)?;
+    let doc =
+        app.ingestor.delete(id).await?.ok_or_else(|| {
+            ApiError::not_found("document_not_found", format!("no document {id}"))
+        })?;
+    ok(&json!({"deleted": doc.id, "chunks_deleted": doc.chunk_count}))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SearchRequest {
+    scope: String,
+    query: String,
+    #[serde(default = "default_k")]
+    k: usize,
+}
+
+fn default_k() -> usize {
+    5
+}
+
+/// `POST /api/v1/search` `{"scope","query","k"}` → best chunks first. No threshold: this endpoint
+/// is for clients and for debugging retrieval, so it shows scores as they are.
+pub async fn search(app: &App, req: Request<Incoming>) -> Result<Response<ResBody>, ApiError> {
+    let body: SearchRequest = body::json(req, app.config.max_body_bytes).await?;
+    let scope: Scope = body.scope.parse().map_err(ApiError::invalid)?;
+    if body.query.trim().is_empty() {
+        return Err(ApiError::invalid("query: must not be empty"));
+    }
+    if body.k == 0 || body.k > MAX_SEARCH_K {
+        return Err(ApiError::invalid(format!(
+            "k: must be between 1 and {MAX_SEARCH_K}"
+        )));
+    }
+    if let Scope::Chat(chat) = &scope {
+        require_chat(app, *chat)?;
+    }
+    let vector = app
+        .embedder
+        .embed(vec![body.query], Urgency::Query)
+        .await
+        .map_err(embed_error)?
+        .pop()
+        .unwrap_or_default();
+    let hits = app.index.search(&[scope], &vector, body.k, f32::MIN)?;
+    let mut results = Vec::with_capacity(hits.len());
+    for hit in hits {
+        let (Some(doc), Some(chunk)) = (
+            app.store.document(hit.document)?,
+            app.store.chunk(hit.document, hit.chunk)?,
+        ) else {
+            continue;
+        };
+        results.push(json!({
+            "document_id": doc.id,
+            "filename": doc.filename,
+            "page": chunk.page,
+            "heading_path": chunk.heading_path,
+            "start": chunk.start,
+            "end": chunk.end,
+            "score": hit.score,
+            "text": chunk.text,
+        }));
+    }
+    ok(&json!({ "results": results }))
+}
+
+fn embed_error(err: crate::embed::EmbedError) -> ApiError {
+    ApiError::unavailable("embedder_unavailable", err.to_string(), 5)
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Input {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EmbeddingsRequest {
+    input: Input,
+    /// Accepted for OpenAI-style clients; must name this daemon's model if given.
+    model: Option<String>,
+}
+
+/// `POST /api/v1/embeddings` `{"input": "text" | ["texts"]}`.
+pub async fn embeddings(app: &App, req: Request<Incoming>) -> Result<Response<ResBody>, ApiError> {
+    let body: EmbeddingsRequest = body::json(req, app.config.max_body_bytes).await?;
+    let inputs = match body.input {
+        Input::One(text) => vec![text],
+        Input::Many(texts) => texts,
+    };
+    if inputs.is_empty() || inputs.len() > MAX_EMBED_INPUTS {
+        return Err(ApiError::invalid(format!(
+            "input: must hold 1 to {MAX_EMBED_INPUTS} texts"
+        )));
+    }
+    if let Some(n) = inputs.iter().position(|t| t.len() > MAX_EMBED_INPUT_BYTES) {
+        return Err(ApiError::invalid(format!(
+            "input[{n}]: longer than {MAX_EMBED_INPUT_BYTES} bytes"
+        )));
+    }
+    let model = app.embedder.model_id().to_string();
+    if let Some(asked) = &body.model {
+        if !model.starts_with(asked.as_str()) {
+            return Err(ApiError::invalid(format!(
+                "model: this daemon embeds with {model}"
+            )));
+        }
+    }
+    let tokens = app.ingestor.count_tokens(&inputs).map_err(ingest_error)?;
+    let vectors = app
+        .embedder
+        .embed(inputs, Urgency::Query)
+        .await
+        .map_err(embed_error)?;
+    let data: Vec<_> = vectors
+        .into_iter()
+        .enumerate()
+        .map(|(index, embedding)| json!({"object": "embedding", "index": index, "embedding": embedding}))
+        .collect();
+    ok(&json!({
+        "object": "list",
+        "data": data,
+        "model": model,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }))
+}

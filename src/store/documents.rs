@@ -1,0 +1,219 @@
+//! Documents, their chunks and their vectors.
+//!
+//! ```text
+//! documents      doc_id → Document
+//! docs_by_scope  scope ‖ 0 ‖ doc_id → ()
+//! doc_by_hash    scope ‖ 0 ‖ blake3 → doc_id
+//! chunks         doc_id ‖ chunk_no BE → ChunkRecord
+//! vectors        doc_id ‖ chunk_no BE → 384 × f32 little-endian
+//! ```
+//!
+//! A document and all its chunks and vectors are written in one transaction: a reader (and a
+//! restart after `kill -9`) sees all of it or none of it. The embedding model id lives on the
+//! document, so a vector set is never compared with vectors of another model.
+
+use sled::transaction::ConflictableTransactionError;
+use sled::Transactional;
+
+use super::types::{ChunkRecord, Document, DocumentId, Scope};
+use super::{encode, get, tx_get, unwrap_tx, Store, StoreError, TxResult};
+
+/// What [`Store::insert_document`] did.
+pub struct Inserted {
+    pub document: Document,
+    /// False when the same bytes were already a document in this scope (that one is returned).
+    pub created: bool,
+}
+
+/// One stored vector with its address, for building an index.
+pub struct StoredVector {
+    pub document: DocumentId,
+    pub chunk: u32,
+    pub vector: Vec<f32>,
+}
+
+fn chunk_key(doc: DocumentId, n: u32) -> Vec<u8> {
+    let mut key = Vec::with_capacity(20);
+    key.extend_from_slice(doc.as_bytes());
+    key.extend_from_slice(&n.to_be_bytes());
+    key
+}
+
+fn scoped(scope: &Scope, tail: &[u8]) -> Vec<u8> {
+    let mut key = scope.key_prefix();
+    key.extend_from_slice(tail);
+    key
+}
+
+fn vector_bytes(vector: &[f32]) -> Vec<u8> {
+    vector.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+fn vector_from(bytes: &[u8]) -> Result<Vec<f32>, StoreError> {
+    if !bytes.len().is_multiple_of(4) {
+        return Err(StoreError::Corrupt("vector length".into()));
+    }
+    Ok(bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect())
+}
+
+impl Store {
+    /// Stores a document with its chunks and vectors atomically. When the scope already holds a
+    /// document with the same content hash, nothing is written and that one is returned.
+    pub fn insert_document(
+        &self,
+        document: &Document,
+        chunks: &[ChunkRecord],
+        vectors: &[Vec<f32>],
+    ) -> Result<Inserted, StoreError> {
+        if chunks.len() != vectors.len() {
+            return Err(StoreError::Corrupt(
+                "chunks and vectors differ in count".into(),
+            ));
+        }
+        let i = &*self.inner;
+        let hash_key = scoped(&document.scope, document.content_hash.as_bytes());
+        let res = (
+            &i.documents,
+            &i.docs_by_scope,
+            &i.doc_by_hash,
+            &i.chunks,
+            &i.vectors,
+        )
+            .transaction(
+                |(documents, by_scope, by_hash, chunk_tree, vector_tree)| -> TxResult<_> {
+                    if let Some(existing) = by_hash.get(&hash_key)? {
+                        let id = DocumentId::from_slice(&existing).ok_or_else(|| {
+                            ConflictableTransactionError::Abort(StoreError::Corrupt(
+                                "doc_by_hash".into(),
+                            ))
+                        })?;
+                        if let Some(doc) = tx_get::<Document>(documents, id.as_bytes())? {
+                            return Ok(Inserted {
+                                document: doc,
+                                created: false,
+                            });
+                        }
+                    }
+                    for (n, (chunk, vector)) in chunks.iter().zip(vectors).enumerate() {
+                        let n = u32::try_from(n).unwrap_or(u32::MAX);
+                        chunk_tree.insert(chunk_key(document.id, n), encode(chunk))?;
+                        vector_tree.insert(chunk_key(document.id, n), vector_bytes(vector))?;
+                    }
+                    documents.insert(&document.id.as_bytes()[..], encode(document))?;
+                    by_scope.insert(scoped(&document.scope, document.id.as_bytes()), &[][..])?;
+                    by_hash.insert(hash_key.clone(), &document.id.as_bytes()[..])?;
+                    Ok(Inserted {
+                        document: document.clone(),
+                        created: true,
+                    })
+                },
+            );
+        unwrap_tx(res)
+    }
+
+    pub fn document(&self, id: DocumentId) -> Result<Option<Document>, StoreError> {
+        get(&self.inner.documents, id.as_bytes())
+    }
+
+    /// The document with these bytes in this scope, if any.
+    pub fn document_by_hash(
+        &self,
+        scope: &Scope,
+        hash: &str,
+    ) -> Result<Option<Document>, StoreError> {
+        match self.inner.doc_by_hash.get(scoped(scope, hash.as_bytes()))? {
+            Some(id) => match DocumentId::from_slice(&id) {
+                Some(id) => self.document(id),
+                None => Err(StoreError::Corrupt("doc_by_hash".into())),
+            },
+            None => Ok(None),
+        }
+    }
+
+    /// A scope's documents, oldest first.
+    pub fn documents_in(&self, scope: &Scope) -> Result<Vec<Document>, StoreError> {
+        let prefix = scope.key_prefix();
+        let mut out = Vec::new();
+        for entry in self.inner.docs_by_scope.scan_prefix(&prefix) {
+            let (key, _) = entry?;
+            let id = DocumentId::from_slice(&key[prefix.len()..])
+                .ok_or_else(|| StoreError::Corrupt("docs_by_scope".into()))?;
+            if let Some(doc) = self.document(id)? {
+                out.push(doc);
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn chunk(&self, doc: DocumentId, n: u32) -> Result<Option<ChunkRecord>, StoreError> {
+        get(&self.inner.chunks, &chunk_key(doc, n))
+    }
+
+    /// Every vector of a scope's documents made with `model_id` (others need re-embedding and are
+    /// reported in the second list).
+    pub fn scope_vectors(
+        &self,
+        scope: &Scope,
+        model_id: &str,
+    ) -> Result<(Vec<StoredVector>, Vec<DocumentId>), StoreError> {
+        let mut vectors = Vec::new();
+        let mut stale = Vec::new();
+        for doc in self.documents_in(scope)? {
+            if doc.model_id != model_id {
+                stale.push(doc.id);
+                continue;
+            }
+            for entry in self.inner.vectors.scan_prefix(doc.id.as_bytes()) {
+                let (key, value) = entry?;
+                let chunk = key
+                    .get(16..20)
+                    .and_then(|b| b.try_into().ok())
+                    .map(u32::from_be_bytes)
+                    .ok_or_else(|| StoreError::Corrupt("vector key".into()))?;
+                vectors.push(StoredVector {
+                    document: doc.id,
+                    chunk,
+                    vector: vector_from(&value)?,
+                });
+            }
+        }
+        Ok((vectors, stale))
+    }
+
+    /// Deletes a document with its chunks and vectors. `None` when it did not exist.
+    pub fn delete_document(&self, id: DocumentId) -> Result<Option<Document>, StoreError> {
+        let i = &*self.inner;
+        let Some(doc) = self.document(id)? else {
+            return Ok(None);
+        };
+        // The document record goes first (in one transaction with its index entries), so no
+        // reader finds a document whose chunks are half gone; the chunks follow in a batch.
+        let res = (&i.documents, &i.docs_by_scope, &i.doc_by_hash).transaction(
+            |(documents, by_scope, by_hash)| -> TxResult<_> {
+                documents.remove(&id.as_bytes()[..])?;
+                by_scope.remove(scoped(&doc.scope, id.as_bytes()))?;
+                by_hash.remove(scoped(&doc.scope, doc.content_hash.as_bytes()))?;
+                Ok(())
+            },
+        );
+        unwrap_tx(res)?;
+        let mut chunk_batch = sled::Batch::default();
+        let mut vector_batch = sled::Batch::default();
+        for entry in i.chunks.scan_prefix(id.as_bytes()) {
+            let (key, _) = entry?;
+            chunk_batch.remove(key.clone());
+            vector_batch.remove(key);
+        }
+        i.chunks.apply_batch(chunk_batch)?;
+        i.vectors.apply_batch(vector_batch)?;
+        Ok(Some(doc))
+    }
+
+    /// Counts of document records, for health.
+    pub fn document_counts(&self) -> (usize, usize) {
+        (self.inner.documents.len(), self.inner.chunks.len())
+    }
+}
