@@ -76,6 +76,10 @@ pub struct RawConfig {
     /// Cosine similarity a chunk needs to be used as context [default: 0.3].
     #[arg(long, env = "HEARTH_RETRIEVAL_MIN_SCORE", value_name = "SCORE")]
     pub retrieval_min_score: Option<f32>,
+    /// Vectors a scope needs before it gets an HNSW graph (smaller scopes are scanned exactly)
+    /// [default: 20000].
+    #[arg(long, env = "HEARTH_HNSW_MIN_VECTORS", value_name = "N")]
+    pub hnsw_min_vectors: Option<u64>,
     /// sled page cache in MiB; sled's own default (1 GiB) is far too big for a desktop daemon [default: 64].
     #[arg(long, env = "HEARTH_CACHE_MB", value_name = "MIB")]
     pub cache_mb: Option<u64>,
@@ -119,6 +123,7 @@ impl RawConfig {
             embed_threads: over.embed_threads.or(self.embed_threads),
             retrieval_k: over.retrieval_k.or(self.retrieval_k),
             retrieval_min_score: over.retrieval_min_score.or(self.retrieval_min_score),
+            hnsw_min_vectors: over.hnsw_min_vectors.or(self.hnsw_min_vectors),
             tcp: over.tcp.or(self.tcp),
             allowed_origins: over.allowed_origins.or(self.allowed_origins),
             log: over.log.or(self.log),
@@ -170,6 +175,7 @@ pub struct RagConfig {
     pub embed_threads: usize,
     pub retrieval_k: usize,
     pub retrieval_min_score: f32,
+    pub hnsw_min_vectors: usize,
 }
 
 /// HTTP server limits.
@@ -211,6 +217,9 @@ const DEFAULT_EXTRACT_TIMEOUT_SECS: u64 = 60;
 const DEFAULT_RETRIEVAL_K: u32 = 5;
 /// all-MiniLM-L6-v2 cosine: related passages score ~0.4–0.8, unrelated text ~0–0.2.
 const DEFAULT_RETRIEVAL_MIN_SCORE: f32 = 0.3;
+/// An exact scan of 20k MiniLM vectors takes ~1 ms on one core; below that a graph only adds
+/// build time and memory.
+const DEFAULT_HNSW_MIN_VECTORS: u64 = 20_000;
 /// sled's cache; RSS is known to run several times over it, so keep it small.
 const DEFAULT_CACHE_MB: u64 = 64;
 const DEFAULT_LOG: &str = "warn,hearth=info";
@@ -324,6 +333,8 @@ pub fn resolve(raw: RawConfig, runtime_dir: Option<&Path>) -> anyhow::Result<Con
     if !(min_score.is_finite() && (-1.0..=1.0).contains(&min_score)) {
         bail!("retrieval_min_score: {min_score} is out of range -1..=1");
     }
+    let hnsw_min_vectors = raw.hnsw_min_vectors.unwrap_or(DEFAULT_HNSW_MIN_VECTORS);
+    check_range("hnsw_min_vectors", hnsw_min_vectors, 100, 1 << 32)?;
     let tcp = match &raw.tcp {
         None => None,
         Some(text) => {
@@ -368,6 +379,7 @@ pub fn resolve(raw: RawConfig, runtime_dir: Option<&Path>) -> anyhow::Result<Con
             embed_threads: usize::try_from(embed_threads)?,
             retrieval_k: usize::try_from(retrieval_k)?,
             retrieval_min_score: min_score,
+            hnsw_min_vectors: usize::try_from(hnsw_min_vectors)?,
         },
         cache_bytes: cache_mb * 1024 * 1024,
         tcp,

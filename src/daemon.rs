@@ -24,7 +24,7 @@ use crate::chat::retrieve::Retriever;
 use crate::chat::ChatService;
 use crate::config::Config;
 use crate::embed::Embedder;
-use crate::index::Index;
+use crate::index::{Index, IndexOptions};
 use crate::ingest::{IngestLimits, Ingestor};
 use crate::llm::Llm;
 use crate::models::{self, Manifest};
@@ -32,6 +32,9 @@ use crate::server::tcp::TcpPolicy;
 use crate::server::{self, App};
 use crate::store::Store;
 
+/// Candidates an HNSW search walks: recall@10 ≈ 0.99 on MiniLM vectors at 100k (measured in
+/// the reference notes), ~1.5 ms per query.
+const HNSW_EF_SEARCH: usize = 100;
 /// Name of the lock file in the data dir.
 const LOCK_FILE: &str = "hearth.lock";
 /// How often a sidecar checks that its parent is alive. With the check itself this keeps the
@@ -139,7 +142,16 @@ pub async fn run(config: Config, life: Lifecycle, started: Instant) -> Result<()
     });
     let shutdown = CancellationToken::new();
     let embedder = Embedder::new(&config.models_dir, config.rag.embed_threads, store.clone());
-    let index = Index::new(store.clone(), embedder.model_id(), crate::embed::DIM);
+    let index = Index::new(
+        store.clone(),
+        embedder.model_id(),
+        crate::embed::DIM,
+        IndexOptions {
+            dir: Some(config.data_dir.join("index")),
+            hnsw_min_rows: config.rag.hnsw_min_vectors,
+            ef_search: HNSW_EF_SEARCH,
+        },
+    );
     let ingestor = Ingestor::new(
         store.clone(),
         embedder.clone(),
