@@ -46,6 +46,12 @@ pub struct BenchArgs {
     /// Sidecar spawns to time (spawn → ready line).
     #[arg(long, default_value_t = 20)]
     sidecar_starts: usize,
+    /// Measure the document side instead: embeddings vs Python onnxruntime, ingestion, search.
+    #[arg(long)]
+    rag: bool,
+    /// Vector counts for the search part of `--rag`.
+    #[arg(long, value_delimiter = ',', default_value = "10000,100000")]
+    rag_sizes: Vec<usize>,
 }
 
 const PROMPT: &str = "Write a long, detailed story about a dragon who learns to bake bread.";
@@ -61,8 +67,15 @@ pub fn run(config_file: Option<&Path>, args: BenchArgs) -> anyhow::Result<()> {
     )?;
     let manifest = Manifest::builtin();
     let entry = manifest.chat_model(args.model.as_deref())?;
-    let model_path = crate::models::precheck(&config.models_dir, entry)?;
     let rt = crate::cli::runtime()?;
+    if args.rag {
+        let threads = usize::try_from(args.threads).unwrap_or(1);
+        let table = crate::bench_rag::run(&config.models_dir, threads, &args.rag_sizes, &rt)?;
+        use std::io::Write;
+        std::io::stdout().write_all(table.as_bytes())?;
+        return Ok(());
+    }
+    let model_path = crate::models::precheck(&config.models_dir, entry)?;
     let scratch = std::env::temp_dir().join(format!("hearth-bench-{}", std::process::id()));
     let _cleanup = RemoveOnDrop(scratch.clone());
 
