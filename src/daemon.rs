@@ -164,6 +164,18 @@ pub async fn run(config: Config, life: Lifecycle, started: Instant) -> Result<()
             extract_timeout: config.rag.extract_timeout,
         },
     );
+    // Documents embedded by an older model file are re-embedded in the background.
+    let maintenance = ingestor.clone();
+    tokio::spawn(async move {
+        match maintenance.reembed_stale().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                documents = n,
+                "re-embedded documents made with another embedding model"
+            ),
+            Err(err) => tracing::warn!(error = %err, "re-embedding stale documents failed"),
+        }
+    });
     let retriever = Retriever {
         store: store.clone(),
         embedder: embedder.clone(),

@@ -114,6 +114,10 @@ impl Index {
         let dim = self.dim;
         self.update(scope, |index| {
             index.deleted.remove(&document);
+            // A scope loaded from the store after the document was committed has it already.
+            if index.ids.iter().any(|(d, _)| *d == document) {
+                return;
+            }
             for (n, vector) in vectors.iter().enumerate() {
                 if vector.len() == dim {
                     index

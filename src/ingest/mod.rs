@@ -241,6 +241,28 @@ impl Ingestor {
         Ok(total)
     }
 
+    /// Re-embeds documents whose vectors were made by another embedding model (the model file
+    /// changed): their chunk texts are embedded again and vectors and model id replaced in one
+    /// transaction, then the index picks them up. Until then they are not searchable, never
+    /// compared with vectors of another model. Returns how many documents were re-embedded.
+    pub async fn reembed_stale(&self) -> Result<usize, IngestError> {
+        let model = self.embedder.model_id().to_string();
+        let mut done = 0;
+        for doc in self.store.all_documents()? {
+            if doc.model_id == model {
+                continue;
+            }
+            let texts = self.store.chunk_texts(doc.id)?;
+            let vectors = self.embedder.embed(texts, Urgency::Ingest).await?;
+            self.store.replace_vectors(doc.id, &vectors, &model)?;
+            self.store.durable().await?;
+            self.index.add(&doc.scope, doc.id, &vectors);
+            tracing::info!(document = %doc.id, from = %doc.model_id, to = %model, "re-embedded a document");
+            done += 1;
+        }
+        Ok(done)
+    }
+
     /// Deletes a document everywhere (store, index).
     pub async fn delete(&self, id: DocumentId) -> Result<Option<Document>, StoreError> {
         let deleted = self.store.delete_document(id)?;

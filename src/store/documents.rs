@@ -183,6 +183,54 @@ impl Store {
         Ok((vectors, stale))
     }
 
+    /// Every document in every scope (for maintenance scans; documents are few compared to
+    /// chunks).
+    pub fn all_documents(&self) -> Result<Vec<Document>, StoreError> {
+        self.inner
+            .documents
+            .iter()
+            .map(|entry| super::decode(&entry?.1))
+            .collect()
+    }
+
+    /// The chunk texts of a document, in order.
+    pub fn chunk_texts(&self, doc: DocumentId) -> Result<Vec<String>, StoreError> {
+        self.inner
+            .chunks
+            .scan_prefix(doc.as_bytes())
+            .map(|entry| super::decode::<ChunkRecord>(&entry?.1).map(|c| c.text))
+            .collect()
+    }
+
+    /// Replaces a document's vectors and the model they were made with, atomically.
+    pub fn replace_vectors(
+        &self,
+        doc: DocumentId,
+        vectors: &[Vec<f32>],
+        model_id: &str,
+    ) -> Result<Document, StoreError> {
+        let i = &*self.inner;
+        let res =
+            (&i.documents, &i.vectors).transaction(|(documents, vector_tree)| -> TxResult<_> {
+                let mut document: Document = tx_get(documents, doc.as_bytes())?.ok_or(
+                    ConflictableTransactionError::Abort(StoreError::NotFound("document")),
+                )?;
+                if vectors.len() != document.chunk_count as usize {
+                    return Err(ConflictableTransactionError::Abort(StoreError::Corrupt(
+                        "vector count differs from the chunk count".into(),
+                    )));
+                }
+                for (n, vector) in vectors.iter().enumerate() {
+                    let n = u32::try_from(n).unwrap_or(u32::MAX);
+                    vector_tree.insert(chunk_key(doc, n), vector_bytes(vector))?;
+                }
+                document.model_id = model_id.to_string();
+                documents.insert(&doc.as_bytes()[..], encode(&document))?;
+                Ok(document)
+            });
+        unwrap_tx(res)
+    }
+
     /// Deletes a document with its chunks and vectors. `None` when it did not exist.
     pub fn delete_document(&self, id: DocumentId) -> Result<Option<Document>, StoreError> {
         let i = &*self.inner;
