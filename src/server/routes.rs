@@ -394,7 +394,8 @@ fn health(app: &App) -> Result<Response<ResBody>, ApiError> {
                 "state": state,
                 "error": error,
                 "n_ctx": app.llm.n_ctx(),
-            }
+            },
+            "embed": embed_status(&app.embedder),
         },
         "queue": {"waiting": app.llm.queued(), "capacity": app.llm.queue_capacity(), "active_turns": app.chat.active_turns()},
         "store": app.store.counts(),
@@ -411,6 +412,18 @@ fn health(app: &App) -> Result<Response<ResBody>, ApiError> {
             .insert(RETRY_AFTER, HeaderValue::from_static("1"));
     }
     Ok(response)
+}
+
+/// The embedder's state: it loads on first use, so `idle` is normal.
+fn embed_status(embedder: &crate::embed::Embedder) -> serde_json::Value {
+    use crate::embed::EmbedState;
+    let (state, error) = match embedder.state() {
+        EmbedState::Idle => ("idle", None),
+        EmbedState::Loading => ("loading", None),
+        EmbedState::Ready => ("ready", None),
+        EmbedState::Failed(err) => ("failed", Some(err)),
+    };
+    json!({"name": embedder.model_id(), "state": state, "error": error})
 }
 
 #[derive(Deserialize)]

@@ -448,6 +448,13 @@ async fn a_question_answered_only_by_a_document_gets_sources_citing_it() {
 #[tokio::test]
 async fn embeddings_match_python_onnxruntime() {
     let d = Daemon::start(tiny()).await;
+    // The embedder loads on first use, so an idle daemon has not paid for it.
+    let health = d
+        .client
+        .call(Method::GET, "/api/v1/health", None)
+        .await
+        .unwrap();
+    assert_eq!(health["models"]["embed"]["state"], "idle", "{health}");
     let texts = [
         "hello world",
         "The quick brown fox jumps over the lazy dog.",
@@ -475,6 +482,12 @@ async fn embeddings_match_python_onnxruntime() {
         .await
         .unwrap();
     assert_eq!(single["data"][0]["embedding"], data[0]["embedding"]);
+    let health = d
+        .client
+        .call(Method::GET, "/api/v1/health", None)
+        .await
+        .unwrap();
+    assert_eq!(health["models"]["embed"]["state"], "ready", "{health}");
 
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/embed_reference.py");
     let out = Command::new("python3")
@@ -706,4 +719,53 @@ async fn documents_embedded_by_another_model_are_re_embedded_not_mixed() {
     assert_eq!(results.len(), 1, "one copy, not two: {results:?}");
     assert_eq!(results[0]["document_id"], id.as_str());
     assert!(results[0]["score"].as_f64().unwrap() > 0.3, "{results:?}");
+}
+
+#[tokio::test]
+async fn a_missing_onnx_runtime_is_an_error_not_a_crash() {
+    // A models dir with the chat model and the embedder's model and tokenizer, but no runtime.
+    let dir = tempfile::tempdir().unwrap();
+    for file in [
+        "tiny-random.gguf",
+        "all-MiniLM-L6-v2.onnx",
+        "all-MiniLM-L6-v2.tokenizer.json",
+        "all-MiniLM-L6-v2.config.json",
+        "all-MiniLM-L6-v2.special_tokens_map.json",
+        "all-MiniLM-L6-v2.tokenizer_config.json",
+    ] {
+        std::fs::copy(models_dir().join(file), dir.path().join(file)).unwrap();
+    }
+    let d = Daemon::start(Opts {
+        models_dir: Some(dir.path().to_path_buf()),
+        ..tiny()
+    })
+    .await;
+    let (status, err) = d
+        .client
+        .request(
+            Method::POST,
+            "/api/v1/embeddings",
+            Some(&json!({"input": "hello"})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 503, "{err}");
+    assert_eq!(err["error"]["code"], "embedder_unavailable");
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("libonnxruntime"),
+        "{err}"
+    );
+    let health = d
+        .client
+        .call(Method::GET, "/api/v1/health", None)
+        .await
+        .unwrap();
+    assert_eq!(health["models"]["embed"]["state"], "failed");
+    assert_eq!(
+        health["status"], "ok",
+        "chat still works without the embedder"
+    );
 }
