@@ -14,7 +14,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use http::Method;
 use serde_json::json;
 
 use crate::client::Client;
@@ -307,21 +306,7 @@ fn sidecar_figures(
 }
 
 async fn new_chat(client: &Client) -> anyhow::Result<String> {
-    let user = client
-        .call(
-            Method::POST,
-            "/api/v1/users",
-            Some(&json!({"username": "bench"})),
-        )
-        .await?;
-    let chat = client
-        .call(
-            Method::POST,
-            "/api/v1/chats",
-            Some(&json!({"user_id": user["id"]})),
-        )
-        .await?;
-    Ok(chat["id"].as_str().unwrap_or_default().to_string())
+    client.create_chat("bench").await
 }
 
 struct SocketRun {
@@ -332,24 +317,7 @@ struct SocketRun {
 }
 
 async fn socket_run(client: &Client, tokens: u32) -> anyhow::Result<SocketRun> {
-    let user = client
-        .call(
-            Method::POST,
-            "/api/v1/users",
-            Some(&json!({"username": "bench"})),
-        )
-        .await?;
-    let chat = client
-        .call(
-            Method::POST,
-            "/api/v1/chats",
-            Some(&json!({"user_id": user["id"]})),
-        )
-        .await?;
-    let path = format!(
-        "/api/v1/chats/{}/messages",
-        chat["id"].as_str().unwrap_or_default()
-    );
+    let path = format!("/api/v1/chats/{}/messages", new_chat(client).await?);
     let body = json!({"content": PROMPT, "options": {"temperature": 0, "repeat_penalty": 1.0, "max_tokens": tokens}});
     let sent = Instant::now();
     let mut stream = client.stream(&path, &body).await?;

@@ -182,24 +182,7 @@ async fn chat(config_file: Option<&Path>, args: ChatArgs) -> anyhow::Result<()> 
                 .user
                 .or_else(|| std::env::var("USER").ok())
                 .unwrap_or_else(|| "local".into());
-            let user = client
-                .call(
-                    Method::POST,
-                    "/api/v1/users",
-                    Some(&json!({ "username": username })),
-                )
-                .await?;
-            let chat = client
-                .call(
-                    Method::POST,
-                    "/api/v1/chats",
-                    Some(&json!({ "user_id": user["id"] })),
-                )
-                .await?;
-            chat["id"]
-                .as_str()
-                .context("daemon returned a chat without id")?
-                .to_string()
+            client.create_chat(&username).await?
         }
     };
     let mut options = serde_json::Map::new();

@@ -116,6 +116,22 @@ impl Client {
         })
     }
 
+    /// Creates (or reuses) the user `username` and a new chat for them; returns the chat id.
+    pub async fn create_chat(&self, username: &str) -> anyhow::Result<String> {
+        let body = serde_json::json!({ "username": username });
+        let user = self
+            .call(Method::POST, "/api/v1/users", Some(&body))
+            .await?;
+        let body = serde_json::json!({ "user_id": user["id"] });
+        let chat = self
+            .call(Method::POST, "/api/v1/chats", Some(&body))
+            .await?;
+        chat["id"]
+            .as_str()
+            .map(str::to_string)
+            .context("daemon returned a chat without id")
+    }
+
     /// Polls `/api/v1/health` until the chat model is ready or `timeout` passes.
     pub async fn wait_ready(&self, timeout: Duration) -> anyhow::Result<Value> {
         let deadline = Instant::now() + timeout;

@@ -519,100 +519,6 @@ async fn embeddings_match_python_onnxruntime() {
     }
 }
 
-/// Distinct, natural-ish sentences: subject × verb × object × place.
-fn sentences(n: usize) -> Vec<String> {
-    let subjects = [
-        "The old fisherman",
-        "A young doctor",
-        "My neighbour",
-        "The city council",
-        "A tired student",
-        "The museum guide",
-        "Our team lead",
-        "The baker",
-        "A curious child",
-        "The night nurse",
-        "The train driver",
-        "A retired teacher",
-        "The hotel manager",
-        "An astronomer",
-        "The street musician",
-        "A software engineer",
-        "The farmer",
-        "A journalist",
-        "The ship captain",
-        "A chess champion",
-    ];
-    let verbs = [
-        "repaired",
-        "painted",
-        "sold",
-        "photographed",
-        "described",
-        "borrowed",
-        "cleaned",
-        "measured",
-        "delivered",
-        "studied",
-        "forgot",
-        "discovered",
-        "designed",
-        "rebuilt",
-        "celebrated",
-    ];
-    let objects = [
-        "a wooden boat",
-        "the broken clock",
-        "three red bicycles",
-        "an ancient map",
-        "the kitchen window",
-        "a box of apples",
-        "the village bridge",
-        "a strange telescope",
-        "the school garden",
-        "a stack of letters",
-        "the golden trophy",
-        "a leaking roof",
-        "the marble statue",
-        "a pile of firewood",
-        "the concert piano",
-        "a family recipe",
-        "the lighthouse lamp",
-        "a rare butterfly",
-        "the city budget",
-        "a winter coat",
-    ];
-    let places = [
-        "near the harbour",
-        "in the mountains",
-        "before sunrise",
-        "during the storm",
-        "at the market",
-        "in Lisbon",
-        "behind the station",
-        "after the festival",
-        "on the island",
-        "in the old library",
-    ];
-    let total = subjects.len() * verbs.len() * objects.len() * places.len();
-    // A stride coprime with the total walks all combinations in a scrambled order.
-    (0..n)
-        .map(|i| {
-            let c = (i * 7919) % total;
-            let (s, rest) = (c % subjects.len(), c / subjects.len());
-            let (v, rest) = (rest % verbs.len(), rest / verbs.len());
-            let (o, p) = (rest % objects.len(), rest / objects.len());
-            format!(
-                "{} {} {} {}.",
-                subjects[s],
-                verbs[v],
-                objects[o],
-                places[p % places.len()]
-            )
-        })
-        .collect()
-}
-
 #[tokio::test]
 async fn hnsw_agrees_with_the_exact_scan_on_10k_real_embeddings() {
     use hearth::index::{dot, hnsw::Graph};
@@ -621,7 +527,8 @@ async fn hnsw_agrees_with_the_exact_scan_on_10k_real_embeddings() {
         ..tiny()
     })
     .await;
-    let texts = sentences(10_200);
+    // Distinct sentences, the same generator `hearth bench --rag` uses.
+    let texts = hearth::bench_rag::sentences(10_200);
     let mut vectors: Vec<Vec<f32>> = Vec::with_capacity(texts.len());
     for batch in texts.chunks(256) {
         let res = d

@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use hearth::client::Client;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 /// The default chat model (real weights).
 pub const REAL_MODEL: &str = "smollm2-135m-instruct-q4_1";
@@ -211,25 +211,7 @@ impl Daemon {
 
     /// A user and a chat, ready for messages.
     pub async fn new_chat(&self, username: &str) -> String {
-        let user = self
-            .client
-            .call(
-                http::Method::POST,
-                "/api/v1/users",
-                Some(&json!({"username": username})),
-            )
-            .await
-            .unwrap();
-        let chat = self
-            .client
-            .call(
-                http::Method::POST,
-                "/api/v1/chats",
-                Some(&json!({"user_id": user["id"]})),
-            )
-            .await
-            .unwrap();
-        chat["id"].as_str().unwrap().to_string()
+        self.client.create_chat(username).await.unwrap()
     }
 
     /// Sends a message and collects the whole stream: (concatenated text, all events).
