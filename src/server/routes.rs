@@ -242,7 +242,9 @@ pub fn error_response(err: &ApiError) -> Response<ResBody> {
     response
 }
 
-pub(super) fn sse_response(rx: mpsc::Receiver<SseEvent>) -> Response<ResBody> {
+pub(super) fn sse_response<T: Into<SseEvent> + Send + 'static>(
+    rx: mpsc::Receiver<T>,
+) -> Response<ResBody> {
     let mut response = Response::new(SseBody::new(rx).boxed_unsync());
     let headers = response.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
@@ -647,40 +649,29 @@ async fn post_message(
             received,
         })
         .await?;
-    Ok(sse_response(chat_events_to_sse(events)))
+    Ok(sse_response(events))
 }
 
-/// Maps chat events onto SSE events in a small task. Closing propagates both ways: when hyper
-/// drops the body (client gone) the task ends and drops the chat receiver, which the turn notices
-/// at once and cancels its generation.
-fn chat_events_to_sse(mut events: mpsc::Receiver<ChatEvent>) -> mpsc::Receiver<SseEvent> {
-    let (tx, rx) = mpsc::channel(16);
-    tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                event = events.recv() => {
-                    let Some(event) = event else { break };
-                    let sse = match event {
-                        ChatEvent::Start { message_id, reply_id } => {
-                            SseEvent::json("start", &json!({"message_id": message_id, "reply_id": reply_id}))
-                        }
-                        ChatEvent::Sources(sources) => SseEvent::json("sources", &json!({"sources": sources})),
-                        ChatEvent::Token(text) => SseEvent::json("token", &json!({"text": text})),
-                        ChatEvent::Done(done) => SseEvent::json("done", &done),
-                        ChatEvent::Error { code, message } => {
-                            SseEvent::json("error", &json!({"code": code, "message": message}))
-                        }
-                    };
-                    if tx.send(sse).await.is_err() {
-                        break;
-                    }
-                }
-                // The body was dropped (client gone): drop `events` so the turn sees it at once.
-                () = tx.closed() => break,
+impl From<ChatEvent> for SseEvent {
+    fn from(event: ChatEvent) -> SseEvent {
+        match event {
+            ChatEvent::Start {
+                message_id,
+                reply_id,
+            } => SseEvent::json(
+                "start",
+                &json!({"message_id": message_id, "reply_id": reply_id}),
+            ),
+            ChatEvent::Sources(sources) => {
+                SseEvent::json("sources", &json!({ "sources": sources }))
+            }
+            ChatEvent::Token(text) => SseEvent::json("token", &json!({ "text": text })),
+            ChatEvent::Done(done) => SseEvent::json("done", &done),
+            ChatEvent::Error { code, message } => {
+                SseEvent::json("error", &json!({"code": code, "message": message}))
             }
         }
-    });
-    rx
+    }
 }
 
 fn cancel(app: &App, id: ChatId) -> Result<Response<ResBody>, ApiError> {

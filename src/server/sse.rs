@@ -36,15 +36,16 @@ impl SseEvent {
     }
 }
 
-/// The streaming body.
-pub struct SseBody {
-    rx: mpsc::Receiver<SseEvent>,
+/// The streaming body. Events are converted to SSE as hyper polls for them, so a producer's
+/// event reaches the socket with no task in between.
+pub struct SseBody<T = SseEvent> {
+    rx: mpsc::Receiver<T>,
     keepalive: Pin<Box<Sleep>>,
     next_id: u64,
 }
 
-impl SseBody {
-    pub fn new(rx: mpsc::Receiver<SseEvent>) -> SseBody {
+impl<T: Into<SseEvent>> SseBody<T> {
+    pub fn new(rx: mpsc::Receiver<T>) -> SseBody<T> {
         SseBody {
             rx,
             keepalive: Box::pin(tokio::time::sleep(KEEPALIVE_INTERVAL)),
@@ -53,7 +54,7 @@ impl SseBody {
     }
 }
 
-impl Body for SseBody {
+impl<T: Into<SseEvent>> Body for SseBody<T> {
     type Data = Bytes;
     type Error = Infallible;
 
@@ -64,6 +65,7 @@ impl Body for SseBody {
         let this = self.get_mut();
         match this.rx.poll_recv(cx) {
             Poll::Ready(Some(event)) => {
+                let event: SseEvent = event.into();
                 this.keepalive
                     .as_mut()
                     .reset(Instant::now() + KEEPALIVE_INTERVAL);
