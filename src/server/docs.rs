@@ -189,20 +189,14 @@ async fn read_file_field(
             .per_field(limit),
     );
     let mut multipart = multer::Multipart::with_constraints(stream, boundary, constraints);
+    let multipart_error = |err: multer::Error| match err {
+        multer::Error::StreamSizeExceeded { .. } | multer::Error::FieldSizeExceeded { .. } => {
+            too_large()
+        }
+        err => ApiError::bad_request("bad_multipart", format!("malformed multipart body: {err}")),
+    };
     let mut found = None;
-    loop {
-        let field = match multipart.next_field().await {
-            Ok(Some(field)) => field,
-            Ok(None) => break,
-            Err(multer::Error::StreamSizeExceeded { .. })
-            | Err(multer::Error::FieldSizeExceeded { .. }) => return Err(too_large()),
-            Err(err) => {
-                return Err(ApiError::bad_request(
-                    "bad_multipart",
-                    format!("malformed multipart body: {err}"),
-                ))
-            }
-        };
+    while let Some(field) = multipart.next_field().await.map_err(multipart_error)? {
         if field.name() != Some("file") {
             continue;
         }
@@ -211,17 +205,7 @@ async fn read_file_field(
             .map(|n| n.rsplit(['/', '\\']).next().unwrap_or(n).to_string())
             .filter(|n| !n.trim().is_empty())
             .unwrap_or_else(|| "upload".to_string());
-        let data = match field.bytes().await {
-            Ok(data) => data,
-            Err(multer::Error::StreamSizeExceeded { .. })
-            | Err(multer::Error::FieldSizeExceeded { .. }) => return Err(too_large()),
-            Err(err) => {
-                return Err(ApiError::bad_request(
-                    "bad_multipart",
-                    format!("malformed multipart body: {err}"),
-                ))
-            }
-        };
+        let data = field.bytes().await.map_err(multipart_error)?;
         if data.len() as u64 > limit {
             return Err(too_large());
         }
