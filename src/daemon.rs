@@ -183,6 +183,7 @@ pub async fn run(config: Config, life: Lifecycle, started: Instant) -> Result<()
         k: config.rag.retrieval_k,
         min_score: config.rag.retrieval_min_score,
     };
+    let events = crate::events::Events::new();
     let chat = ChatService::new(store.clone(), llm.clone(), retriever, shutdown.clone());
     let app = Arc::new(App {
         store: store.clone(),
@@ -191,6 +192,7 @@ pub async fn run(config: Config, life: Lifecycle, started: Instant) -> Result<()
         ingestor,
         embedder: embedder.clone(),
         index,
+        events,
         config: config.server.clone(),
         rag: config.rag.clone(),
         started,

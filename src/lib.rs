@@ -11,6 +11,7 @@
 //! - [`embed`]: ONNX sentence embeddings on a dedicated thread, loaded on first use.
 //! - [`ingest`]: a file → extracted text → chunks → vectors → one stored document.
 //! - [`index`]: exact vector search per scope.
+//! - [`events`]: notifications of background work for UIs (`/api/v1/events`).
 //! - [`server`]: HTTP + SSE on a Unix socket; the only module that knows HTTP.
 //! - [`daemon`]: start-up order, instance lock and the one shutdown path.
 //! - [`client`], [`cli`]: the command line and the small client it (and the tests) use.
@@ -26,6 +27,7 @@ pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod embed;
+pub mod events;
 pub mod index;
 pub mod ingest;
 pub mod llm;

@@ -225,7 +225,7 @@ impl ChatService {
             SearchMode::Normal => Vec::new(),
             SearchMode::Docs | SearchMode::All => {
                 self.retriever
-                    .retrieve(&[Scope::Chat(req.chat_id)], &req.content)
+                    .retrieve(&[Scope::Chat(req.chat_id), Scope::Library], &req.content)
                     .await?
             }
         };

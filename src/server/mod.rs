@@ -44,6 +44,7 @@ pub struct App {
     pub ingestor: crate::ingest::Ingestor,
     pub embedder: crate::embed::Embedder,
     pub index: crate::index::Index,
+    pub events: crate::events::Events,
     pub config: ServerConfig,
     pub rag: crate::config::RagConfig,
     pub started: Instant,

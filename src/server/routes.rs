@@ -184,6 +184,10 @@ async fn route(
             Method::POST => docs::embeddings(app, req).await,
             _ => Err(ApiError::method_not_allowed("POST")),
         },
+        ["events"] => match method {
+            Method::GET => events(app, req.uri().query()),
+            _ => Err(ApiError::method_not_allowed("GET")),
+        },
         ["chats", id, "cancel"] => match method {
             Method::POST => cancel(app, chat_id(id)?),
             _ => Err(ApiError::method_not_allowed("POST")),
@@ -678,4 +682,57 @@ fn cancel(app: &App, id: ChatId) -> Result<Response<ResBody>, ApiError> {
     require_chat(app, id)?;
     let cancelled = app.chat.cancel(id);
     ok(&json!({"cancelled": cancelled}))
+}
+
+/// Subscriber buffer between the broadcast and the socket.
+const EVENTS_BUFFER: usize = 64;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventsQuery {
+    /// Comma-separated event names to receive; all when absent.
+    types: Option<String>,
+}
+
+/// `GET /events[?types=a,b]`: an SSE stream of background-work notifications. A subscriber that
+/// fell behind gets `event: lagged {"missed": n}` and should re-read the state it shows.
+fn events(app: &App, query: Option<&str>) -> Result<Response<ResBody>, ApiError> {
+    let q: EventsQuery = body::query(query)?;
+    let wanted: Option<Vec<String>> = q.types.map(|types| {
+        types
+            .split(',')
+            .filter(|t| !t.is_empty())
+            .map(str::to_string)
+            .collect()
+    });
+    let mut sub = app.events.subscribe();
+    let (tx, rx) = mpsc::channel::<SseEvent>(EVENTS_BUFFER);
+    tokio::spawn(async move {
+        use tokio::sync::broadcast::error::RecvError;
+        loop {
+            let event = tokio::select! {
+                () = tx.closed() => return,
+                event = sub.recv() => event,
+            };
+            let sse = match event {
+                Ok(event) => {
+                    if wanted
+                        .as_ref()
+                        .is_some_and(|w| !w.iter().any(|t| t == event.name()))
+                    {
+                        continue;
+                    }
+                    SseEvent::json(event.name(), &event)
+                }
+                Err(RecvError::Lagged(missed)) => {
+                    SseEvent::json("lagged", &json!({"missed": missed}))
+                }
+                Err(RecvError::Closed) => return,
+            };
+            if tx.send(sse).await.is_err() {
+                return;
+            }
+        }
+    });
+    Ok(sse_response(rx))
 }
