@@ -43,6 +43,23 @@ impl Client {
         path: &str,
         body: Option<&Value>,
     ) -> anyhow::Result<hyper::Response<Incoming>> {
+        let bytes = body
+            .map(serde_json::to_vec)
+            .transpose()?
+            .unwrap_or_default();
+        let content_type = body.map(|_| "application/json".to_string());
+        self.send_raw(method, path, content_type, Bytes::from(bytes), None)
+            .await
+    }
+
+    async fn send_raw(
+        &self,
+        method: Method,
+        path: &str,
+        content_type: Option<String>,
+        body: Bytes,
+        accept: Option<&str>,
+    ) -> anyhow::Result<hyper::Response<Incoming>> {
         let stream = UnixStream::connect(&self.socket).await.with_context(|| {
             format!(
                 "no hearth daemon at {} (start one with `hearth serve`)",
@@ -54,18 +71,17 @@ impl Client {
         tokio::spawn(async move {
             let _ = conn.await;
         });
-        let bytes = body
-            .map(serde_json::to_vec)
-            .transpose()?
-            .unwrap_or_default();
         let mut req = Request::builder()
             .method(method)
             .uri(path)
             .header("host", "hearth");
-        if body.is_some() {
-            req = req.header("content-type", "application/json");
+        if let Some(content_type) = content_type {
+            req = req.header("content-type", content_type);
         }
-        let req = req.body(Full::new(Bytes::from(bytes)))?;
+        if let Some(accept) = accept {
+            req = req.header("accept", accept);
+        }
+        let req = req.body(Full::new(body))?;
         Ok(sender.send_request(req).await?)
     }
 
@@ -116,6 +132,45 @@ impl Client {
         })
     }
 
+    /// Uploads a file as multipart/form-data (field `file`) and reads the JSON answer (any
+    /// status).
+    pub async fn upload(
+        &self,
+        path: &str,
+        filename: &str,
+        bytes: &[u8],
+    ) -> anyhow::Result<(StatusCode, Value)> {
+        let boundary = format!("hearth-{:016x}", rand_u64());
+        // Quotes and line breaks would end the header early; the server only uses the name
+        // for display and format detection.
+        let name: String = filename
+            .chars()
+            .map(|c| if c == '"' || c.is_control() { '_' } else { c })
+            .collect();
+        let mut body = Vec::with_capacity(bytes.len() + 256);
+        body.extend_from_slice(
+            format!(
+                "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{name}\"\r\nContent-Type: application/octet-stream\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        body.extend_from_slice(bytes);
+        body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+        let response = self
+            .send_raw(
+                Method::POST,
+                path,
+                Some(format!("multipart/form-data; boundary={boundary}")),
+                Bytes::from(body),
+                Some("application/json"),
+            )
+            .await?;
+        let status = response.status();
+        let bytes = response.into_body().collect().await?.to_bytes();
+        let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Ok((status, value))
+    }
+
     /// Creates (or reuses) the user `username` and a new chat for them; returns the chat id.
     pub async fn create_chat(&self, username: &str) -> anyhow::Result<String> {
         let body = serde_json::json!({ "username": username });
@@ -156,7 +211,20 @@ impl Client {
     }
 }
 
-fn error_text(value: &Value) -> String {
+/// A boundary that no file contains by accident (not for secrets).
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    hasher.finish()
+}
+
+pub(crate) fn error_text(value: &Value) -> String {
     match value["error"]["message"].as_str() {
         Some(msg) => format!(
             "{} ({})",

@@ -95,6 +95,24 @@ pub struct RawConfig {
         value_delimiter = ','
     )]
     pub allowed_origins: Option<Vec<String>>,
+    /// A folder to watch: its supported files are ingested into the library scope and kept in
+    /// sync (repeatable; in hearth.toml `watch = ["~/Documents/notes"]`) [default: none].
+    #[arg(long, env = "HEARTH_WATCH", value_name = "DIR", value_delimiter = ',')]
+    pub watch: Option<Vec<PathBuf>>,
+    /// Milliseconds a watched file's size and mtime must stay unchanged before it is ingested
+    /// [default: 2000].
+    #[arg(long, env = "HEARTH_WATCH_STABLE_MS", value_name = "MS")]
+    pub watch_stable_ms: Option<u64>,
+    /// Seconds between full reconcile scans of the watched folders [default: 300].
+    #[arg(long, env = "HEARTH_WATCH_RESCAN_SECS", value_name = "SECS")]
+    pub watch_rescan_secs: Option<u64>,
+    /// Largest watched file in bytes; larger ones are skipped [default: as max_upload_bytes].
+    #[arg(long, env = "HEARTH_WATCH_MAX_FILE_BYTES", value_name = "BYTES")]
+    pub watch_max_file_bytes: Option<u64>,
+    /// Extra ignore globs for watched folders, e.g. `*.log` or `drafts/**` (repeatable)
+    /// [default: none; hidden files, node_modules and editor/download temporaries are always ignored].
+    #[arg(long, env = "HEARTH_WATCH_IGNORE", value_name = "GLOB", value_delimiter = ',')]
+    pub watch_ignore: Option<Vec<String>>,
     /// Log filter in `tracing` syntax [default: warn,hearth=info].
     #[arg(long, env = "HEARTH_LOG", value_name = "FILTER")]
     pub log: Option<String>,
@@ -126,6 +144,11 @@ impl RawConfig {
             hnsw_min_vectors: over.hnsw_min_vectors.or(self.hnsw_min_vectors),
             tcp: over.tcp.or(self.tcp),
             allowed_origins: over.allowed_origins.or(self.allowed_origins),
+            watch: over.watch.or(self.watch),
+            watch_stable_ms: over.watch_stable_ms.or(self.watch_stable_ms),
+            watch_rescan_secs: over.watch_rescan_secs.or(self.watch_rescan_secs),
+            watch_max_file_bytes: over.watch_max_file_bytes.or(self.watch_max_file_bytes),
+            watch_ignore: over.watch_ignore.or(self.watch_ignore),
             log: over.log.or(self.log),
         }
     }
@@ -151,6 +174,8 @@ pub struct Config {
     pub tcp: Option<std::net::SocketAddr>,
     /// Origins allowed on the TCP listener.
     pub allowed_origins: Vec<String>,
+    /// The drop folder.
+    pub library: crate::library::LibraryConfig,
     pub log_filter: String,
     /// The config file that was read, if any (shown by `hearth status`).
     pub config_file: Option<PathBuf>,
@@ -188,6 +213,16 @@ pub struct ServerConfig {
 }
 
 // Defaults, each with the reason for its value.
+
+/// Copy tools and browsers write in bursts with pauses under a second; two quiet seconds mean
+/// the writer is done in practice, and keep "saved → searchable" within a few seconds.
+const DEFAULT_WATCH_STABLE_MS: u64 = 2000;
+/// The watcher catches changes within a second; the scan is the safety net for what it misses
+/// (network folders, overflow) and costs one lstat per file, so every five minutes is cheap.
+const DEFAULT_WATCH_RESCAN_SECS: u64 = 300;
+/// A renamed or moved file is seen as "old path gone" + "new path appeared", in either order;
+/// a minute is far longer than the gap between the two.
+const ORPHAN_GRACE: Duration = Duration::from_secs(60);
 
 /// 4096 tokens hold a long conversation for a small model and cost ~100 MB of KV cache for a
 /// 135M model; users with bigger models raise it.
@@ -349,6 +384,22 @@ pub fn resolve(raw: RawConfig, runtime_dir: Option<&Path>) -> anyhow::Result<Con
             Some(addr)
         }
     };
+    let watch_stable = raw.watch_stable_ms.unwrap_or(DEFAULT_WATCH_STABLE_MS);
+    check_range("watch_stable_ms", watch_stable, 50, 3_600_000)?;
+    let watch_rescan = raw.watch_rescan_secs.unwrap_or(DEFAULT_WATCH_RESCAN_SECS);
+    check_range("watch_rescan_secs", watch_rescan, 1, 7 * 24 * 3600)?;
+    let watch_max_file_bytes = raw.watch_max_file_bytes.unwrap_or(max_upload_bytes);
+    check_range("watch_max_file_bytes", watch_max_file_bytes, 1, 1 << 34)?;
+    let mut watch = Vec::new();
+    for dir in raw.watch.unwrap_or_default() {
+        let dir = absolute(&expand_home(&dir))?;
+        if dir.to_str().is_none() {
+            bail!("watch: {} is not a UTF-8 path", dir.display());
+        }
+        watch.push(dir);
+    }
+    let watch_ignore = raw.watch_ignore.unwrap_or_default();
+    crate::library::rules::Rules::new(&watch_ignore).map_err(anyhow::Error::msg)?;
     if let Some(model) = &raw.model {
         if model.is_empty() {
             bail!("model: must not be empty");
@@ -384,6 +435,14 @@ pub fn resolve(raw: RawConfig, runtime_dir: Option<&Path>) -> anyhow::Result<Con
         cache_bytes: cache_mb * 1024 * 1024,
         tcp,
         allowed_origins: raw.allowed_origins.unwrap_or_default(),
+        library: crate::library::LibraryConfig {
+            roots: watch,
+            stable: Duration::from_millis(watch_stable),
+            rescan: Duration::from_secs(watch_rescan),
+            max_file_bytes: watch_max_file_bytes,
+            ignore: watch_ignore,
+            orphan_grace: ORPHAN_GRACE,
+        },
         log_filter: raw.log.unwrap_or_else(|| DEFAULT_LOG.to_string()),
         config_file: None,
     })

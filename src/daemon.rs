@@ -93,6 +93,9 @@ pub async fn run(config: Config, life: Lifecycle, started: Instant) -> Result<()
         .with_context(|| format!("{}: cannot open the store", config.data_dir.display()))
         .code("store_failed")?;
     // A socket handed over by systemd is used as is (it owns the file); otherwise bind our own.
+    let roots = crate::library::Library::open_roots(&config.library)
+        .map_err(anyhow::Error::msg)
+        .code("watch_failed")?;
     let (unix, socket_path, owns_socket) = match server::activated_listener().code("bind_failed")? {
         Some(listener) => {
             let path = listener
@@ -185,6 +188,18 @@ pub async fn run(config: Config, life: Lifecycle, started: Instant) -> Result<()
     };
     let events = crate::events::Events::new();
     let chat = ChatService::new(store.clone(), llm.clone(), retriever, shutdown.clone());
+    // Ingestion (uploads and the drop folder) waits while a reply is generated.
+    let generating = chat.clone();
+    embedder.set_pause(Arc::new(move || generating.active_turns() > 0));
+    let library = crate::library::Library::start(
+        config.library.clone(),
+        roots,
+        ingestor.clone(),
+        events.clone(),
+        shutdown.clone(),
+    )
+    .map_err(anyhow::Error::msg)
+    .code("watch_failed")?;
     let app = Arc::new(App {
         store: store.clone(),
         llm: llm.clone(),
@@ -193,6 +208,7 @@ pub async fn run(config: Config, life: Lifecycle, started: Instant) -> Result<()
         embedder: embedder.clone(),
         index,
         events,
+        library,
         config: config.server.clone(),
         rag: config.rag.clone(),
         started,

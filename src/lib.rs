@@ -11,6 +11,7 @@
 //! - [`embed`]: ONNX sentence embeddings on a dedicated thread, loaded on first use.
 //! - [`ingest`]: a file → extracted text → chunks → vectors → one stored document.
 //! - [`index`]: exact vector search per scope.
+//! - [`library`]: the drop folder: watched folders kept in sync with the `library` scope.
 //! - [`events`]: notifications of background work for UIs (`/api/v1/events`).
 //! - [`server`]: HTTP + SSE on a Unix socket; the only module that knows HTTP.
 //! - [`daemon`]: start-up order, instance lock and the one shutdown path.
@@ -30,6 +31,7 @@ pub mod embed;
 pub mod events;
 pub mod index;
 pub mod ingest;
+pub mod library;
 pub mod llm;
 pub mod models;
 pub mod server;

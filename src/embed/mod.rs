@@ -86,7 +86,18 @@ struct Shared {
     state: Mutex<EmbedState>,
     queue: Mutex<Lanes>,
     wake: Condvar,
+    /// True while ingestion should wait (a chat reply is being generated).
+    pause: Mutex<Option<PauseFn>>,
 }
+
+/// Asked between ingest batches: should ingestion wait?
+pub type PauseFn = Arc<dyn Fn() -> bool + Send + Sync>;
+
+/// Longest one ingest batch waits for chat replies to finish: a daemon that chats without
+/// pause must still make ingest progress.
+const MAX_YIELD: std::time::Duration = std::time::Duration::from_secs(30);
+/// How often a paused ingest checks whether it may go on.
+const YIELD_POLL: std::time::Duration = std::time::Duration::from_millis(20);
 
 #[derive(Default)]
 struct Lanes {
@@ -101,6 +112,8 @@ struct Job {
     reply: oneshot::Sender<Result<Vec<Vec<f32>>, EmbedError>>,
     /// Receives the number of texts embedded so far, after every batch.
     progress: Option<mpsc::UnboundedSender<usize>>,
+    /// Ingest work yields to chat generation (see [`Embedder::set_pause`]).
+    ingest: bool,
 }
 
 impl Embedder {
@@ -120,6 +133,7 @@ impl Embedder {
                 state: Mutex::new(EmbedState::Idle),
                 queue: Mutex::new(Lanes::default()),
                 wake: Condvar::new(),
+                pause: Mutex::new(None),
             }),
         }
     }
@@ -192,6 +206,7 @@ impl Embedder {
                 texts,
                 reply,
                 progress,
+                ingest: urgency == Urgency::Ingest,
             };
             match urgency {
                 Urgency::Query => lanes.query.push_back(job),
@@ -200,6 +215,17 @@ impl Embedder {
         }
         self.shared.wake.notify_one();
         rx.await.map_err(|_| EmbedError::ShuttingDown)?
+    }
+
+    /// Makes ingest batches wait while `pause` returns true (for at most [`MAX_YIELD`] per
+    /// batch): embedding and token generation share the same few cores, and a person waiting
+    /// for a reply goes first. Queries are still served while ingestion waits.
+    pub fn set_pause(&self, pause: PauseFn) {
+        *self
+            .shared
+            .pause
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(pause);
     }
 
     /// Stops the thread after the running batch; waiting jobs fail with `ShuttingDown`.
@@ -241,6 +267,29 @@ impl Shared {
                 .wake
                 .wait(lanes)
                 .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
+    /// Waits while a chat reply is generated (bounded), serving queries meanwhile.
+    fn yield_to_chat(&self, model: &mut TextEmbedding) {
+        let pause = self
+            .pause
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let Some(pause) = pause else {
+            return;
+        };
+        let started = std::time::Instant::now();
+        while pause() && started.elapsed() < MAX_YIELD {
+            if self.queue.lock().unwrap_or_else(PoisonError::into_inner).closed {
+                return;
+            }
+            while let Some(query) = self.take_query() {
+                let result = embed_batch(model, &query.texts);
+                let _ = query.reply.send(result);
+            }
+            std::thread::sleep(YIELD_POLL);
         }
     }
 
@@ -288,6 +337,9 @@ fn embed_job(
     let mut out: Vec<Vec<f32>> = vec![Vec::new(); job.texts.len()];
     let mut done = 0;
     for batch in order.chunks(MAX_BATCH) {
+        if job.ingest {
+            shared.yield_to_chat(model);
+        }
         while let Some(query) = shared.take_query() {
             let result = embed_batch(model, &query.texts);
             let _ = query.reply.send(result);

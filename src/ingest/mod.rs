@@ -80,6 +80,13 @@ pub struct Progress {
     pub chunks_total: usize,
 }
 
+/// A file's content, extracted and cut into chunks, not yet embedded.
+pub struct Prepared {
+    pub format: String,
+    pub pages: Option<u32>,
+    pub chunks: Vec<ChunkRecord>,
+}
+
 /// Per-file limits.
 #[derive(Debug, Clone)]
 pub struct IngestLimits {
@@ -149,39 +156,11 @@ impl Ingestor {
         }
 
         report(Stage::Extracting, 10, 0, 0);
-        let limits = self.limits.extract;
-        let name = filename.to_string();
-        let data = bytes.clone();
-        // A hostile file may make a parser spin: the caller gets a timeout error; the thread is
-        // abandoned (Rust threads cannot be killed) and ends when the parser does.
-        let extracted = tokio::time::timeout(
-            self.limits.extract_timeout,
-            tokio::task::spawn_blocking(move || extract::extract(&name, &data, &limits)),
-        )
-        .await
-        .map_err(|_| IngestError::Timeout(self.limits.extract_timeout))?
-        .map_err(|err| extract::ExtractError::Corrupt(format!("extractor crashed: {err}")))??;
-
-        report(Stage::Chunking, 30, 0, 0);
-        let tokenizer = self.tokenizer()?;
-        let options = chunk::ChunkOptions {
-            max_tokens: crate::embed::MAX_TOKENS,
-            overlap: CHUNK_OVERLAP,
-        };
-        let (extracted, chunks) = tokio::task::spawn_blocking(move || {
-            let chunks = chunk::chunk(&extracted, &tokenizer, &options);
-            (extracted, chunks)
-        })
-        .await
-        .map_err(|err| IngestError::Tokenizer(err.to_string()))?;
-        if chunks.is_empty() {
-            return Err(extract::ExtractError::Empty.into());
-        }
-
-        let total = chunks.len();
+        let prepared = self.prepare(filename, bytes.clone()).await?;
+        let texts: Vec<String> = prepared.chunks.iter().map(|c| c.text.clone()).collect();
+        let total = texts.len();
         report(Stage::Embedding, 35, 0, total);
         let (done_tx, mut done_rx) = mpsc::unbounded_channel();
-        let texts: Vec<String> = chunks.iter().map(|c| c.text.clone()).collect();
         let embedding = self
             .embedder
             .embed_with_progress(texts, Urgency::Ingest, Some(done_tx));
@@ -197,35 +176,94 @@ impl Ingestor {
         };
 
         report(Stage::Indexing, 92, total, total);
-        let pages = extracted.sections.iter().filter_map(|s| s.page).max();
-        let document = Document {
-            id: DocumentId::new(),
-            scope: scope.clone(),
-            filename: filename.to_string(),
-            format: extracted.format.as_str().to_string(),
-            size: bytes.len() as u64,
-            content_hash: hash,
-            chunk_count: u32::try_from(total).unwrap_or(u32::MAX),
-            pages,
-            model_id: self.embedder.model_id().to_string(),
-            created_at: now_millis(),
-        };
-        let records: Vec<ChunkRecord> = chunks
-            .into_iter()
-            .map(|c| ChunkRecord {
-                text: c.text,
-                page: c.page,
-                heading_path: c.heading_path,
-                start: c.start as u64,
-                end: c.end as u64,
-            })
-            .collect();
+        let document = self.new_document(scope.clone(), filename, bytes.len() as u64, hash, &prepared);
+        let records = prepared.chunks;
         let inserted = self.store.insert_document(&document, &records, &vectors)?;
         self.store.durable().await?;
         if inserted.created {
             self.index.add(&scope, document.id, &vectors);
         }
         Ok(inserted.document)
+    }
+
+    /// Extracts and chunks a file (off the async runtime, bounded by the extraction timeout).
+    /// Nothing is embedded or stored yet.
+    pub async fn prepare(&self, filename: &str, bytes: Arc<Vec<u8>>) -> Result<Prepared, IngestError> {
+        let limits = self.limits.extract;
+        let name = filename.to_string();
+        // A hostile file may make a parser spin: the caller gets a timeout error; the thread is
+        // abandoned (Rust threads cannot be killed) and ends when the parser does.
+        let extracted = tokio::time::timeout(
+            self.limits.extract_timeout,
+            tokio::task::spawn_blocking(move || extract::extract(&name, &bytes, &limits)),
+        )
+        .await
+        .map_err(|_| IngestError::Timeout(self.limits.extract_timeout))?
+        .map_err(|err| extract::ExtractError::Corrupt(format!("extractor crashed: {err}")))??;
+
+        let tokenizer = self.tokenizer()?;
+        let options = chunk::ChunkOptions {
+            max_tokens: crate::embed::MAX_TOKENS,
+            overlap: CHUNK_OVERLAP,
+        };
+        let (extracted, chunks) = tokio::task::spawn_blocking(move || {
+            let chunks = chunk::chunk(&extracted, &tokenizer, &options);
+            (extracted, chunks)
+        })
+        .await
+        .map_err(|err| IngestError::Tokenizer(err.to_string()))?;
+        if chunks.is_empty() {
+            return Err(extract::ExtractError::Empty.into());
+        }
+        Ok(Prepared {
+            format: extracted.format.as_str().to_string(),
+            pages: extracted.sections.iter().filter_map(|s| s.page).max(),
+            chunks: chunks
+                .into_iter()
+                .map(|c| ChunkRecord {
+                    text: c.text,
+                    page: c.page,
+                    heading_path: c.heading_path,
+                    start: c.start as u64,
+                    end: c.end as u64,
+                })
+                .collect(),
+        })
+    }
+
+    /// The document record for prepared content (vectors made with this embedder).
+    pub fn new_document(
+        &self,
+        scope: Scope,
+        filename: &str,
+        size: u64,
+        content_hash: String,
+        prepared: &Prepared,
+    ) -> Document {
+        Document {
+            id: DocumentId::new(),
+            scope,
+            filename: filename.to_string(),
+            format: prepared.format.clone(),
+            size,
+            content_hash,
+            chunk_count: u32::try_from(prepared.chunks.len()).unwrap_or(u32::MAX),
+            pages: prepared.pages,
+            model_id: self.embedder.model_id().to_string(),
+            created_at: now_millis(),
+        }
+    }
+
+    pub fn embedder(&self) -> &Embedder {
+        &self.embedder
+    }
+
+    pub fn index(&self) -> &Index {
+        &self.index
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
     }
 
     /// Tokens each text costs the embedder (special tokens included, capped at its window).

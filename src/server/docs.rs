@@ -20,7 +20,7 @@ use super::sse::SseEvent;
 use super::{body, App};
 use crate::embed::Urgency;
 use crate::ingest::{IngestError, Progress};
-use crate::store::{ChatId, Document, DocumentId, Scope};
+use crate::store::{Document, DocumentId, Scope};
 
 /// Most texts one embeddings request may carry: bounds the work a single request can queue.
 const MAX_EMBED_INPUTS: usize = 256;
@@ -66,17 +66,18 @@ impl<'a> From<&'a Document> for DocumentOut<'a> {
 /// `POST /api/v1/chats/{id}/documents`: multipart field `file`.
 pub async fn upload(
     app: &App,
-    chat: ChatId,
+    scope: Scope,
     req: Request<Incoming>,
 ) -> Result<Response<ResBody>, ApiError> {
-    require_chat(app, chat)?;
+    if let Scope::Chat(chat) = &scope {
+        require_chat(app, *chat)?;
+    }
     let wants_json = req
         .headers()
         .get(ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("application/json") && !v.contains("text/event-stream"));
     let (filename, bytes) = read_file_field(req, app.rag.max_upload_bytes).await?;
-    let scope = Scope::Chat(chat);
     let ingestor = app.ingestor.clone();
     if wants_json {
         let (tx, _rx) = mpsc::channel(1);
@@ -215,9 +216,11 @@ async fn read_file_field(
 }
 
 /// `GET /api/v1/chats/{id}/documents`
-pub fn list(app: &App, chat: ChatId) -> Result<Response<ResBody>, ApiError> {
-    require_chat(app, chat)?;
-    let docs = app.store.documents_in(&Scope::Chat(chat))?;
+pub fn list(app: &App, scope: Scope) -> Result<Response<ResBody>, ApiError> {
+    if let Scope::Chat(chat) = &scope {
+        require_chat(app, *chat)?;
+    }
+    let docs = app.store.documents_in(&scope)?;
     let out: Vec<_> = docs.iter().map(DocumentOut::from).collect();
     ok(&json!({ "documents": out }))
 }

@@ -86,6 +86,9 @@ impl From<StoreError> for ApiError {
             StoreError::NotFound(what) => {
                 ApiError::not_found("not_found", format!("{what} not found"))
             }
+            StoreError::InUse(message) => {
+                ApiError::new(StatusCode::CONFLICT, "managed_by_watch", message)
+            }
             StoreError::Flush(_) | StoreError::Sled(_) => {
                 tracing::error!(error = %err, "store failure");
                 ApiError::unavailable("store_unavailable", "the store cannot write right now", 5)

@@ -24,13 +24,14 @@ use tracing::Instrument;
 
 use super::body;
 use super::docs;
+use super::library;
 use super::error::ApiError;
 use super::sse::{SseBody, SseEvent};
 use super::tcp::Verdict;
 use super::{App, Transport};
 use crate::chat::{ChatEvent, Options, SearchMode, SendRequest};
 use crate::llm::ModelState;
-use crate::store::{Chat, ChatId, Message, Settings, User, UserId};
+use crate::store::{Chat, ChatId, Message, Scope, Settings, User, UserId};
 
 pub type ResBody = UnsyncBoxBody<Bytes, Infallible>;
 
@@ -167,8 +168,8 @@ async fn route(
             _ => Err(ApiError::method_not_allowed("POST")),
         },
         ["chats", id, "documents"] => match method {
-            Method::GET => docs::list(app, chat_id(id)?),
-            Method::POST => docs::upload(app, chat_id(id)?, req).await,
+            Method::GET => docs::list(app, Scope::Chat(chat_id(id)?)),
+            Method::POST => docs::upload(app, Scope::Chat(chat_id(id)?), req).await,
             _ => Err(ApiError::method_not_allowed("GET, POST")),
         },
         ["documents", id] => match method {
@@ -183,6 +184,23 @@ async fn route(
         ["embeddings"] => match method {
             Method::POST => docs::embeddings(app, req).await,
             _ => Err(ApiError::method_not_allowed("POST")),
+        },
+        ["library"] => match method {
+            Method::GET => library::status(app),
+            _ => Err(ApiError::method_not_allowed("GET")),
+        },
+        ["library", "files"] => match method {
+            Method::GET => library::files(app, req.uri().query()),
+            _ => Err(ApiError::method_not_allowed("GET")),
+        },
+        ["library", "rescan"] => match method {
+            Method::POST => library::rescan(app),
+            _ => Err(ApiError::method_not_allowed("POST")),
+        },
+        ["library", "documents"] => match method {
+            Method::GET => docs::list(app, Scope::Library),
+            Method::POST => docs::upload(app, Scope::Library, req).await,
+            _ => Err(ApiError::method_not_allowed("GET, POST")),
         },
         ["events"] => match method {
             Method::GET => events(app, req.uri().query()),

@@ -32,20 +32,20 @@ pub struct StoredVector {
     pub vector: Vec<f32>,
 }
 
-fn chunk_key(doc: DocumentId, n: u32) -> Vec<u8> {
+pub(super) fn chunk_key(doc: DocumentId, n: u32) -> Vec<u8> {
     let mut key = Vec::with_capacity(20);
     key.extend_from_slice(doc.as_bytes());
     key.extend_from_slice(&n.to_be_bytes());
     key
 }
 
-fn scoped(scope: &Scope, tail: &[u8]) -> Vec<u8> {
+pub(super) fn scoped(scope: &Scope, tail: &[u8]) -> Vec<u8> {
     let mut key = scope.key_prefix();
     key.extend_from_slice(tail);
     key
 }
 
-fn vector_bytes(vector: &[f32]) -> Vec<u8> {
+pub(super) fn vector_bytes(vector: &[f32]) -> Vec<u8> {
     vector.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
@@ -75,15 +75,17 @@ impl Store {
         }
         let i = &*self.inner;
         let hash_key = scoped(&document.scope, document.content_hash.as_bytes());
+        let library = document.scope == Scope::Library;
         let res = (
             &i.documents,
             &i.docs_by_scope,
             &i.doc_by_hash,
             &i.chunks,
             &i.vectors,
+            &i.doc_files,
         )
             .transaction(
-                |(documents, by_scope, by_hash, chunk_tree, vector_tree)| -> TxResult<_> {
+                |(documents, by_scope, by_hash, chunk_tree, vector_tree, doc_files)| -> TxResult<_> {
                     if let Some(existing) = by_hash.get(&hash_key)? {
                         let id = DocumentId::from_slice(&existing).ok_or_else(|| {
                             ConflictableTransactionError::Abort(StoreError::Corrupt(
@@ -91,6 +93,9 @@ impl Store {
                             ))
                         })?;
                         if let Some(doc) = tx_get::<Document>(documents, id.as_bytes())? {
+                            if library {
+                                Store::pin_upload(doc_files, doc.id)?;
+                            }
                             return Ok(Inserted {
                                 document: doc,
                                 created: false,
@@ -105,6 +110,9 @@ impl Store {
                     documents.insert(&document.id.as_bytes()[..], encode(document))?;
                     by_scope.insert(scoped(&document.scope, document.id.as_bytes()), &[][..])?;
                     by_hash.insert(hash_key.clone(), &document.id.as_bytes()[..])?;
+                    if library {
+                        Store::pin_upload(doc_files, document.id)?;
+                    }
                     Ok(Inserted {
                         document: document.clone(),
                         created: true,
@@ -183,6 +191,15 @@ impl Store {
         Ok((vectors, stale))
     }
 
+    /// A document's vectors in chunk order.
+    pub fn document_vectors(&self, doc: DocumentId) -> Result<Vec<Vec<f32>>, StoreError> {
+        self.inner
+            .vectors
+            .scan_prefix(doc.as_bytes())
+            .map(|entry| vector_from(&entry?.1))
+            .collect()
+    }
+
     /// Every document in every scope (for maintenance scans; documents are few compared to
     /// chunks).
     pub fn all_documents(&self) -> Result<Vec<Document>, StoreError> {
@@ -231,32 +248,43 @@ impl Store {
         unwrap_tx(res)
     }
 
-    /// Deletes a document with its chunks and vectors. `None` when it did not exist.
+    /// Deletes a document with its chunks and vectors, in one transaction. `None` when it did not
+    /// exist; `InUse` for a library document that watched files refer to (it leaves the library
+    /// when they leave the folder).
     pub fn delete_document(&self, id: DocumentId) -> Result<Option<Document>, StoreError> {
         let i = &*self.inner;
         let Some(doc) = self.document(id)? else {
             return Ok(None);
         };
-        // The document record goes first (in one transaction with its index entries), so no
-        // reader finds a document whose chunks are half gone; the chunks follow in a batch.
-        let res = (&i.documents, &i.docs_by_scope, &i.doc_by_hash).transaction(
-            |(documents, by_scope, by_hash)| -> TxResult<_> {
-                documents.remove(&id.as_bytes()[..])?;
-                by_scope.remove(scoped(&doc.scope, id.as_bytes()))?;
-                by_hash.remove(scoped(&doc.scope, doc.content_hash.as_bytes()))?;
-                Ok(())
-            },
-        );
-        unwrap_tx(res)?;
-        let mut chunk_batch = sled::Batch::default();
-        let mut vector_batch = sled::Batch::default();
-        for entry in i.chunks.scan_prefix(id.as_bytes()) {
-            let (key, _) = entry?;
-            chunk_batch.remove(key.clone());
-            vector_batch.remove(key);
+        let files = self.document_files(id)?;
+        if let Some(file) = files.first() {
+            return Err(StoreError::InUse(format!(
+                "the document comes from the watched file {}; remove the file from the folder",
+                file.display()
+            )));
         }
-        i.chunks.apply_batch(chunk_batch)?;
-        i.vectors.apply_batch(vector_batch)?;
+        let res = (
+            &i.documents,
+            &i.docs_by_scope,
+            &i.doc_by_hash,
+            &i.chunks,
+            &i.vectors,
+            &i.doc_files,
+        )
+            .transaction(
+                |(documents, by_scope, by_hash, chunk_tree, vector_tree, doc_files)| -> TxResult<_> {
+                    for n in 0..doc.chunk_count {
+                        chunk_tree.remove(chunk_key(id, n))?;
+                        vector_tree.remove(chunk_key(id, n))?;
+                    }
+                    documents.remove(&id.as_bytes()[..])?;
+                    by_scope.remove(scoped(&doc.scope, id.as_bytes()))?;
+                    by_hash.remove(scoped(&doc.scope, doc.content_hash.as_bytes()))?;
+                    doc_files.remove(&id.as_bytes()[..])?;
+                    Ok(())
+                },
+            );
+        unwrap_tx(res)?;
         Ok(Some(doc))
     }
 

@@ -11,6 +11,7 @@
 //! messages       chat_id ‖ seq BE → Message
 //! model_verify   file path → VerifiedFile (sha256 cache keyed by size + mtime)
 //! documents, docs_by_scope, doc_by_hash, chunks, vectors: see `documents.rs`
+//! files, library_jobs, doc_files, library_orphans: see `library.rs` (the drop folder)
 //! ```
 //!
 //! Values are JSON (serde): small, debuggable, and tolerant of added fields.
@@ -21,9 +22,13 @@
 
 mod documents;
 mod flush;
+mod library;
 pub mod types;
 
 pub use documents::{Inserted, StoredVector};
+pub use library::{
+    FileKey, FileOutcome, FileRecord, FileState, JobKind, LibraryJob, NewDocument, Settled,
+};
 
 use std::path::Path;
 use std::sync::Arc;
@@ -50,6 +55,8 @@ pub enum StoreError {
     Flush(String),
     #[error("{0} not found")]
     NotFound(&'static str),
+    #[error("{0}")]
+    InUse(String),
 }
 
 /// Cheap-to-clone handle on the open store.
@@ -72,6 +79,10 @@ struct Inner {
     doc_by_hash: sled::Tree,
     chunks: sled::Tree,
     vectors: sled::Tree,
+    files: sled::Tree,
+    library_jobs: sled::Tree,
+    doc_files: sled::Tree,
+    library_orphans: sled::Tree,
     flusher: flush::GroupFlush,
 }
 
@@ -131,6 +142,10 @@ impl Store {
             doc_by_hash: tree("doc_by_hash")?,
             chunks: tree("chunks")?,
             vectors: tree("vectors")?,
+            files: tree("files")?,
+            library_jobs: tree("library_jobs")?,
+            doc_files: tree("doc_files")?,
+            library_orphans: tree("library_orphans")?,
             flusher: flush::GroupFlush::start(db.clone()),
             db,
         };

@@ -1,0 +1,631 @@
+//! The drop-folder library: one record per watched file, the persistent ingest job queue, and
+//! which files share which document.
+//!
+//! ```text
+//! files            root ‖ 0 ‖ relative path bytes → FileRecord
+//! library_jobs     seq BE → LibraryJob
+//! doc_files        doc_id → [file key, ...]   (who refers to a library document)
+//! library_orphans  doc_id → Millis BE          (no file refers to it any more, since ...)
+//! ```
+//!
+//! Invariants, each kept by a single sled transaction:
+//! - A file's job is written together with its `queued` state, and removed in the same
+//!   transaction that writes its result (document, chunks, vectors, file state). A `kill -9`
+//!   leaves either the job (redone at start) or the result, never both and never half.
+//! - A document is shared by every file with the same bytes (`doc_files`); when the last file
+//!   lets go, the document becomes an orphan and is removed from search, but its vectors stay
+//!   for a grace period: a rename processed as "delete old path" before "add new path" finds the
+//!   content again and re-links it without embedding. [`Store::collect_orphans`] deletes orphans
+//!   whose grace has passed, chunks and vectors with them, in one transaction.
+//! - Paths are raw bytes (Unix file names need not be UTF-8); display strings are lossy copies.
+
+use serde::{Deserialize, Serialize};
+use sled::transaction::{ConflictableTransactionError, TransactionalTree};
+use sled::Transactional;
+
+use super::documents::{chunk_key, scoped, vector_bytes};
+use super::types::{ChunkRecord, Document, DocumentId, Millis, Scope};
+use super::{decode, encode, tx_get, unwrap_tx, Store, StoreError, TxResult};
+
+/// A watched file's key: its root (as configured, canonical) and its path below the root.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FileKey(Vec<u8>);
+
+/// Stands for "uploaded into the library" in `doc_files`: pins a document that no watched file
+/// may take away. No real key is empty after the root.
+const UPLOAD_REF: &[u8] = b"\0upload";
+
+impl FileKey {
+    pub fn new(root: &str, relative: &[u8]) -> FileKey {
+        let mut key = Vec::with_capacity(root.len() + 1 + relative.len());
+        key.extend_from_slice(root.as_bytes());
+        key.push(0);
+        key.extend_from_slice(relative);
+        FileKey(key)
+    }
+
+    /// Every key of files under `root` (and below `relative_dir`, when not empty).
+    pub fn prefix(root: &str, relative_dir: &[u8]) -> Vec<u8> {
+        let mut key = FileKey::new(root, relative_dir).0;
+        if !relative_dir.is_empty() {
+            key.push(b'/');
+        }
+        key
+    }
+
+    pub fn from_bytes(bytes: Vec<u8>) -> Option<FileKey> {
+        bytes.contains(&0).then_some(FileKey(bytes))
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    pub fn root(&self) -> &str {
+        let end = self.0.iter().position(|&b| b == 0).unwrap_or(self.0.len());
+        std::str::from_utf8(&self.0[..end]).unwrap_or("")
+    }
+
+    pub fn relative(&self) -> &[u8] {
+        match self.0.iter().position(|&b| b == 0) {
+            Some(i) => &self.0[i + 1..],
+            None => &[],
+        }
+    }
+
+    /// `root/relative`, lossily decoded for display and for the API.
+    pub fn display(&self) -> String {
+        format!(
+            "{}/{}",
+            self.root().trim_end_matches('/'),
+            String::from_utf8_lossy(self.relative())
+        )
+    }
+}
+
+/// Where a watched file stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FileState {
+    Queued,
+    /// Only ever reported, never stored: the worker holds the file right now.
+    Indexing,
+    Indexed,
+    Failed,
+    Skipped,
+}
+
+impl FileState {
+    pub const ALL: [FileState; 5] = [
+        FileState::Queued,
+        FileState::Indexing,
+        FileState::Indexed,
+        FileState::Failed,
+        FileState::Skipped,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FileState::Queued => "queued",
+            FileState::Indexing => "indexing",
+            FileState::Indexed => "indexed",
+            FileState::Failed => "failed",
+            FileState::Skipped => "skipped",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<FileState> {
+        FileState::ALL.into_iter().find(|s| s.as_str() == text)
+    }
+}
+
+/// What the store knows about one watched file.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FileRecord {
+    pub size: u64,
+    pub mtime_ns: i128,
+    pub state: FileState,
+    /// Stable code for `failed`/`skipped` (e.g. `symlink`, `too_large`, `corrupt_document`).
+    pub reason: Option<String>,
+    pub message: Option<String>,
+    pub content_hash: Option<String>,
+    pub document_id: Option<DocumentId>,
+    pub chunks: u32,
+    pub indexed_at: Option<Millis>,
+    pub updated_at: Millis,
+    /// The queued job for this file, if any.
+    pub job: Option<u64>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobKind {
+    /// Read the file and make its current content searchable.
+    Upsert,
+    /// The file is gone: drop it from the library.
+    Remove,
+}
+
+/// One persistent unit of library work.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LibraryJob {
+    pub seq: u64,
+    pub kind: JobKind,
+    pub file: Vec<u8>,
+    /// The size and mtime the file had when it was found stable; the worker re-checks them at
+    /// open time.
+    pub size: u64,
+    pub mtime_ns: i128,
+}
+
+impl LibraryJob {
+    pub fn key(&self) -> Option<FileKey> {
+        FileKey::from_bytes(self.file.clone())
+    }
+}
+
+/// The result of working on one file.
+pub enum FileOutcome<'a> {
+    /// Its content is searchable: either an existing library document with `hash` (no vectors
+    /// needed) or a new one.
+    Indexed {
+        record: FileRecord,
+        hash: &'a str,
+        new: Option<NewDocument<'a>>,
+    },
+    /// Failed or skipped (the record says which and why); any previous content is dropped.
+    NotIndexed(FileRecord),
+    /// The file is gone.
+    Removed,
+}
+
+pub struct NewDocument<'a> {
+    pub document: &'a Document,
+    pub chunks: &'a [ChunkRecord],
+    pub vectors: &'a [Vec<f32>],
+}
+
+/// What [`Store::settle_file`] changed, for the caller to mirror in the index.
+#[derive(Debug, Default)]
+pub struct Settled {
+    /// False when a newer job for the file replaced this one: nothing was written.
+    pub applied: bool,
+    /// The document the file now refers to.
+    pub document: Option<Document>,
+    /// The document became searchable (new, or re-linked from an orphan): add it to the index.
+    pub became_visible: bool,
+    /// This document lost its last file: take it out of the index.
+    pub orphaned: Option<DocumentId>,
+}
+
+/// Everything a library transaction touches, in one place.
+struct Trees<'a> {
+    documents: &'a TransactionalTree,
+    by_scope: &'a TransactionalTree,
+    by_hash: &'a TransactionalTree,
+    chunks: &'a TransactionalTree,
+    vectors: &'a TransactionalTree,
+    files: &'a TransactionalTree,
+    doc_files: &'a TransactionalTree,
+    jobs: &'a TransactionalTree,
+    orphans: &'a TransactionalTree,
+}
+
+fn abort(err: StoreError) -> ConflictableTransactionError<StoreError> {
+    ConflictableTransactionError::Abort(err)
+}
+
+impl Trees<'_> {
+    fn refs(&self, doc: DocumentId) -> TxResult<Vec<Vec<u8>>> {
+        Ok(tx_get::<Vec<Vec<u8>>>(self.doc_files, doc.as_bytes())?.unwrap_or_default())
+    }
+
+    /// Adds `key` to the document's referrers; true when it was an orphan (now visible again).
+    fn link(&self, doc: DocumentId, key: &[u8]) -> TxResult<bool> {
+        let mut refs = self.refs(doc)?;
+        if !refs.iter().any(|r| r == key) {
+            refs.push(key.to_vec());
+            self.doc_files
+                .insert(&doc.as_bytes()[..], encode(&refs))?;
+        }
+        Ok(self.orphans.remove(&doc.as_bytes()[..])?.is_some())
+    }
+
+    /// Removes `key` from the document's referrers; true when none is left (now an orphan).
+    fn unlink(&self, doc: DocumentId, key: &[u8], now: Millis) -> TxResult<bool> {
+        let mut refs = self.refs(doc)?;
+        refs.retain(|r| r != key);
+        if refs.is_empty() {
+            self.doc_files.remove(&doc.as_bytes()[..])?;
+            self.orphans
+                .insert(&doc.as_bytes()[..], &now.to_be_bytes()[..])?;
+            Ok(true)
+        } else {
+            self.doc_files
+                .insert(&doc.as_bytes()[..], encode(&refs))?;
+            Ok(false)
+        }
+    }
+
+    fn library_doc_by_hash(&self, hash: &str) -> TxResult<Option<Document>> {
+        match self
+            .by_hash
+            .get(scoped(&Scope::Library, hash.as_bytes()))?
+        {
+            Some(id) => {
+                let id = DocumentId::from_slice(&id)
+                    .ok_or_else(|| abort(StoreError::Corrupt("doc_by_hash".into())))?;
+                tx_get(self.documents, id.as_bytes())
+            }
+            None => Ok(None),
+        }
+    }
+
+    fn insert_document(&self, new: &NewDocument<'_>) -> TxResult<()> {
+        let doc = new.document;
+        for (n, (chunk, vector)) in new.chunks.iter().zip(new.vectors).enumerate() {
+            let n = u32::try_from(n).unwrap_or(u32::MAX);
+            self.chunks.insert(chunk_key(doc.id, n), encode(chunk))?;
+            self.vectors
+                .insert(chunk_key(doc.id, n), vector_bytes(vector))?;
+        }
+        self.documents.insert(&doc.id.as_bytes()[..], encode(doc))?;
+        self.by_scope
+            .insert(scoped(&doc.scope, doc.id.as_bytes()), &[][..])?;
+        self.by_hash.insert(
+            scoped(&doc.scope, doc.content_hash.as_bytes()),
+            &doc.id.as_bytes()[..],
+        )?;
+        Ok(())
+    }
+
+    fn remove_document(&self, doc: &Document) -> TxResult<()> {
+        for n in 0..doc.chunk_count {
+            self.chunks.remove(chunk_key(doc.id, n))?;
+            self.vectors.remove(chunk_key(doc.id, n))?;
+        }
+        self.documents.remove(&doc.id.as_bytes()[..])?;
+        self.by_scope
+            .remove(scoped(&doc.scope, doc.id.as_bytes()))?;
+        self.by_hash
+            .remove(scoped(&doc.scope, doc.content_hash.as_bytes()))?;
+        self.doc_files.remove(&doc.id.as_bytes()[..])?;
+        self.orphans.remove(&doc.id.as_bytes()[..])?;
+        Ok(())
+    }
+}
+
+impl Store {
+    /// Runs `f` in one transaction over every tree the library touches.
+    fn library_tx<T>(&self, f: impl Fn(&Trees<'_>) -> TxResult<T>) -> Result<T, StoreError> {
+        let i = &*self.inner;
+        let res = (
+            &i.documents,
+            &i.docs_by_scope,
+            &i.doc_by_hash,
+            &i.chunks,
+            &i.vectors,
+            &i.files,
+            &i.doc_files,
+            &i.library_jobs,
+            &i.library_orphans,
+        )
+            .transaction(
+                |(documents, by_scope, by_hash, chunks, vectors, files, doc_files, jobs, orphans)| {
+                    f(&Trees {
+                        documents,
+                        by_scope,
+                        by_hash,
+                        chunks,
+                        vectors,
+                        files,
+                        doc_files,
+                        jobs,
+                        orphans,
+                    })
+                },
+            );
+        unwrap_tx(res)
+    }
+
+    pub fn file(&self, key: &FileKey) -> Result<Option<FileRecord>, StoreError> {
+        super::get(&self.inner.files, key.as_bytes())
+    }
+
+    /// Files whose key starts with `prefix` (see [`FileKey::prefix`]), in key order.
+    pub fn files_with_prefix(
+        &self,
+        prefix: &[u8],
+    ) -> Result<Vec<(FileKey, FileRecord)>, StoreError> {
+        let mut out = Vec::new();
+        for entry in self.inner.files.scan_prefix(prefix) {
+            let (key, value) = entry?;
+            let key = FileKey::from_bytes(key.to_vec())
+                .ok_or_else(|| StoreError::Corrupt("file key".into()))?;
+            out.push((key, decode(&value)?));
+        }
+        Ok(out)
+    }
+
+    /// Up to `limit` files after `after` (exclusive) in key order, optionally of one state
+    /// (`Indexing` is not stored; the caller overlays it).
+    pub fn files_page(
+        &self,
+        after: Option<&[u8]>,
+        limit: usize,
+        state: Option<FileState>,
+    ) -> Result<Vec<(FileKey, FileRecord)>, StoreError> {
+        let range = match after {
+            Some(after) => self.inner.files.range::<&[u8], _>((
+                std::ops::Bound::Excluded(after),
+                std::ops::Bound::Unbounded,
+            )),
+            None => self.inner.files.iter(),
+        };
+        let mut out = Vec::new();
+        for entry in range {
+            let (key, value) = entry?;
+            let record: FileRecord = decode(&value)?;
+            if state.is_some_and(|s| s != record.state) {
+                continue;
+            }
+            let key = FileKey::from_bytes(key.to_vec())
+                .ok_or_else(|| StoreError::Corrupt("file key".into()))?;
+            out.push((key, record));
+            if out.len() == limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Number of files in each stored state.
+    pub fn file_counts(&self) -> Result<Vec<(FileState, usize)>, StoreError> {
+        let mut counts = [0usize; 5];
+        for entry in self.inner.files.iter() {
+            let record: FileRecord = decode(&entry?.1)?;
+            counts[record.state as usize] += 1;
+        }
+        Ok(FileState::ALL.into_iter().zip(counts).collect())
+    }
+
+    /// Queues work on a file: writes the job and the file's new state in one transaction,
+    /// replacing any job queued for it before. Returns the job (`None`: removing a file the
+    /// store does not know is nothing to do).
+    pub fn queue_file(
+        &self,
+        key: &FileKey,
+        kind: JobKind,
+        size: u64,
+        mtime_ns: i128,
+        now: Millis,
+    ) -> Result<Option<LibraryJob>, StoreError> {
+        let seq = self.inner.db.generate_id()?;
+        let job = LibraryJob {
+            seq,
+            kind,
+            file: key.as_bytes().to_vec(),
+            size,
+            mtime_ns,
+        };
+        self.library_tx(|t| {
+            let old: Option<FileRecord> = tx_get(t.files, key.as_bytes())?;
+            if let Some(previous) = old.as_ref().and_then(|r| r.job) {
+                t.jobs.remove(&previous.to_be_bytes()[..])?;
+            }
+            let record = match (kind, old.clone()) {
+                (JobKind::Upsert, old) => FileRecord {
+                    size,
+                    mtime_ns,
+                    state: FileState::Queued,
+                    reason: None,
+                    message: None,
+                    updated_at: now,
+                    job: Some(seq),
+                    ..old.unwrap_or(FileRecord {
+                        size,
+                        mtime_ns,
+                        state: FileState::Queued,
+                        reason: None,
+                        message: None,
+                        content_hash: None,
+                        document_id: None,
+                        chunks: 0,
+                        indexed_at: None,
+                        updated_at: now,
+                        job: None,
+                    })
+                },
+                // A removal keeps showing the last known state until it is done.
+                (JobKind::Remove, Some(old)) => FileRecord {
+                    job: Some(seq),
+                    ..old
+                },
+                (JobKind::Remove, None) => return Ok(None),
+            };
+            t.files.insert(key.as_bytes(), encode(&record))?;
+            t.jobs.insert(&seq.to_be_bytes()[..], encode(&job))?;
+            Ok(Some(job.clone()))
+        })
+    }
+
+    /// Queued jobs in order, oldest first.
+    pub fn library_jobs(&self, limit: usize) -> Result<Vec<LibraryJob>, StoreError> {
+        self.inner
+            .library_jobs
+            .iter()
+            .take(limit)
+            .map(|entry| decode(&entry?.1))
+            .collect()
+    }
+
+    pub fn library_job_count(&self) -> usize {
+        self.inner.library_jobs.len()
+    }
+
+    /// Writes a file's outcome, and removes its job (`job`), in one transaction. A job that a
+    /// newer one replaced writes nothing (`applied: false`).
+    pub fn settle_file(
+        &self,
+        key: &FileKey,
+        job: Option<u64>,
+        outcome: &FileOutcome<'_>,
+        now: Millis,
+    ) -> Result<Settled, StoreError> {
+        self.library_tx(|t| {
+            let old: Option<FileRecord> = tx_get(t.files, key.as_bytes())?;
+            if let Some(seq) = job {
+                let current = old.as_ref().and_then(|r| r.job);
+                if current != Some(seq) {
+                    t.jobs.remove(&seq.to_be_bytes()[..])?;
+                    return Ok(Settled::default());
+                }
+                t.jobs.remove(&seq.to_be_bytes()[..])?;
+            }
+            let old_doc = old.as_ref().and_then(|r| r.document_id);
+            let mut settled = Settled {
+                applied: true,
+                ..Settled::default()
+            };
+            let new_doc = match outcome {
+                FileOutcome::Indexed { record, hash, new } => {
+                    let doc = match t.library_doc_by_hash(hash)? {
+                        Some(doc) => doc,
+                        None => {
+                            let new = new.as_ref().ok_or_else(|| {
+                                abort(StoreError::NotFound("library document to re-link"))
+                            })?;
+                            t.insert_document(new)?;
+                            settled.became_visible = true;
+                            new.document.clone()
+                        }
+                    };
+                    let record = FileRecord {
+                        document_id: Some(doc.id),
+                        content_hash: Some(hash.to_string()),
+                        chunks: doc.chunk_count,
+                        state: FileState::Indexed,
+                        reason: None,
+                        message: None,
+                        indexed_at: Some(now),
+                        updated_at: now,
+                        job: None,
+                        ..record.clone()
+                    };
+                    t.files.insert(key.as_bytes(), encode(&record))?;
+                    if t.link(doc.id, key.as_bytes())? {
+                        settled.became_visible = true;
+                        // A re-linked orphan: name it after the file that has it now.
+                        let mut renamed = doc.clone();
+                        renamed.filename = key.display();
+                        t.documents
+                            .insert(&doc.id.as_bytes()[..], encode(&renamed))?;
+                    }
+                    settled.document = Some(doc.clone());
+                    Some(doc.id)
+                }
+                FileOutcome::NotIndexed(record) => {
+                    let record = FileRecord {
+                        document_id: None,
+                        chunks: 0,
+                        indexed_at: None,
+                        updated_at: now,
+                        job: None,
+                        ..record.clone()
+                    };
+                    t.files.insert(key.as_bytes(), encode(&record))?;
+                    None
+                }
+                FileOutcome::Removed => {
+                    t.files.remove(key.as_bytes())?;
+                    None
+                }
+            };
+            if let Some(old_doc) = old_doc.filter(|d| Some(*d) != new_doc) {
+                if t.unlink(old_doc, key.as_bytes(), now)? {
+                    settled.orphaned = Some(old_doc);
+                }
+            }
+            Ok(settled)
+        })
+    }
+
+    /// Drops a job whose file changed after it was queued; the file keeps its last state and is
+    /// queued again once it is stable (or by the next scan, which sees a queued file with no job).
+    pub fn drop_library_job(&self, key: &FileKey, seq: u64) -> Result<(), StoreError> {
+        self.library_tx(|t| {
+            t.jobs.remove(&seq.to_be_bytes()[..])?;
+            if let Some(mut record) = tx_get::<FileRecord>(t.files, key.as_bytes())? {
+                if record.job == Some(seq) {
+                    record.job = None;
+                    t.files.insert(key.as_bytes(), encode(&record))?;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// Pins a library document created by an upload, so that no watched file can orphan it.
+    pub(super) fn pin_upload(tree: &TransactionalTree, doc: DocumentId) -> TxResult<()> {
+        let mut refs: Vec<Vec<u8>> = tx_get(tree, doc.as_bytes())?.unwrap_or_default();
+        if !refs.iter().any(|r| r == UPLOAD_REF) {
+            refs.push(UPLOAD_REF.to_vec());
+            tree.insert(&doc.as_bytes()[..], encode(&refs))?;
+        }
+        Ok(())
+    }
+
+    /// The watched files that refer to a library document (uploads not included).
+    pub fn document_files(&self, doc: DocumentId) -> Result<Vec<FileKey>, StoreError> {
+        let refs: Vec<Vec<u8>> =
+            super::get(&self.inner.doc_files, doc.as_bytes())?.unwrap_or_default();
+        Ok(refs
+            .into_iter()
+            .filter(|r| r != UPLOAD_REF)
+            .filter_map(FileKey::from_bytes)
+            .collect())
+    }
+
+    /// Deletes orphaned library documents whose grace period started before `cutoff`, each in
+    /// one transaction with its chunks and vectors. Returns the deleted ids.
+    pub fn collect_orphans(&self, cutoff: Millis) -> Result<Vec<DocumentId>, StoreError> {
+        let mut due = Vec::new();
+        for entry in self.inner.library_orphans.iter() {
+            let (key, value) = entry?;
+            let since = value
+                .as_ref()
+                .try_into()
+                .map(u64::from_be_bytes)
+                .map_err(|_| StoreError::Corrupt("library_orphans".into()))?;
+            if since < cutoff {
+                if let Some(id) = DocumentId::from_slice(&key) {
+                    due.push(id);
+                }
+            }
+        }
+        let mut deleted = Vec::new();
+        for id in due {
+            let gone = self.library_tx(|t| {
+                if t.orphans.get(&id.as_bytes()[..])?.is_none() || !t.refs(id)?.is_empty() {
+                    return Ok(false); // re-linked meanwhile
+                }
+                match tx_get::<Document>(t.documents, id.as_bytes())? {
+                    Some(doc) => t.remove_document(&doc)?,
+                    None => {
+                        t.orphans.remove(&id.as_bytes()[..])?;
+                    }
+                }
+                Ok(true)
+            })?;
+            if gone {
+                deleted.push(id);
+            }
+        }
+        Ok(deleted)
+    }
+
+    /// Orphaned documents waiting for collection.
+    pub fn orphan_count(&self) -> usize {
+        self.inner.library_orphans.len()
+    }
+}
