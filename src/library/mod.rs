@@ -267,6 +267,9 @@ impl Library {
         let handler = move |res: notify::Result<notify::Event>| {
             let msg = match res {
                 Ok(event) if event.need_rescan() => Watched::Rescan("event queue overflow".into()),
+                // Opens, reads and closes-without-writing change nothing; our own scans and
+                // reads cause them, so reacting would loop.
+                Ok(event) if matches!(event.kind, notify::EventKind::Access(_)) => return,
                 Ok(event) => Watched::Paths(event.paths),
                 Err(err) => Watched::Rescan(err.to_string()),
             };
@@ -377,6 +380,7 @@ impl Library {
         let Some((root, relative)) = self.locate(path) else {
             return;
         };
+        tracing::trace!(path = %path.display(), "watcher event");
         if relative.is_empty() {
             self.scan(root, Vec::new()).await;
             return;
@@ -521,7 +525,8 @@ impl Library {
     /// Writes a job; the worker is woken.
     fn queue(&self, key: &FileKey, kind: JobKind, size: u64, mtime_ns: i128) {
         match self.inner.store.queue_file(key, kind, size, mtime_ns, now_millis()) {
-            Ok(Some(_)) => {
+            Ok(Some(job)) => {
+                tracing::debug!(path = %key.display(), kind = ?kind, seq = job.seq, "queued");
                 if kind == JobKind::Upsert {
                     self.inner.events.emit(Event::FileQueued {
                         path: key.display(),
@@ -796,6 +801,7 @@ impl Library {
                 return None;
             }
         };
+        tracing::debug!(path = %key.display(), applied = settled.applied, visible = settled.became_visible, orphaned = ?settled.orphaned, "settled");
         let index = self.inner.ingestor.index();
         if let Some(orphan) = settled.orphaned {
             index.remove(&Scope::Library, orphan);
