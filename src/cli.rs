@@ -356,7 +356,12 @@ fn collect(paths: &[PathBuf], rules: &crate::library::rules::Rules) -> Vec<Found
 }
 
 /// Error codes of uploads that are "not a document" rather than a failure.
-const SKIP_CODES: &[&str] = &["unsupported_format", "empty_document", "file_too_large", "payload_too_large"];
+const SKIP_CODES: &[&str] = &[
+    "unsupported_format",
+    "empty_document",
+    "file_too_large",
+    "payload_too_large",
+];
 
 async fn ingest(config_file: Option<&Path>, args: IngestArgs) -> anyhow::Result<()> {
     let client = Client::new(&client_socket(config_file, &args.client)?);
@@ -389,7 +394,11 @@ async fn ingest(config_file: Option<&Path>, args: IngestArgs) -> anyhow::Result<
         let name = path.to_string_lossy().into_owned();
         bar.set_message(name.clone());
         let result = match std::fs::read(&path) {
-            Ok(bytes) => client.upload("/api/v1/library/documents", &name, &bytes).await,
+            Ok(bytes) => {
+                client
+                    .upload("/api/v1/library/documents", &name, &bytes)
+                    .await
+            }
             Err(err) => Err(anyhow::Error::from(err)),
         };
         bar.inc(size);
@@ -439,19 +448,30 @@ async fn library(config_file: Option<&Path>, args: LibraryArgs) -> anyhow::Resul
         writeln!(out, "watching {}", root.as_str().unwrap_or("?"))?;
     }
     if let Some(err) = status["watcher_error"].as_str() {
-        writeln!(out, "watcher off ({err}); periodic scans keep the library in sync")?;
+        writeln!(
+            out,
+            "watcher off ({err}); periodic scans keep the library in sync"
+        )?;
     }
     let counts = &status["counts"];
     writeln!(
         out,
         "indexed {} · queued {} · indexing {} · failed {} · skipped {} · waiting to settle {}",
-        counts["indexed"], counts["queued"], counts["indexing"], counts["failed"], counts["skipped"], status["waiting"]
+        counts["indexed"],
+        counts["queued"],
+        counts["indexing"],
+        counts["failed"],
+        counts["skipped"],
+        status["waiting"]
     )?;
     for state in ["failed", "skipped"] {
         let page = client
             .call(
                 Method::GET,
-                &format!("/api/v1/library/files?state={state}&limit={}", args.limit.clamp(1, 1000)),
+                &format!(
+                    "/api/v1/library/files?state={state}&limit={}",
+                    args.limit.clamp(1, 1000)
+                ),
                 None,
             )
             .await?;

@@ -171,6 +171,21 @@ impl Client {
         Ok((status, value))
     }
 
+    /// Opens an SSE stream with GET (e.g. `/api/v1/events`). A non-2xx answer is an error.
+    pub async fn subscribe(&self, path: &str) -> anyhow::Result<EventStream> {
+        let response = self.send(Method::GET, path, None).await?;
+        let status = response.status();
+        if !status.is_success() {
+            let bytes = response.into_body().collect().await?.to_bytes();
+            let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            bail!("{status}: {}", error_text(&value));
+        }
+        Ok(EventStream {
+            body: response.into_body(),
+            buf: Vec::new(),
+        })
+    }
+
     /// Creates (or reuses) the user `username` and a new chat for them; returns the chat id.
     pub async fn create_chat(&self, username: &str) -> anyhow::Result<String> {
         let body = serde_json::json!({ "username": username });

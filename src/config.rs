@@ -111,7 +111,12 @@ pub struct RawConfig {
     pub watch_max_file_bytes: Option<u64>,
     /// Extra ignore globs for watched folders, e.g. `*.log` or `drafts/**` (repeatable)
     /// [default: none; hidden files, node_modules and editor/download temporaries are always ignored].
-    #[arg(long, env = "HEARTH_WATCH_IGNORE", value_name = "GLOB", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "HEARTH_WATCH_IGNORE",
+        value_name = "GLOB",
+        value_delimiter = ','
+    )]
     pub watch_ignore: Option<Vec<String>>,
     /// Log filter in `tracing` syntax [default: warn,hearth=info].
     #[arg(long, env = "HEARTH_LOG", value_name = "FILTER")]

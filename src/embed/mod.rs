@@ -282,7 +282,12 @@ impl Shared {
         };
         let started = std::time::Instant::now();
         while pause() && started.elapsed() < MAX_YIELD {
-            if self.queue.lock().unwrap_or_else(PoisonError::into_inner).closed {
+            if self
+                .queue
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .closed
+            {
                 return;
             }
             while let Some(query) = self.take_query() {

@@ -176,7 +176,8 @@ impl Ingestor {
         };
 
         report(Stage::Indexing, 92, total, total);
-        let document = self.new_document(scope.clone(), filename, bytes.len() as u64, hash, &prepared);
+        let document =
+            self.new_document(scope.clone(), filename, bytes.len() as u64, hash, &prepared);
         let records = prepared.chunks;
         let inserted = self.store.insert_document(&document, &records, &vectors)?;
         self.store.durable().await?;
@@ -188,7 +189,11 @@ impl Ingestor {
 
     /// Extracts and chunks a file (off the async runtime, bounded by the extraction timeout).
     /// Nothing is embedded or stored yet.
-    pub async fn prepare(&self, filename: &str, bytes: Arc<Vec<u8>>) -> Result<Prepared, IngestError> {
+    pub async fn prepare(
+        &self,
+        filename: &str,
+        bytes: Arc<Vec<u8>>,
+    ) -> Result<Prepared, IngestError> {
         let limits = self.limits.extract;
         let name = filename.to_string();
         // A hostile file may make a parser spin: the caller gets a timeout error; the thread is

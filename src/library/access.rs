@@ -32,7 +32,10 @@ pub struct Root {
 /// What a name in a folder is, from `lstat` (links are never followed).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
-    File { size: u64, mtime_ns: i128 },
+    File {
+        size: u64,
+        mtime_ns: i128,
+    },
     Dir,
     Symlink,
     /// FIFO, socket, character or block device.
@@ -151,9 +154,8 @@ impl Root {
             return Ok(Kind::Dir);
         };
         let dir = self.open_dir(&parents.join(&b'/'))?;
-        let stat =
-            rustix::fs::statat(&dir, OsStr::from_bytes(last), AtFlags::SYMLINK_NOFOLLOW)
-                .map_err(io)?;
+        let stat = rustix::fs::statat(&dir, OsStr::from_bytes(last), AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(io)?;
         Ok(kind_of(&stat))
     }
 
@@ -223,7 +225,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("sub")).unwrap();
         std::fs::write(dir.path().join("sub/ok.txt"), "hello").unwrap();
-        symlink(outside.path().join("secret.txt"), dir.path().join("link.txt")).unwrap();
+        symlink(
+            outside.path().join("secret.txt"),
+            dir.path().join("link.txt"),
+        )
+        .unwrap();
         symlink(outside.path(), dir.path().join("linkdir")).unwrap();
         nix::unistd::mkfifo(&dir.path().join("fifo"), nix::sys::stat::Mode::S_IRWXU).unwrap();
         let root = Root::open(dir.path()).unwrap();
@@ -231,12 +237,18 @@ mod tests {
         let (bytes, kind) = root.read(b"sub/ok.txt", 100).unwrap();
         assert_eq!(bytes, b"hello");
         assert!(matches!(kind, Kind::File { size: 5, .. }));
-        assert!(matches!(root.read(b"link.txt", 100), Err(AccessError::Symlink)));
+        assert!(matches!(
+            root.read(b"link.txt", 100),
+            Err(AccessError::Symlink)
+        ));
         assert!(matches!(
             root.read(b"linkdir/secret.txt", 100),
             Err(AccessError::Symlink)
         ));
-        assert!(matches!(root.read(b"fifo", 100), Err(AccessError::NotRegular)));
+        assert!(matches!(
+            root.read(b"fifo", 100),
+            Err(AccessError::NotRegular)
+        ));
         assert!(matches!(
             root.read(b"sub/../link.txt", 100),
             Err(AccessError::Escapes)

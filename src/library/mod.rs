@@ -256,12 +256,17 @@ impl Library {
     /// for this).
     pub fn idle(&self) -> bool {
         let rt = self.runtime();
-        rt.waiting.is_empty() && rt.in_flight.is_empty() && self.inner.store.library_job_count() == 0
+        rt.waiting.is_empty()
+            && rt.in_flight.is_empty()
+            && self.inner.store.library_job_count() == 0
     }
 
     // === watching and scanning ===
 
-    fn start_watcher(&self, tx: mpsc::UnboundedSender<Watched>) -> Option<notify::RecommendedWatcher> {
+    fn start_watcher(
+        &self,
+        tx: mpsc::UnboundedSender<Watched>,
+    ) -> Option<notify::RecommendedWatcher> {
         use notify::{RecursiveMode, Watcher};
         let sender = tx.clone();
         let handler = move |res: notify::Result<notify::Event>| {
@@ -350,9 +355,10 @@ impl Library {
     /// Reconciles one directory tree with the store; returns the files seen.
     async fn scan(&self, root: usize, dir: Vec<u8>) -> usize {
         let inner = self.inner.clone();
-        let result =
-            tokio::task::spawn_blocking(move || scan::reconcile(&inner.roots[root], &inner.rules, &inner.store, &dir))
-                .await;
+        let result = tokio::task::spawn_blocking(move || {
+            scan::reconcile(&inner.roots[root], &inner.rules, &inner.store, &dir)
+        })
+        .await;
         let report = match result {
             Ok(Ok(report)) => report,
             Ok(Err(err)) => {
@@ -401,9 +407,15 @@ impl Library {
                 // Gone (or no longer reachable without a link): it and everything below it.
                 let name = &self.inner.roots[root].name;
                 let mut gone = vec![FileKey::new(name, &relative)];
-                match self.inner.store.files_with_prefix(&FileKey::prefix(name, &relative)) {
+                match self
+                    .inner
+                    .store
+                    .files_with_prefix(&FileKey::prefix(name, &relative))
+                {
                     Ok(below) => gone.extend(below.into_iter().map(|(k, _)| k)),
-                    Err(err) => tracing::warn!(error = %err, "cannot list files below a removed path"),
+                    Err(err) => {
+                        tracing::warn!(error = %err, "cannot list files below a removed path")
+                    }
                 }
                 for key in gone {
                     self.runtime().waiting.remove(&key);
@@ -445,10 +457,19 @@ impl Library {
                     };
                 }
             }
-            Kind::Symlink => self.skip(&key, 0, 0, "symlink", "symbolic links are not followed").await,
-            Kind::Special => {
-                self.skip(&key, 0, 0, "not_regular_file", "FIFOs, sockets and devices are not read")
+            Kind::Symlink => {
+                self.skip(&key, 0, 0, "symlink", "symbolic links are not followed")
                     .await
+            }
+            Kind::Special => {
+                self.skip(
+                    &key,
+                    0,
+                    0,
+                    "not_regular_file",
+                    "FIFOs, sockets and devices are not read",
+                )
+                .await
             }
             Kind::Dir => {}
         }
@@ -471,7 +492,9 @@ impl Library {
                 continue;
             };
             match root.stat(key.relative()) {
-                Ok(Kind::File { size, mtime_ns }) if size == seen.size && mtime_ns == seen.mtime_ns => {
+                Ok(Kind::File { size, mtime_ns })
+                    if size == seen.size && mtime_ns == seen.mtime_ns =>
+                {
                     self.runtime().waiting.remove(&key);
                     self.stable(&key, size, mtime_ns).await;
                 }
@@ -513,18 +536,27 @@ impl Library {
             }
         }
         if size > self.inner.config.max_file_bytes {
-            let message = format!("larger than the limit of {} bytes", self.inner.config.max_file_bytes);
+            let message = format!(
+                "larger than the limit of {} bytes",
+                self.inner.config.max_file_bytes
+            );
             return self.skip(key, size, mtime_ns, "too_large", &message).await;
         }
         if size == 0 {
-            return self.skip(key, size, mtime_ns, "empty_file", "the file is empty").await;
+            return self
+                .skip(key, size, mtime_ns, "empty_file", "the file is empty")
+                .await;
         }
         self.queue(key, JobKind::Upsert, size, mtime_ns);
     }
 
     /// Writes a job; the worker is woken.
     fn queue(&self, key: &FileKey, kind: JobKind, size: u64, mtime_ns: i128) {
-        match self.inner.store.queue_file(key, kind, size, mtime_ns, now_millis()) {
+        match self
+            .inner
+            .store
+            .queue_file(key, kind, size, mtime_ns, now_millis())
+        {
             Ok(Some(job)) => {
                 tracing::debug!(path = %key.display(), kind = ?kind, seq = job.seq, "queued");
                 if kind == JobKind::Upsert {
@@ -554,7 +586,8 @@ impl Library {
             }
         }
         let record = not_indexed(FileState::Skipped, size, mtime_ns, reason, message);
-        self.settle(key, None, FileOutcome::NotIndexed(record)).await;
+        self.settle(key, None, FileOutcome::NotIndexed(record))
+            .await;
     }
 
     // === the worker ===
@@ -593,9 +626,16 @@ impl Library {
             return;
         }
         let grace = u64::try_from(self.inner.config.orphan_grace.as_millis()).unwrap_or(u64::MAX);
-        match self.inner.store.collect_orphans(now_millis().saturating_sub(grace)) {
+        match self
+            .inner
+            .store
+            .collect_orphans(now_millis().saturating_sub(grace))
+        {
             Ok(deleted) if !deleted.is_empty() => {
-                tracing::debug!(documents = deleted.len(), "collected orphaned library documents")
+                tracing::debug!(
+                    documents = deleted.len(),
+                    "collected orphaned library documents"
+                )
             }
             Ok(_) => {}
             Err(err) => tracing::warn!(error = %err, "cannot collect orphaned documents"),
@@ -626,7 +666,9 @@ impl Library {
         let texts: Vec<String> = prepared
             .iter()
             .filter_map(|(_, step)| match step {
-                Step::Embed { prepared, .. } => Some(prepared.chunks.iter().map(|c| c.text.clone())),
+                Step::Embed { prepared, .. } => {
+                    Some(prepared.chunks.iter().map(|c| c.text.clone()))
+                }
                 _ => None,
             })
             .flatten()
@@ -661,16 +703,42 @@ impl Library {
                     continue;
                 }
                 Step::NotIndexed(record) => {
-                    self.settle(&key, Some(job.seq), FileOutcome::NotIndexed(record)).await
-                }
-                Step::Reuse { hash, size, mtime_ns } => {
-                    let record = FileRecord { size, mtime_ns, ..outcome_record };
-                    self.settle(&key, Some(job.seq), FileOutcome::Indexed { record, hash: &hash, new: None })
+                    self.settle(&key, Some(job.seq), FileOutcome::NotIndexed(record))
                         .await
                 }
-                Step::Embed { hash, size, mtime_ns, prepared } => {
+                Step::Reuse {
+                    hash,
+                    size,
+                    mtime_ns,
+                } => {
+                    let record = FileRecord {
+                        size,
+                        mtime_ns,
+                        ..outcome_record
+                    };
+                    self.settle(
+                        &key,
+                        Some(job.seq),
+                        FileOutcome::Indexed {
+                            record,
+                            hash: &hash,
+                            new: None,
+                        },
+                    )
+                    .await
+                }
+                Step::Embed {
+                    hash,
+                    size,
+                    mtime_ns,
+                    prepared,
+                } => {
                     let n = prepared.chunks.len();
-                    let record = FileRecord { size, mtime_ns, ..outcome_record };
+                    let record = FileRecord {
+                        size,
+                        mtime_ns,
+                        ..outcome_record
+                    };
                     match &mut vectors {
                         Ok(all) => {
                             let mine: Vec<Vec<f32>> = all.drain(..n.min(all.len())).collect();
@@ -686,16 +754,34 @@ impl Library {
                                 chunks: &prepared.chunks,
                                 vectors: &mine,
                             };
-                            let outcome = FileOutcome::Indexed { record, hash: &hash, new: Some(new) };
+                            let outcome = FileOutcome::Indexed {
+                                record,
+                                hash: &hash,
+                                new: Some(new),
+                            };
                             let settled = self.settle(&key, Some(job.seq), outcome).await;
-                            if settled.as_ref().is_some_and(|s| s.became_visible && s.document.as_ref().map(|d| d.id) == Some(document.id)) {
-                                self.inner.ingestor.index().add(&Scope::Library, document.id, &mine);
+                            if settled.as_ref().is_some_and(|s| {
+                                s.became_visible
+                                    && s.document.as_ref().map(|d| d.id) == Some(document.id)
+                            }) {
+                                self.inner.ingestor.index().add(
+                                    &Scope::Library,
+                                    document.id,
+                                    &mine,
+                                );
                             }
                             settled
                         }
                         Err(err) => {
-                            let record = not_indexed(FileState::Failed, size, mtime_ns, err.code(), &err.to_string());
-                            self.settle(&key, Some(job.seq), FileOutcome::NotIndexed(record)).await
+                            let record = not_indexed(
+                                FileState::Failed,
+                                size,
+                                mtime_ns,
+                                err.code(),
+                                &err.to_string(),
+                            );
+                            self.settle(&key, Some(job.seq), FileOutcome::NotIndexed(record))
+                                .await
                         }
                     }
                 }
@@ -748,10 +834,22 @@ impl Library {
                     AccessError::Io(_) => FileState::Failed,
                     _ => FileState::Skipped,
                 };
-                return Step::NotIndexed(not_indexed(state, job.size, job.mtime_ns, err.code(), &err.to_string()));
+                return Step::NotIndexed(not_indexed(
+                    state,
+                    job.size,
+                    job.mtime_ns,
+                    err.code(),
+                    &err.to_string(),
+                ));
             }
             Err(err) => {
-                return Step::NotIndexed(not_indexed(FileState::Failed, job.size, job.mtime_ns, "read_error", &err.to_string()));
+                return Step::NotIndexed(not_indexed(
+                    FileState::Failed,
+                    job.size,
+                    job.mtime_ns,
+                    "read_error",
+                    &err.to_string(),
+                ));
             }
         };
         let Kind::File { size, mtime_ns } = kind else {
@@ -761,39 +859,87 @@ impl Library {
             return Step::Changed(kind);
         }
         if bytes.is_empty() {
-            return Step::NotIndexed(not_indexed(FileState::Skipped, size, mtime_ns, "empty_file", "the file is empty"));
+            return Step::NotIndexed(not_indexed(
+                FileState::Skipped,
+                size,
+                mtime_ns,
+                "empty_file",
+                "the file is empty",
+            ));
         }
         let bytes = Arc::new(bytes);
         let hashed = bytes.clone();
-        let hash = match tokio::task::spawn_blocking(move || blake3::hash(&hashed).to_hex().to_string()).await {
-            Ok(hash) => hash,
-            Err(err) => {
-                return Step::NotIndexed(not_indexed(FileState::Failed, size, mtime_ns, "read_error", &err.to_string()))
-            }
-        };
+        let hash =
+            match tokio::task::spawn_blocking(move || blake3::hash(&hashed).to_hex().to_string())
+                .await
+            {
+                Ok(hash) => hash,
+                Err(err) => {
+                    return Step::NotIndexed(not_indexed(
+                        FileState::Failed,
+                        size,
+                        mtime_ns,
+                        "read_error",
+                        &err.to_string(),
+                    ))
+                }
+            };
         match self.inner.store.document_by_hash(&Scope::Library, &hash) {
-            Ok(Some(_)) => return Step::Reuse { hash, size, mtime_ns },
+            Ok(Some(_)) => {
+                return Step::Reuse {
+                    hash,
+                    size,
+                    mtime_ns,
+                }
+            }
             Ok(None) => {}
             Err(err) => {
-                return Step::NotIndexed(not_indexed(FileState::Failed, size, mtime_ns, "store_failed", &err.to_string()))
+                return Step::NotIndexed(not_indexed(
+                    FileState::Failed,
+                    size,
+                    mtime_ns,
+                    "store_failed",
+                    &err.to_string(),
+                ))
             }
         }
         match self.inner.ingestor.prepare(&key.display(), bytes).await {
-            Ok(prepared) => Step::Embed { hash, size, mtime_ns, prepared },
+            Ok(prepared) => Step::Embed {
+                hash,
+                size,
+                mtime_ns,
+                prepared,
+            },
             Err(err) => {
                 let state = match err.code() {
-                    "unsupported_format" | "empty_document" | "file_too_large" => FileState::Skipped,
+                    "unsupported_format" | "empty_document" | "file_too_large" => {
+                        FileState::Skipped
+                    }
                     _ => FileState::Failed,
                 };
-                Step::NotIndexed(not_indexed(state, size, mtime_ns, err.code(), &err.to_string()))
+                Step::NotIndexed(not_indexed(
+                    state,
+                    size,
+                    mtime_ns,
+                    err.code(),
+                    &err.to_string(),
+                ))
             }
         }
     }
 
     /// Writes one file's outcome and mirrors it in the index. `None` when the store failed
     /// (the job stays queued and is retried).
-    async fn settle(&self, key: &FileKey, job: Option<u64>, outcome: FileOutcome<'_>) -> Option<crate::store::Settled> {
-        let result = self.inner.store.settle_file(key, job, &outcome, now_millis());
+    async fn settle(
+        &self,
+        key: &FileKey,
+        job: Option<u64>,
+        outcome: FileOutcome<'_>,
+    ) -> Option<crate::store::Settled> {
+        let result = self
+            .inner
+            .store
+            .settle_file(key, job, &outcome, now_millis());
         let settled = match result {
             Ok(settled) => settled,
             Err(err) => {
@@ -813,7 +959,9 @@ impl Library {
             if let Some(doc) = &settled.document {
                 match self.inner.store.document_vectors(doc.id) {
                     Ok(vectors) => index.add(&Scope::Library, doc.id, &vectors),
-                    Err(err) => tracing::warn!(error = %err, "cannot re-index a re-linked document"),
+                    Err(err) => {
+                        tracing::warn!(error = %err, "cannot re-index a re-linked document")
+                    }
                 }
             }
         }
@@ -864,15 +1012,30 @@ enum Step {
     Changed(Kind),
     NotIndexed(FileRecord),
     /// The same bytes are already a library document.
-    Reuse { hash: String, size: u64, mtime_ns: i128 },
-    Embed { hash: String, size: u64, mtime_ns: i128, prepared: Prepared },
+    Reuse {
+        hash: String,
+        size: u64,
+        mtime_ns: i128,
+    },
+    Embed {
+        hash: String,
+        size: u64,
+        mtime_ns: i128,
+        prepared: Prepared,
+    },
 }
 
 fn job_record(job: &LibraryJob) -> FileRecord {
     not_indexed(FileState::Queued, job.size, job.mtime_ns, "", "")
 }
 
-fn not_indexed(state: FileState, size: u64, mtime_ns: i128, reason: &str, message: &str) -> FileRecord {
+fn not_indexed(
+    state: FileState,
+    size: u64,
+    mtime_ns: i128,
+    reason: &str,
+    message: &str,
+) -> FileRecord {
     let text = |s: &str| (!s.is_empty()).then(|| s.to_string());
     FileRecord {
         size,
@@ -894,7 +1057,10 @@ fn not_indexed(state: FileState, size: u64, mtime_ns: i128, reason: &str, messag
 fn needs_work(record: &FileRecord) -> bool {
     match record.state {
         FileState::Queued | FileState::Indexing => record.job.is_none(),
-        FileState::Failed => record.reason.as_deref().is_some_and(|r| TRANSIENT.contains(&r)),
+        FileState::Failed => record
+            .reason
+            .as_deref()
+            .is_some_and(|r| TRANSIENT.contains(&r)),
         FileState::Indexed | FileState::Skipped => false,
     }
 }

@@ -103,10 +103,23 @@ mod tests {
             (b"drafts/one.md", false),
             (b"node_modules", true),
         ] {
-            assert!(rules.ignored_path(path, dir), "{}", String::from_utf8_lossy(path));
+            assert!(
+                rules.ignored_path(path, dir),
+                "{}",
+                String::from_utf8_lossy(path)
+            );
         }
-        for path in [&b"notes/report.docx"[..], b"a/b/c.md", b"target.md", b"\xffname.txt"] {
-            assert!(!rules.ignored_path(path, false), "{}", String::from_utf8_lossy(path));
+        for path in [
+            &b"notes/report.docx"[..],
+            b"a/b/c.md",
+            b"target.md",
+            b"\xffname.txt",
+        ] {
+            assert!(
+                !rules.ignored_path(path, false),
+                "{}",
+                String::from_utf8_lossy(path)
+            );
         }
         assert!(Rules::new(&["[".into()]).is_err());
     }

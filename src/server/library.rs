@@ -24,7 +24,10 @@ pub fn status(app: &App) -> Result<Response<ResBody>, ApiError> {
 /// `POST /library/rescan`: a full reconcile scan now (it runs in the background).
 pub fn rescan(app: &App) -> Result<Response<ResBody>, ApiError> {
     app.library.rescan();
-    Ok(json_response(StatusCode::ACCEPTED, &json!({"rescan": "started"})))
+    Ok(json_response(
+        StatusCode::ACCEPTED,
+        &json!({"rescan": "started"}),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -103,13 +106,13 @@ pub fn files(app: &App, query: Option<&str>) -> Result<Response<ResBody>, ApiErr
             "limit: must be between 1 and {MAX_FILES_PAGE}"
         )));
     }
-    let after = match q.after.as_deref() {
-        None => None,
-        Some(text) => Some(
-            unhex(text)
-                .ok_or_else(|| ApiError::invalid("after: not a cursor returned by this endpoint"))?,
-        ),
-    };
+    let after =
+        match q.after.as_deref() {
+            None => None,
+            Some(text) => Some(unhex(text).ok_or_else(|| {
+                ApiError::invalid("after: not a cursor returned by this endpoint")
+            })?),
+        };
     // `indexing` is a runtime overlay on stored `queued` records.
     let stored = match state {
         Some(FileState::Indexing) => Some(FileState::Queued),

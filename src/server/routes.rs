@@ -24,8 +24,8 @@ use tracing::Instrument;
 
 use super::body;
 use super::docs;
-use super::library;
 use super::error::ApiError;
+use super::library;
 use super::sse::{SseBody, SseEvent};
 use super::tcp::Verdict;
 use super::{App, Transport};

@@ -171,7 +171,9 @@ impl Store {
         let mut stale = Vec::new();
         for doc in self.documents_in(scope)? {
             // An orphaned library document waits for collection; it is not searchable.
-            if *scope == Scope::Library && self.inner.library_orphans.contains_key(doc.id.as_bytes())? {
+            if *scope == Scope::Library
+                && self.inner.library_orphans.contains_key(doc.id.as_bytes())?
+            {
                 continue;
             }
             if doc.model_id != model_id {

@@ -225,8 +225,7 @@ impl Trees<'_> {
         let mut refs = self.refs(doc)?;
         if !refs.iter().any(|r| r == key) {
             refs.push(key.to_vec());
-            self.doc_files
-                .insert(&doc.as_bytes()[..], encode(&refs))?;
+            self.doc_files.insert(&doc.as_bytes()[..], encode(&refs))?;
         }
         Ok(self.orphans.remove(&doc.as_bytes()[..])?.is_some())
     }
@@ -241,17 +240,13 @@ impl Trees<'_> {
                 .insert(&doc.as_bytes()[..], &now.to_be_bytes()[..])?;
             Ok(true)
         } else {
-            self.doc_files
-                .insert(&doc.as_bytes()[..], encode(&refs))?;
+            self.doc_files.insert(&doc.as_bytes()[..], encode(&refs))?;
             Ok(false)
         }
     }
 
     fn library_doc_by_hash(&self, hash: &str) -> TxResult<Option<Document>> {
-        match self
-            .by_hash
-            .get(scoped(&Scope::Library, hash.as_bytes()))?
-        {
+        match self.by_hash.get(scoped(&Scope::Library, hash.as_bytes()))? {
             Some(id) => {
                 let id = DocumentId::from_slice(&id)
                     .ok_or_else(|| abort(StoreError::Corrupt("doc_by_hash".into())))?;
@@ -311,7 +306,17 @@ impl Store {
             &i.library_orphans,
         )
             .transaction(
-                |(documents, by_scope, by_hash, chunks, vectors, files, doc_files, jobs, orphans)| {
+                |(
+                    documents,
+                    by_scope,
+                    by_hash,
+                    chunks,
+                    vectors,
+                    files,
+                    doc_files,
+                    jobs,
+                    orphans,
+                )| {
                     f(&Trees {
                         documents,
                         by_scope,
@@ -356,10 +361,10 @@ impl Store {
         state: Option<FileState>,
     ) -> Result<Vec<(FileKey, FileRecord)>, StoreError> {
         let range = match after {
-            Some(after) => self.inner.files.range::<&[u8], _>((
-                std::ops::Bound::Excluded(after),
-                std::ops::Bound::Unbounded,
-            )),
+            Some(after) => self
+                .inner
+                .files
+                .range::<&[u8], _>((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded)),
             None => self.inner.files.iter(),
         };
         let mut out = Vec::new();

@@ -4,6 +4,7 @@
 mod api;
 mod chat;
 mod docs;
+mod library;
 mod lifecycle;
 mod sidecar;
 mod support;
