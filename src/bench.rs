@@ -48,6 +48,16 @@ pub struct BenchArgs {
     /// Measure the document side instead: embeddings vs Python onnxruntime, ingestion, search.
     #[arg(long)]
     rag: bool,
+    /// Measure the drop folder instead: ingest rate vs the raw embedder, write → searchable
+    /// latency, reconcile scan time, RSS during a large ingest.
+    #[arg(long)]
+    library: bool,
+    /// Mixed files ingested by `--library`.
+    #[arg(long, default_value_t = 1000)]
+    library_files: usize,
+    /// Unchanged files the `--library` reconcile scan walks.
+    #[arg(long, default_value_t = 10000)]
+    scan_files: usize,
     /// Vector counts for the search part of `--rag`.
     #[arg(long, value_delimiter = ',', default_value = "10000,100000")]
     rag_sizes: Vec<usize>,
@@ -67,6 +77,19 @@ pub fn run(config_file: Option<&Path>, args: BenchArgs) -> anyhow::Result<()> {
     let manifest = Manifest::builtin();
     let entry = manifest.chat_model(args.model.as_deref())?;
     let rt = crate::cli::runtime()?;
+    if args.library {
+        let table = crate::bench_library::run(
+            &config.models_dir,
+            &entry.name,
+            args.threads,
+            args.library_files,
+            args.scan_files,
+            &rt,
+        )?;
+        use std::io::Write;
+        std::io::stdout().write_all(table.as_bytes())?;
+        return Ok(());
+    }
     if args.rag {
         let threads = usize::try_from(args.threads).unwrap_or(1);
         let table = crate::bench_rag::run(&config.models_dir, threads, &args.rag_sizes, &rt)?;
@@ -358,8 +381,8 @@ fn median(values: &mut [f64]) -> f64 {
     values[values.len() / 2]
 }
 
-struct BenchDaemon {
-    child: Child,
+pub(crate) struct BenchDaemon {
+    pub(crate) child: Child,
 }
 
 impl BenchDaemon {
@@ -370,7 +393,7 @@ impl BenchDaemon {
         );
     }
 
-    fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         self.signal_term();
         let _ = self.child.wait();
     }
@@ -391,7 +414,12 @@ fn spawn(dir: &Path, models_dir: &Path, model: &str, threads: u32) -> anyhow::Re
     Ok(BenchDaemon { child })
 }
 
-fn command(dir: &Path, models_dir: &Path, model: &str, threads: u32) -> anyhow::Result<Command> {
+pub(crate) fn command(
+    dir: &Path,
+    models_dir: &Path,
+    model: &str,
+    threads: u32,
+) -> anyhow::Result<Command> {
     std::fs::create_dir_all(dir)?;
     let mut cmd = Command::new(std::env::current_exe()?);
     cmd.arg("serve")
@@ -414,7 +442,7 @@ fn command(dir: &Path, models_dir: &Path, model: &str, threads: u32) -> anyhow::
     Ok(cmd)
 }
 
-fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+pub(crate) fn rss_kib(pid: u32) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     status
         .lines()
@@ -424,7 +452,7 @@ fn rss_kib(pid: u32) -> anyhow::Result<u64> {
         .context("no VmRSS")
 }
 
-struct RemoveOnDrop(PathBuf);
+pub(crate) struct RemoveOnDrop(pub(crate) PathBuf);
 
 impl Drop for RemoveOnDrop {
     fn drop(&mut self) {

@@ -21,6 +21,7 @@
 //! See ARCHITECTURE.md for the invariants that hold these together.
 
 pub mod bench;
+pub mod bench_library;
 pub mod bench_rag;
 pub mod chat;
 pub mod cli;
