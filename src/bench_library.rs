@@ -65,10 +65,15 @@ pub fn run(
         Some(&json!({"input": ["warm up"]})),
     ))?;
     let rss_before = rss_kib(pid)?;
+    let chat = rt.block_on(client.create_chat("bench"))?;
+    let idle_tps = rt.block_on(decode_rate(&client, &chat))?;
 
     // 1. Ingest rate: the whole folder appears at once (one rename).
     let started = Instant::now();
     std::fs::rename(&staged, watched.join("mixed"))?;
+    // A reply generated while the folder is being ingested (ingestion yields to it).
+    std::thread::sleep(Duration::from_millis(1500));
+    let busy_tps = rt.block_on(decode_rate(&client, &chat))?;
     let mut rss_peak = rss_before;
     let status = loop {
         let s = rt.block_on(client.call(Method::GET, "/api/v1/library", None))?;
@@ -203,6 +208,11 @@ pub fn run(
             ),
         ),
         (
+            "chat decode tok/s during ingest".into(),
+            format!("{busy_tps:.1}"),
+            format!("idle {idle_tps:.1}, ratio {:.3}", busy_tps / idle_tps),
+        ),
+        (
             "daemon RSS before / peak during ingest, MiB".into(),
             format!("{:.1}", rss_before as f64 / 1024.0),
             format!("peak {:.1}", rss_peak as f64 / 1024.0),
@@ -220,6 +230,26 @@ pub fn run(
         out.push_str(&format!("{name:<44} {value:>10}  {note}\n"));
     }
     Ok(out)
+}
+
+/// Completion tokens/s of one greedy 96-token reply, as the daemon reports it.
+async fn decode_rate(client: &Client, chat: &str) -> anyhow::Result<f64> {
+    let body = json!({"content": "Write a long story about a lighthouse keeper.", "options": {"temperature": 0, "max_tokens": 96}});
+    let mut events = client
+        .stream(&format!("/api/v1/chats/{chat}/messages"), &body)
+        .await?;
+    while let Some(event) = events.next().await? {
+        match event.event.as_str() {
+            "done" => {
+                return event.data["timings"]["completion_tokens_per_s"]
+                    .as_f64()
+                    .context("done without timings")
+            }
+            "error" => bail!("chat failed: {}", event.data),
+            _ => {}
+        }
+    }
+    bail!("the stream ended without done")
 }
 
 /// Writes `n` mixed documents; returns their names below `dir`.

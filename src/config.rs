@@ -96,8 +96,9 @@ pub struct RawConfig {
     )]
     pub allowed_origins: Option<Vec<String>>,
     /// A folder to watch: its supported files are ingested into the library scope and kept in
-    /// sync (repeatable; in hearth.toml `watch = ["~/Documents/notes"]`) [default: none].
-    #[arg(long, env = "HEARTH_WATCH", value_name = "DIR", value_delimiter = ',')]
+    /// sync (repeatable; HEARTH_WATCH names one; in hearth.toml `watch = ["~/Documents/notes"]`;
+    /// folder names may contain commas) [default: none].
+    #[arg(long, env = "HEARTH_WATCH", value_name = "DIR")]
     pub watch: Option<Vec<PathBuf>>,
     /// Milliseconds a watched file's size and mtime must stay unchanged before it is ingested
     /// [default: 2000].

@@ -593,32 +593,68 @@ impl Library {
     // === the worker ===
 
     async fn worker(self, shutdown: CancellationToken) {
+        tokio::select! {
+            // Stopping mid-batch is safe: unfinished jobs stay queued and run at next start.
+            () = shutdown.cancelled() => {}
+            () = self.work_loop() => {}
+        }
+    }
+
+    /// Takes batches off the queue. While one batch is embedded and written, the next one is
+    /// read and extracted: the embedder never waits for file parsing.
+    async fn work_loop(&self) {
+        let mut next: Option<Vec<(LibraryJob, Step)>> = None;
         loop {
-            if shutdown.is_cancelled() {
-                return;
-            }
-            let jobs = match self.inner.store.library_jobs(BATCH_FILES) {
-                Ok(jobs) => jobs,
-                Err(err) => {
-                    tracing::error!(error = %err, "cannot read the library job queue");
-                    Vec::new()
+            let current = match next.take() {
+                Some(prepared) => prepared,
+                None => {
+                    let jobs = self.take_jobs();
+                    if jobs.is_empty() {
+                        self.collect_orphans();
+                        tokio::select! {
+                            () = self.inner.work.notified() => {}
+                            () = tokio::time::sleep(IDLE_POLL) => {}
+                        }
+                        continue;
+                    }
+                    self.prepare_batch(jobs).await
                 }
             };
-            if jobs.is_empty() {
-                self.collect_orphans();
-                tokio::select! {
-                    () = shutdown.cancelled() => return,
-                    () = self.inner.work.notified() => {}
-                    () = tokio::time::sleep(IDLE_POLL) => {}
-                }
-                continue;
-            }
-            tokio::select! {
-                // Stopping mid-batch is safe: unfinished jobs stay queued and run at next start.
-                () = shutdown.cancelled() => return,
-                () = self.run_batch(jobs) => {}
+            let following = self.take_jobs();
+            if following.is_empty() {
+                self.finish_batch(current).await;
+            } else {
+                let ((), prepared) =
+                    tokio::join!(self.finish_batch(current), self.prepare_batch(following));
+                next = Some(prepared);
             }
         }
+    }
+
+    /// The next jobs in queue order whose files the worker does not hold already (marked as
+    /// held).
+    fn take_jobs(&self) -> Vec<LibraryJob> {
+        let jobs = match self.inner.store.library_jobs(BATCH_FILES * 3) {
+            Ok(jobs) => jobs,
+            Err(err) => {
+                tracing::error!(error = %err, "cannot read the library job queue");
+                return Vec::new();
+            }
+        };
+        let mut rt = self.runtime();
+        let mut taken = Vec::new();
+        for job in jobs {
+            let Some(key) = job.key() else { continue };
+            if rt.in_flight.contains(&key) {
+                continue;
+            }
+            rt.in_flight.insert(key);
+            taken.push(job);
+            if taken.len() == BATCH_FILES {
+                break;
+            }
+        }
+        taken
     }
 
     fn collect_orphans(&self) {
@@ -642,26 +678,21 @@ impl Library {
         }
     }
 
-    async fn run_batch(&self, jobs: Vec<LibraryJob>) {
+    /// Reads, hashes and extracts a batch's files, a few at a time.
+    async fn prepare_batch(&self, jobs: Vec<LibraryJob>) -> Vec<(LibraryJob, Step)> {
         use futures_util::StreamExt;
-        {
-            let mut rt = self.runtime();
-            for job in &jobs {
-                if let Some(key) = job.key() {
-                    rt.in_flight.insert(key);
-                }
-            }
-        }
-        // Read, hash and extract, a few files at a time.
-        let prepared: Vec<(LibraryJob, Step)> = futures_util::stream::iter(jobs)
+        futures_util::stream::iter(jobs)
             .map(|job| async move {
                 let step = self.prepare(&job).await;
                 (job, step)
             })
             .buffered(PREPARE_CONCURRENCY)
             .collect()
-            .await;
+            .await
+    }
 
+    /// Embeds a prepared batch's new chunks in one call and writes each file's result.
+    async fn finish_batch(&self, prepared: Vec<(LibraryJob, Step)>) {
         // One embedding call for every new chunk of the batch.
         let texts: Vec<String> = prepared
             .iter()

@@ -634,3 +634,157 @@ impl Store {
         self.inner.library_orphans.len()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::now_millis;
+
+    fn doc(hash: &str, chunks: u32) -> Document {
+        Document {
+            id: DocumentId::new(),
+            scope: Scope::Library,
+            filename: "x".into(),
+            format: "text".into(),
+            size: 1,
+            content_hash: hash.into(),
+            chunk_count: chunks,
+            pages: None,
+            model_id: "m".into(),
+            created_at: 0,
+        }
+    }
+
+    fn chunk() -> ChunkRecord {
+        ChunkRecord {
+            text: "t".into(),
+            page: None,
+            heading_path: Vec::new(),
+            start: 0,
+            end: 1,
+        }
+    }
+
+    fn indexed(store: &Store, key: &FileKey, d: &Document, new: bool) -> Settled {
+        let job = store
+            .queue_file(key, JobKind::Upsert, 1, 1, now_millis())
+            .unwrap()
+            .unwrap();
+        let chunks = vec![chunk(); d.chunk_count as usize];
+        let vectors = vec![vec![0.5f32; 4]; d.chunk_count as usize];
+        let outcome = FileOutcome::Indexed {
+            record: FileRecord {
+                size: 1,
+                mtime_ns: 1,
+                state: FileState::Queued,
+                reason: None,
+                message: None,
+                content_hash: None,
+                document_id: None,
+                chunks: 0,
+                indexed_at: None,
+                updated_at: 0,
+                job: None,
+            },
+            hash: &d.content_hash,
+            new: new.then_some(NewDocument {
+                document: d,
+                chunks: &chunks,
+                vectors: &vectors,
+            }),
+        };
+        store
+            .settle_file(key, Some(job.seq), &outcome, now_millis())
+            .unwrap()
+    }
+
+    #[test]
+    fn shared_documents_orphans_and_collection() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db"), 8 << 20).unwrap();
+        let a = FileKey::new("/root", b"a.txt");
+        let b = FileKey::new("/root", b"sub/b.txt");
+        let d = doc("h1", 3);
+
+        let s = indexed(&store, &a, &d, true);
+        assert!(s.applied && s.became_visible && s.orphaned.is_none());
+        assert_eq!(store.library_job_count(), 0, "the job goes with its result");
+        // Same bytes under a second path: the same document, nothing new stored.
+        let s = indexed(&store, &b, &doc("h1", 3), false);
+        assert_eq!(s.document.as_ref().unwrap().id, d.id);
+        assert!(!s.became_visible);
+        assert_eq!(
+            store.document_files(d.id).unwrap(),
+            vec![a.clone(), b.clone()]
+        );
+
+        // One path goes: still referenced. The other goes: an orphan, still stored.
+        store.queue_file(&a, JobKind::Remove, 0, 0, 0).unwrap();
+        let job = store.library_jobs(10).unwrap().remove(0);
+        let s = store
+            .settle_file(&a, Some(job.seq), &FileOutcome::Removed, now_millis())
+            .unwrap();
+        assert!(s.orphaned.is_none());
+        let job = store
+            .queue_file(&b, JobKind::Remove, 0, 0, 0)
+            .unwrap()
+            .unwrap();
+        let s = store
+            .settle_file(&b, Some(job.seq), &FileOutcome::Removed, now_millis())
+            .unwrap();
+        assert_eq!(s.orphaned, Some(d.id));
+        assert_eq!(store.orphan_count(), 1);
+        // A rename seen late re-links the orphan without new vectors.
+        let s = indexed(&store, &b, &doc("h1", 3), false);
+        assert!(s.became_visible);
+        assert_eq!(store.orphan_count(), 0);
+
+        // Orphaned again and collected: document, chunks and vectors all gone.
+        let job = store
+            .queue_file(&b, JobKind::Remove, 0, 0, 0)
+            .unwrap()
+            .unwrap();
+        store
+            .settle_file(&b, Some(job.seq), &FileOutcome::Removed, now_millis())
+            .unwrap();
+        assert!(
+            store.collect_orphans(0).unwrap().is_empty(),
+            "grace not over"
+        );
+        assert_eq!(store.collect_orphans(u64::MAX).unwrap(), vec![d.id]);
+        assert!(store.document(d.id).unwrap().is_none());
+        assert_eq!(store.document_counts(), (0, 0));
+        assert!(store.document_vectors(d.id).unwrap().is_empty());
+        assert!(store.files_with_prefix(b"/root\0").unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_replaced_job_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db"), 8 << 20).unwrap();
+        let key = FileKey::new("/root", b"\xffodd name.txt");
+        let old = store
+            .queue_file(&key, JobKind::Upsert, 1, 1, 0)
+            .unwrap()
+            .unwrap();
+        let new = store
+            .queue_file(&key, JobKind::Upsert, 2, 2, 0)
+            .unwrap()
+            .unwrap();
+        assert_eq!(store.library_job_count(), 1);
+        let s = store
+            .settle_file(&key, Some(old.seq), &FileOutcome::Removed, 0)
+            .unwrap();
+        assert!(!s.applied);
+        assert_eq!(store.file(&key).unwrap().unwrap().job, Some(new.seq));
+        assert_eq!(key.relative(), b"\xffodd name.txt");
+        assert_eq!(key.root(), "/root");
+        assert_eq!(key.display(), "/root/\u{fffd}odd name.txt");
+        // Removing a file the store never knew is nothing to do.
+        let unknown = FileKey::new("/root", b"never.txt");
+        assert!(store
+            .queue_file(&unknown, JobKind::Remove, 0, 0, 0)
+            .unwrap()
+            .is_none());
+    }
+}
