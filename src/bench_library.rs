@@ -46,6 +46,17 @@ pub fn run(
     let filler = scratch.join("filler");
     write_binaries(&filler, binaries)?;
 
+    // The reference before and after the daemon's run (the mean is compared): the machine's speed
+    // drifts, and the daemon must not share the cores with it.
+    let raw_before = raw_rate(
+        models_dir,
+        threads,
+        &scratch.join("raw1"),
+        &staged,
+        &names,
+        rt,
+    )?;
+
     let dir = scratch.join("daemon");
     let mut cmd = command(&dir, models_dir, model, threads)?;
     cmd.arg("--watch").arg(&watched);
@@ -184,7 +195,10 @@ pub fn run(
         (
             "raw embedder chunks/s, same chunks".into(),
             format!("{:.1}", raw.1),
-            format!("{} chunks", raw.0),
+            format!(
+                "{} chunks; before {:.1}, after {:.1}",
+                raw.0, raw_before.1, raw_after.1
+            ),
         ),
         (
             "ingest / raw".into(),
@@ -350,7 +364,7 @@ fn raw_rate(
     names: &[String],
     rt: &tokio::runtime::Runtime,
 ) -> anyhow::Result<(usize, f64)> {
-    let store = Store::open(&scratch.join("raw-db"), 64 << 20)?;
+    let store = Store::open(&scratch.join("db"), 64 << 20)?;
     let embedder = Embedder::new(models_dir, usize::try_from(threads)?, store.clone());
     let index = Index::new(
         store.clone(),

@@ -600,16 +600,22 @@ impl Library {
         }
     }
 
-    /// Takes batches off the queue. While one batch is embedded and written, the next one is
-    /// read and extracted: the embedder never waits for file parsing.
+    /// Takes batches off the queue as a three-stage pipeline: while batch N is embedded, batch
+    /// N+1 is read and extracted and batch N−1 is written and flushed, so the embedder (the
+    /// bottleneck) never waits for parsing or fsync.
     async fn work_loop(&self) {
         let mut next: Option<Vec<(LibraryJob, Step)>> = None;
+        let mut writing: Option<tokio::task::JoinHandle<()>> = None;
         loop {
             let current = match next.take() {
                 Some(prepared) => prepared,
                 None => {
                     let jobs = self.take_jobs();
                     if jobs.is_empty() {
+                        if let Some(task) = writing.take() {
+                            let _ = task.await;
+                            continue;
+                        }
                         self.collect_orphans();
                         tokio::select! {
                             () = self.inner.work.notified() => {}
@@ -621,13 +627,16 @@ impl Library {
                 }
             };
             let following = self.take_jobs();
-            if following.is_empty() {
-                self.finish_batch(current).await;
-            } else {
-                let ((), prepared) =
-                    tokio::join!(self.finish_batch(current), self.prepare_batch(following));
+            let (vectors, prepared) =
+                tokio::join!(self.embed_batch(&current), self.prepare_batch(following));
+            if !prepared.is_empty() {
                 next = Some(prepared);
             }
+            // Results are written in queue order: the previous batch first.
+            if let Some(task) = writing.take() {
+                let _ = task.await;
+            }
+            writing = Some(tokio::spawn(self.clone().settle_batch(current, vectors)));
         }
     }
 
@@ -692,7 +701,10 @@ impl Library {
     }
 
     /// Embeds a prepared batch's new chunks in one call and writes each file's result.
-    async fn finish_batch(&self, prepared: Vec<(LibraryJob, Step)>) {
+    async fn embed_batch(
+        &self,
+        prepared: &[(LibraryJob, Step)],
+    ) -> Result<Vec<Vec<f32>>, IngestError> {
         // One embedding call for every new chunk of the batch.
         let texts: Vec<String> = prepared
             .iter()
@@ -704,17 +716,24 @@ impl Library {
             })
             .flatten()
             .collect();
-        let mut vectors = if texts.is_empty() {
-            Ok(Vec::new())
-        } else {
-            self.inner
-                .ingestor
-                .embedder()
-                .embed(texts, crate::embed::Urgency::Ingest)
-                .await
-                .map_err(IngestError::from)
-        };
+        if texts.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.inner
+            .ingestor
+            .embedder()
+            .embed(texts, crate::embed::Urgency::Ingest)
+            .await
+            .map_err(IngestError::from)
+    }
 
+    /// Writes each file's result of an embedded batch, then makes the batch durable and
+    /// announces it.
+    async fn settle_batch(
+        self,
+        prepared: Vec<(LibraryJob, Step)>,
+        mut vectors: Result<Vec<Vec<f32>>, IngestError>,
+    ) {
         let mut done = Vec::new();
         for (job, step) in prepared {
             let Some(key) = job.key() else {
