@@ -276,6 +276,7 @@ impl ChatService {
             priority: Priority::Interactive,
             cancel: cancel.clone(),
             events: gen_tx,
+            grammar: None,
         })?;
 
         let (out_tx, out_rx) = mpsc::channel(CLIENT_CHANNEL_CAPACITY);
@@ -434,7 +435,8 @@ impl Turn {
         let finish_reason = match outcome.finish {
             Finish::Stop => FinishReason::Stop,
             Finish::Length => FinishReason::Length,
-            Finish::Cancelled => FinishReason::Cancelled,
+            // Interactive work is never preempted; the arm is for completeness.
+            Finish::Cancelled | Finish::Preempted => FinishReason::Cancelled,
             Finish::Error => FinishReason::Error,
         };
         let usage = Usage {

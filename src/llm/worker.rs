@@ -4,6 +4,12 @@
 //! The KV cache is kept between generations: a follow-up turn in a chat shares its whole history
 //! with the previous prompt, so only the new tokens are evaluated (the longest common token prefix
 //! stays in the cache). That turns a multi-turn prompt's prefill from O(history) into O(new turn).
+//!
+//! Background generations (titles, memory extraction) run in a second sequence of the same
+//! unified KV cache ([`BACKGROUND_SEQ`]) and remove it when they end, so they do not evict the
+//! chat's cached prefix; only when both do not fit the context together is the chat's cache
+//! dropped (its next turn then evaluates its whole prompt again). They also give way to a
+//! queued interactive generation between tokens and prompt micro-batches ([`Finish::Preempted`]).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,6 +29,10 @@ use crate::models::{ModelError, VerifiedModel};
 
 /// Tokens considered by the repeat penalty (llama.cpp's default window).
 const PENALTY_LAST_N: i32 = 64;
+/// Sequence of interactive generations, whose tokens stay cached between turns.
+const CHAT_SEQ: i32 = 0;
+/// Sequence of background generations, removed after each one.
+const BACKGROUND_SEQ: i32 = 1;
 
 pub(super) fn run<V>(shared: &Arc<Shared>, verify: V)
 where
@@ -69,6 +79,10 @@ where
         .with_n_ubatch(config.n_batch)
         .with_n_threads(threads)
         .with_n_threads_batch(threads)
+        // Two sequences in one unified cache: each may use the whole context, together they
+        // share it (chat in CHAT_SEQ, background work in BACKGROUND_SEQ).
+        .with_n_seq_max(2)
+        .with_kv_unified(true)
         .with_no_perf(true);
     let mut ctx = match model.new_context(backend, ctx_params) {
         Ok(ctx) => ctx,
@@ -91,7 +105,27 @@ where
 
     let mut kv = KvCache::default();
     while let Some(job) = shared.queue.pop() {
-        let outcome = generate(&mut ctx, &model, &mut kv, &job, config.stall_timeout);
+        let preempt =
+            || job.priority < super::Priority::Interactive && shared.queue.interactive_waiting();
+        let outcome = if job.priority == super::Priority::Interactive {
+            generate(
+                &mut ctx,
+                &model,
+                &mut kv,
+                &job,
+                config.stall_timeout,
+                &preempt,
+            )
+        } else {
+            background(
+                &mut ctx,
+                &model,
+                &mut kv,
+                &job,
+                config.stall_timeout,
+                &preempt,
+            )
+        };
         tracing::debug!(
             finish = ?outcome.finish,
             prompt_tokens = outcome.prompt_tokens,
@@ -114,12 +148,50 @@ struct KvCache {
     tokens: Vec<LlamaToken>,
 }
 
+/// Runs a background generation in its own sequence, next to the chat's cached tokens.
+fn background(
+    ctx: &mut LlamaContext<'_>,
+    model: &LlamaModel,
+    chat_kv: &mut KvCache,
+    job: &Generation,
+    stall: Duration,
+    preempt: &dyn Fn() -> bool,
+) -> Outcome {
+    let n_ctx = ctx.n_ctx() as usize;
+    let needs = job.prompt.len() + job.max_tokens as usize;
+    if chat_kv.tokens.len() + needs > n_ctx {
+        // Both do not fit: the chat's prefix goes (its next turn re-evaluates its prompt).
+        ctx.clear_kv_cache();
+        chat_kv.tokens.clear();
+    }
+    let mut own = KvCache::default();
+    let outcome = run_seq(ctx, model, &mut own, BACKGROUND_SEQ, job, stall, preempt);
+    if ctx.kv_cache_seq_rm(BACKGROUND_SEQ, None, None).is_err() {
+        ctx.clear_kv_cache();
+        chat_kv.tokens.clear();
+    }
+    outcome
+}
+
 fn generate(
     ctx: &mut LlamaContext<'_>,
     model: &LlamaModel,
     kv: &mut KvCache,
     job: &Generation,
     stall: Duration,
+    preempt: &dyn Fn() -> bool,
+) -> Outcome {
+    run_seq(ctx, model, kv, CHAT_SEQ, job, stall, preempt)
+}
+
+fn run_seq(
+    ctx: &mut LlamaContext<'_>,
+    model: &LlamaModel,
+    kv: &mut KvCache,
+    seq: i32,
+    job: &Generation,
+    stall: Duration,
+    preempt: &dyn Fn() -> bool,
 ) -> Outcome {
     let prompt = &job.prompt.tokens;
     let mut outcome = Outcome {
@@ -154,7 +226,7 @@ fn generate(
     let mut reuse = common_prefix(&kv.tokens, prompt).min(prompt.len() - 1);
     if reuse < kv.tokens.len() {
         let start = u32::try_from(reuse).unwrap_or(0);
-        if ctx.kv_cache_seq_rm(0, Some(start), None).is_err() {
+        if ctx.kv_cache_seq_rm(seq, Some(start), None).is_err() {
             ctx.clear_kv_cache();
             reuse = 0;
         }
@@ -170,11 +242,15 @@ fn generate(
         if job.cancel.is_cancelled() {
             return outcome;
         }
+        if preempt() {
+            outcome.finish = Finish::Preempted;
+            return outcome;
+        }
         let end = (chunk_start + n_batch).min(prompt.len());
         batch.clear();
         for (pos, token) in prompt.iter().enumerate().take(end).skip(chunk_start) {
             let last = pos + 1 == prompt.len();
-            if let Err(err) = batch.add(*token, pos_i32(pos), &[0], last) {
+            if let Err(err) = batch.add(*token, pos_i32(pos), &[seq], last) {
                 return fail(outcome, err.to_string());
             }
         }
@@ -191,7 +267,10 @@ fn generate(
 
     let decode_started = Instant::now();
     let vocab = model.vocab();
-    let mut sampler = sampler(model, &job.sampling);
+    let mut sampler = match sampler(model, &job.sampling, job.grammar.as_deref()) {
+        Ok(sampler) => sampler,
+        Err(msg) => return fail(outcome, msg),
+    };
     let mut logits_index = batch.n_tokens() - 1;
     let mut text = Utf8Stream::default();
     let mut piece = Vec::with_capacity(32);
@@ -199,6 +278,9 @@ fn generate(
     let finish = loop {
         if job.cancel.is_cancelled() {
             break Finish::Cancelled;
+        }
+        if preempt() {
+            break Finish::Preempted;
         }
         // `sample` also accepts the token into the sampler state (penalties, grammar).
         let token = sampler.sample(ctx, logits_index);
@@ -218,7 +300,7 @@ fn generate(
             break Finish::Length;
         }
         batch.clear();
-        if let Err(err) = batch.add(token, pos_i32(pos), &[0], true) {
+        if let Err(err) = batch.add(token, pos_i32(pos), &[seq], true) {
             return fail(outcome, err.to_string());
         }
         if let Err(err) = ctx.decode(&mut batch) {
@@ -232,7 +314,7 @@ fn generate(
         logits_index = 0;
     };
     let tail = text.finish();
-    if !tail.is_empty() && finish != Finish::Cancelled {
+    if !tail.is_empty() && !matches!(finish, Finish::Cancelled | Finish::Preempted) {
         send(&job.events, GenEvent::Token(tail), stall);
     }
     outcome.finish = finish;
@@ -240,8 +322,19 @@ fn generate(
     outcome
 }
 
-fn sampler(model: &LlamaModel, s: &Sampling) -> LlamaSampler {
-    let mut chain = Vec::with_capacity(6);
+fn sampler(
+    model: &LlamaModel,
+    s: &Sampling,
+    grammar: Option<&str>,
+) -> Result<LlamaSampler, String> {
+    let mut chain = Vec::with_capacity(7);
+    if let Some(grammar) = grammar {
+        // First in the chain: the other samplers only ever see tokens the grammar allows.
+        chain.push(
+            LlamaSampler::grammar(model, grammar, "root")
+                .map_err(|err| format!("invalid grammar: {err}"))?,
+        );
+    }
     if (s.repeat_penalty - 1.0).abs() > f32::EPSILON {
         chain.push(LlamaSampler::penalties(
             model.n_vocab(),
@@ -268,7 +361,7 @@ fn sampler(model: &LlamaModel, s: &Sampling) -> LlamaSampler {
         chain.push(LlamaSampler::temp(s.temperature));
         chain.push(LlamaSampler::dist(s.seed.unwrap_or_else(random_seed)));
     }
-    LlamaSampler::chain_simple(chain)
+    Ok(LlamaSampler::chain_simple(chain))
 }
 
 fn random_seed() -> u32 {
