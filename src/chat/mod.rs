@@ -78,6 +78,8 @@ pub struct Options {
     pub max_tokens: Option<u32>,
     pub seed: Option<u32>,
     pub system_prompt: Option<String>,
+    /// Learn from and recall long-term memories for this message (default: the user's setting).
+    pub use_memory: Option<bool>,
 }
 
 impl Options {
@@ -95,6 +97,7 @@ impl Options {
                 .system_prompt
                 .clone()
                 .unwrap_or_else(|| base.system_prompt.clone()),
+            use_memory: self.use_memory.unwrap_or(base.use_memory),
             updated_at: base.updated_at,
         }
     }

@@ -340,6 +340,7 @@ struct SettingsOut<'a> {
     max_tokens: u32,
     seed: Option<u32>,
     system_prompt: &'a str,
+    use_memory: bool,
 }
 
 impl<'a> From<&'a Settings> for SettingsOut<'a> {
@@ -353,6 +354,7 @@ impl<'a> From<&'a Settings> for SettingsOut<'a> {
             max_tokens: s.max_tokens,
             seed: s.seed,
             system_prompt: &s.system_prompt,
+            use_memory: s.use_memory,
         }
     }
 }
@@ -489,6 +491,7 @@ struct SettingsPatch {
     #[serde(default, deserialize_with = "present")]
     seed: Option<Option<u32>>,
     system_prompt: Option<String>,
+    use_memory: Option<bool>,
 }
 
 /// Distinguishes an absent field (`None`) from an explicit `null` (`Some(None)`).
@@ -515,6 +518,7 @@ async fn put_settings(
         max_tokens: patch.max_tokens.unwrap_or(current.max_tokens),
         seed: patch.seed.unwrap_or(current.seed),
         system_prompt: patch.system_prompt.unwrap_or(current.system_prompt),
+        use_memory: patch.use_memory.unwrap_or(current.use_memory),
         updated_at: crate::store::now_millis(),
     };
     next.validate()

@@ -11,6 +11,7 @@
 //! messages       chat_id ‖ seq BE → Message
 //! model_verify   file path → VerifiedFile (sha256 cache keyed by size + mtime)
 //! documents, docs_by_scope, doc_by_hash, chunks, vectors: see `documents.rs`
+//! memories, memory_hash, memory_vectors, memory_history, bg_jobs, ...: see `memories.rs`
 //! ```
 //!
 //! Values are JSON (serde): small, debuggable, and tolerant of added fields.
@@ -21,9 +22,13 @@
 
 mod documents;
 mod flush;
+mod memories;
 pub mod types;
 
 pub use documents::{Inserted, StoredVector};
+pub use memories::{
+    Added, BgJob, BgJobKind, HistoryEntry, HistoryEvent, JobId, Memory, MemoryId, MemoryOrigin,
+};
 
 use std::path::Path;
 use std::sync::Arc;
@@ -72,6 +77,7 @@ struct Inner {
     doc_by_hash: sled::Tree,
     chunks: sled::Tree,
     vectors: sled::Tree,
+    mem: memories::Trees,
     flusher: flush::GroupFlush,
 }
 
@@ -131,6 +137,7 @@ impl Store {
             doc_by_hash: tree("doc_by_hash")?,
             chunks: tree("chunks")?,
             vectors: tree("vectors")?,
+            mem: memories::Trees::open(&db)?,
             flusher: flush::GroupFlush::start(db.clone()),
             db,
         };
