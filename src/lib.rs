@@ -11,6 +11,8 @@
 //! - [`embed`]: ONNX sentence embeddings on a dedicated thread, loaded on first use.
 //! - [`ingest`]: a file → extracted text → chunks → vectors → one stored document.
 //! - [`index`]: exact vector search per scope.
+//! - [`memory`]: long-term memories (dedup, recall, extraction prompt and grammar) and titles.
+//! - [`jobs`]: the background scheduler (titles, memory extraction) below chat priority.
 //! - [`events`]: notifications of background work for UIs (`/api/v1/events`).
 //! - [`server`]: HTTP + SSE on a Unix socket; the only module that knows HTTP.
 //! - [`daemon`]: start-up order, instance lock and the one shutdown path.
@@ -30,7 +32,9 @@ pub mod embed;
 pub mod events;
 pub mod index;
 pub mod ingest;
+pub mod jobs;
 pub mod llm;
+pub mod memory;
 pub mod models;
 pub mod server;
 pub mod store;

@@ -8,6 +8,7 @@
 pub mod body;
 pub mod docs;
 pub mod error;
+pub mod memories;
 pub mod routes;
 pub mod sse;
 pub mod tcp;
@@ -45,6 +46,8 @@ pub struct App {
     pub embedder: crate::embed::Embedder,
     pub index: crate::index::Index,
     pub events: crate::events::Events,
+    pub memories: crate::memory::Memories,
+    pub jobs: crate::jobs::Jobs,
     pub config: ServerConfig,
     pub rag: crate::config::RagConfig,
     pub started: Instant,

@@ -25,6 +25,7 @@ use tracing::Instrument;
 use super::body;
 use super::docs;
 use super::error::ApiError;
+use super::memories;
 use super::sse::{SseBody, SseEvent};
 use super::tcp::Verdict;
 use super::{App, Transport};
@@ -150,6 +151,31 @@ async fn route(
         },
         ["users", id, "chats"] => match method {
             Method::GET => list_chats(app, user_id(id)?, req.uri().query()),
+            _ => Err(ApiError::method_not_allowed("GET")),
+        },
+        ["users", id, "memories"] => match method {
+            Method::GET => memories::list(app, user_id(id)?, req.uri().query()).await,
+            Method::POST => memories::add(app, user_id(id)?, req).await,
+            Method::DELETE => memories::forget(app, user_id(id)?).await,
+            _ => Err(ApiError::method_not_allowed("GET, POST, DELETE")),
+        },
+        ["users", id, "memories", "history"] => match method {
+            Method::GET => memories::user_history(app, user_id(id)?, req.uri().query()),
+            _ => Err(ApiError::method_not_allowed("GET")),
+        },
+        ["memories", id] => match method {
+            Method::GET => memories::get(app, memories::memory_id(id)?, req.uri().query()),
+            Method::PATCH => {
+                let query = req.uri().query().map(str::to_string);
+                memories::edit(app, memories::memory_id(id)?, query.as_deref(), req).await
+            }
+            Method::DELETE => {
+                memories::delete(app, memories::memory_id(id)?, req.uri().query()).await
+            }
+            _ => Err(ApiError::method_not_allowed("GET, PATCH, DELETE")),
+        },
+        ["memories", id, "history"] => match method {
+            Method::GET => memories::history(app, memories::memory_id(id)?, req.uri().query()),
             _ => Err(ApiError::method_not_allowed("GET")),
         },
         ["chats"] => match method {
@@ -406,6 +432,7 @@ fn health(app: &App) -> Result<Response<ResBody>, ApiError> {
             "embed": embed_status(&app.embedder),
         },
         "queue": {"waiting": app.llm.queued(), "capacity": app.llm.queue_capacity(), "active_turns": app.chat.active_turns()},
+        "background": app.jobs.status(),
         "store": app.store.counts(),
     });
     let code = if state == "ready" {

@@ -111,11 +111,12 @@ pub struct BgJob {
 pub enum BgJobKind {
     /// Title a chat after its first exchange, from the user's first message.
     Title { chat_id: ChatId, message: String },
-    /// Extract durable facts about the user from one of their messages.
+    /// Extract durable facts about the user from one of their messages (or from a text posted
+    /// to the memories endpoint with `infer: true`, which has no chat).
     Memory {
         user_id: UserId,
-        chat_id: ChatId,
-        message_id: MessageId,
+        chat_id: Option<ChatId>,
+        message_id: Option<MessageId>,
         message: String,
     },
 }
