@@ -116,6 +116,18 @@ impl Client {
         })
     }
 
+    /// Opens a GET SSE stream (e.g. `/api/v1/events`). A non-2xx answer is an error.
+    pub async fn subscribe(&self, path: &str) -> anyhow::Result<EventStream> {
+        let response = self.send(Method::GET, path, None).await?;
+        if !response.status().is_success() {
+            bail!("{}", response.status());
+        }
+        Ok(EventStream {
+            body: response.into_body(),
+            buf: Vec::new(),
+        })
+    }
+
     /// Creates (or reuses) the user `username` and a new chat for them; returns the chat id.
     pub async fn create_chat(&self, username: &str) -> anyhow::Result<String> {
         let body = serde_json::json!({ "username": username });

@@ -5,6 +5,7 @@ mod api;
 mod chat;
 mod docs;
 mod lifecycle;
+mod memory;
 mod sidecar;
 mod support;
 mod tidy;
