@@ -48,6 +48,10 @@ pub struct BenchArgs {
     /// Measure the document side instead: embeddings vs Python onnxruntime, ingestion, search.
     #[arg(long)]
     rag: bool,
+    /// Measure long-term memory instead: extraction job latency, recall latency, and chat
+    /// time-to-first-token with and without memory recall.
+    #[arg(long)]
+    memory: bool,
     /// Vector counts for the search part of `--rag`.
     #[arg(long, value_delimiter = ',', default_value = "10000,100000")]
     rag_sizes: Vec<usize>,
@@ -70,6 +74,18 @@ pub fn run(config_file: Option<&Path>, args: BenchArgs) -> anyhow::Result<()> {
     if args.rag {
         let threads = usize::try_from(args.threads).unwrap_or(1);
         let table = crate::bench_rag::run(&config.models_dir, threads, &args.rag_sizes, &rt)?;
+        use std::io::Write;
+        std::io::stdout().write_all(table.as_bytes())?;
+        return Ok(());
+    }
+    if args.memory {
+        let table = crate::bench_memory::run(
+            &rt,
+            &config.models_dir,
+            &entry.name,
+            args.threads,
+            args.runs,
+        )?;
         use std::io::Write;
         std::io::stdout().write_all(table.as_bytes())?;
         return Ok(());
@@ -350,7 +366,7 @@ fn rate(tokens: usize, span: Duration) -> f64 {
     (tokens.saturating_sub(1)) as f64 / span.as_secs_f64().max(1e-9)
 }
 
-fn median(values: &mut [f64]) -> f64 {
+pub(crate) fn median(values: &mut [f64]) -> f64 {
     if values.is_empty() {
         return f64::NAN;
     }
@@ -358,7 +374,7 @@ fn median(values: &mut [f64]) -> f64 {
     values[values.len() / 2]
 }
 
-struct BenchDaemon {
+pub(crate) struct BenchDaemon {
     child: Child,
 }
 
@@ -370,7 +386,7 @@ impl BenchDaemon {
         );
     }
 
-    fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         self.signal_term();
         let _ = self.child.wait();
     }
@@ -383,7 +399,12 @@ impl Drop for BenchDaemon {
     }
 }
 
-fn spawn(dir: &Path, models_dir: &Path, model: &str, threads: u32) -> anyhow::Result<BenchDaemon> {
+pub(crate) fn spawn(
+    dir: &Path,
+    models_dir: &Path,
+    model: &str,
+    threads: u32,
+) -> anyhow::Result<BenchDaemon> {
     let child = command(dir, models_dir, model, threads)?
         .stdout(Stdio::null())
         .spawn()
@@ -424,7 +445,7 @@ fn rss_kib(pid: u32) -> anyhow::Result<u64> {
         .context("no VmRSS")
 }
 
-struct RemoveOnDrop(PathBuf);
+pub(crate) struct RemoveOnDrop(pub(crate) PathBuf);
 
 impl Drop for RemoveOnDrop {
     fn drop(&mut self) {

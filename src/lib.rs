@@ -17,11 +17,13 @@
 //! - [`server`]: HTTP + SSE on a Unix socket; the only module that knows HTTP.
 //! - [`daemon`]: start-up order, instance lock and the one shutdown path.
 //! - [`client`], [`cli`]: the command line and the small client it (and the tests) use.
-//! - [`bench`]: `hearth bench`, the daemon against a direct decode loop.
+//! - [`bench`]: `hearth bench`, the daemon against a direct decode loop (`--rag`: documents,
+//!   `--memory`: long-term memory).
 //!
 //! See ARCHITECTURE.md for the invariants that hold these together.
 
 pub mod bench;
+pub mod bench_memory;
 pub mod bench_rag;
 pub mod chat;
 pub mod cli;

@@ -101,8 +101,18 @@ fn shorten(text: &str) -> Option<String> {
 }
 
 /// The title to store for the model's output `raw` on a chat that starts with `message`.
+///
+/// A small model sometimes repeats a few-shot example's title for an unrelated message; that
+/// title is as wrong as an empty one and also falls back to the message's first words.
 pub fn clean(raw: &str, message: &str) -> String {
+    let copied = |title: &String| {
+        EXAMPLES.iter().any(|(example, example_title)| {
+            super::normalize(title) == super::normalize(example_title)
+                && super::normalize(example) != super::normalize(message)
+        })
+    };
     shorten(&strip_think(raw))
+        .filter(|title| !copied(title))
         .or_else(|| shorten(message))
         .unwrap_or_else(|| crate::store::DEFAULT_CHAT_TITLE.to_string())
 }
@@ -130,5 +140,10 @@ mod tests {
             "one two three four five six"
         );
         assert_eq!(clean("", "?!"), crate::store::DEFAULT_CHAT_TITLE);
+        // A copied few-shot title is not a title of this chat.
+        assert_eq!(
+            clean("How Vaccines Work", "I live in Lisbon."),
+            "I live in Lisbon"
+        );
     }
 }
