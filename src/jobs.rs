@@ -14,7 +14,7 @@
 //! - **Shutdown.** The running generation is cancelled at once; its job stays in the store
 //!   (attempt counted) and resumes at the next start.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -82,7 +82,11 @@ struct Inner {
     wake: Notify,
     /// Kind of the running job, for health.
     running: Mutex<Option<&'static str>>,
+    /// True while a background generation is queued or running on the inference worker.
+    generating: AtomicBool,
     done: AtomicU64,
+    /// Background generations that gave way to a chat.
+    preempted: AtomicU64,
 }
 
 impl Jobs {
@@ -95,7 +99,9 @@ impl Jobs {
                 events,
                 wake: Notify::new(),
                 running: Mutex::new(None),
+                generating: AtomicBool::new(false),
                 done: AtomicU64::new(0),
+                preempted: AtomicU64::new(0),
             }),
         }
     }
@@ -113,8 +119,8 @@ impl Jobs {
         Ok(())
     }
 
-    /// For health: pending jobs (including the running one), the running job's kind, and jobs
-    /// finished since start.
+    /// For health: pending jobs (including the running one), the running job's kind, whether it
+    /// is on the inference worker now, and counts since start.
     pub fn status(&self) -> serde_json::Value {
         let pending = self.inner.store.bg_jobs().map(|j| j.len()).unwrap_or(0);
         let running = *self
@@ -125,7 +131,9 @@ impl Jobs {
         serde_json::json!({
             "pending": pending,
             "running": running,
+            "generating": self.inner.generating.load(Ordering::Relaxed),
             "finished": self.inner.done.load(Ordering::Relaxed),
+            "preempted": self.inner.preempted.load(Ordering::Relaxed),
         })
     }
 
@@ -390,6 +398,23 @@ impl Jobs {
         let prompt = llm
             .chat_prompt(messages)
             .map_err(|err| JobError::Failed(err.to_string()))?;
+        self.inner.generating.store(true, Ordering::Relaxed);
+        let result = self
+            .generate_prompt(prompt, grammar, max_tokens, priority, shutdown)
+            .await;
+        self.inner.generating.store(false, Ordering::Relaxed);
+        result
+    }
+
+    async fn generate_prompt(
+        &self,
+        prompt: crate::llm::Prompt,
+        grammar: String,
+        max_tokens: u32,
+        priority: Priority,
+        shutdown: &CancellationToken,
+    ) -> Result<(String, Finish), JobError> {
+        let llm = &self.inner.llm;
         loop {
             let (tx, mut rx) = mpsc::channel(GEN_CHANNEL_CAPACITY);
             let cancel = CancelFlag::default();
@@ -445,6 +470,7 @@ impl Jobs {
             match outcome.finish {
                 Finish::Stop | Finish::Length => return Ok((text, outcome.finish)),
                 Finish::Preempted => {
+                    self.inner.preempted.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!("background generation preempted by a chat; retrying");
                     continue;
                 }

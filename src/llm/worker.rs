@@ -6,9 +6,10 @@
 //! stays in the cache). That turns a multi-turn prompt's prefill from O(history) into O(new turn).
 //!
 //! Background generations (titles, memory extraction) run in a second sequence of the same
-//! unified KV cache ([`BACKGROUND_SEQ`]) and remove it when they end, so they do not evict the
-//! chat's cached prefix; only when both do not fit the context together is the chat's cache
-//! dropped (its next turn then evaluates its whole prompt again). They also give way to a
+//! unified KV cache ([`BACKGROUND_SEQ`]), with its own prefix reuse, so they do not evict the
+//! chat's cached prefix. When both do not fit the context together, the chat's next generation
+//! drops the background sequence, and a background generation drops the chat's (whose next
+//! turn then evaluates its whole prompt again). They also give way to a
 //! queued interactive generation between tokens and prompt micro-batches ([`Finish::Preempted`]).
 
 use std::sync::Arc;
@@ -31,8 +32,11 @@ use crate::models::{ModelError, VerifiedModel};
 const PENALTY_LAST_N: i32 = 64;
 /// Sequence of interactive generations, whose tokens stay cached between turns.
 const CHAT_SEQ: i32 = 0;
-/// Sequence of background generations, removed after each one.
+/// Sequence of background generations (its own prefix cache).
 const BACKGROUND_SEQ: i32 = 1;
+/// Prompt micro-batch of background generations: smaller than chat's, because a queued chat
+/// waits for at most one of them (preemption is checked between micro-batches).
+const BACKGROUND_BATCH: usize = 64;
 
 pub(super) fn run<V>(shared: &Arc<Shared>, verify: V)
 where
@@ -104,10 +108,17 @@ where
     );
 
     let mut kv = KvCache::default();
+    let mut bg_kv = KvCache::default();
     while let Some(job) = shared.queue.pop() {
         let preempt =
             || job.priority < super::Priority::Interactive && shared.queue.interactive_waiting();
         let outcome = if job.priority == super::Priority::Interactive {
+            let n_ctx = ctx.n_ctx() as usize;
+            let needs = job.prompt.len() + job.max_tokens as usize;
+            if !bg_kv.tokens.is_empty() && needs + bg_kv.tokens.len() > n_ctx {
+                // The chat needs the room the cached background prefix holds.
+                drop_background(&mut ctx, &mut kv, &mut bg_kv);
+            }
             generate(
                 &mut ctx,
                 &model,
@@ -121,11 +132,18 @@ where
                 &mut ctx,
                 &model,
                 &mut kv,
+                &mut bg_kv,
                 &job,
                 config.stall_timeout,
                 &preempt,
             )
         };
+        if outcome.finish == Finish::Error {
+            // A failed decode may have cleared the whole cache: forget both sequences.
+            ctx.clear_kv_cache();
+            kv.tokens.clear();
+            bg_kv.tokens.clear();
+        }
         tracing::debug!(
             finish = ?outcome.finish,
             prompt_tokens = outcome.prompt_tokens,
@@ -148,11 +166,14 @@ struct KvCache {
     tokens: Vec<LlamaToken>,
 }
 
-/// Runs a background generation in its own sequence, next to the chat's cached tokens.
+/// Runs a background generation in its own sequence, next to the chat's cached tokens. The
+/// background sequence keeps its tokens too: extraction prompts share a long fixed prefix (the
+/// instructions and examples), which is then evaluated once, not per job.
 fn background(
     ctx: &mut LlamaContext<'_>,
     model: &LlamaModel,
     chat_kv: &mut KvCache,
+    bg_kv: &mut KvCache,
     job: &Generation,
     stall: Duration,
     preempt: &dyn Fn() -> bool,
@@ -161,16 +182,22 @@ fn background(
     let needs = job.prompt.len() + job.max_tokens as usize;
     if chat_kv.tokens.len() + needs > n_ctx {
         // Both do not fit: the chat's prefix goes (its next turn re-evaluates its prompt).
-        ctx.clear_kv_cache();
+        if ctx.kv_cache_seq_rm(CHAT_SEQ, None, None).is_err() {
+            ctx.clear_kv_cache();
+            bg_kv.tokens.clear();
+        }
         chat_kv.tokens.clear();
     }
-    let mut own = KvCache::default();
-    let outcome = run_seq(ctx, model, &mut own, BACKGROUND_SEQ, job, stall, preempt);
+    run_seq(ctx, model, bg_kv, BACKGROUND_SEQ, job, stall, preempt)
+}
+
+/// Removes the background sequence from the cache.
+fn drop_background(ctx: &mut LlamaContext<'_>, chat_kv: &mut KvCache, bg_kv: &mut KvCache) {
     if ctx.kv_cache_seq_rm(BACKGROUND_SEQ, None, None).is_err() {
         ctx.clear_kv_cache();
         chat_kv.tokens.clear();
     }
-    outcome
+    bg_kv.tokens.clear();
 }
 
 fn generate(
@@ -234,7 +261,11 @@ fn run_seq(
     }
 
     let prefill_started = Instant::now();
-    let n_batch = ctx.n_batch() as usize;
+    let n_batch = if seq == BACKGROUND_SEQ {
+        (ctx.n_batch() as usize).min(BACKGROUND_BATCH)
+    } else {
+        ctx.n_batch() as usize
+    };
     let mut batch = LlamaBatch::new(n_batch.max(1), 1);
     let mut chunk_start = reuse;
     while chunk_start < prompt.len() {
