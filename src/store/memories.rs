@@ -559,6 +559,52 @@ mod tests {
     }
 
     #[test]
+    fn sources_keep_the_document_shape_and_add_a_memory_kind() {
+        use super::super::types::{DocumentId, Source, SourceOrigin};
+        let doc = Source {
+            n: 1,
+            origin: SourceOrigin::Document {
+                document_id: DocumentId::new(),
+                filename: "a.pdf".into(),
+                page: None,
+                start: 0,
+                end: 5,
+            },
+            score: 0.5,
+            text: "hello".into(),
+        };
+        let json = serde_json::to_value(&doc).unwrap();
+        let mut keys: Vec<_> = json.as_object().unwrap().keys().cloned().collect();
+        keys.sort();
+        assert_eq!(
+            keys,
+            [
+                "document_id",
+                "end",
+                "filename",
+                "n",
+                "page",
+                "score",
+                "start",
+                "text",
+                "type"
+            ]
+        );
+        assert_eq!(json["type"], "document");
+        assert_eq!(serde_json::from_value::<Source>(json).unwrap(), doc);
+        let memory = Source {
+            n: 2,
+            origin: SourceOrigin::Memory { id: Uuid::now_v7() },
+            score: 0.7,
+            text: "User likes tea".into(),
+        };
+        let json = serde_json::to_value(&memory).unwrap();
+        assert_eq!(json["type"], "memory");
+        assert_eq!(json.as_object().unwrap().len(), 5, "{json}");
+        assert_eq!(serde_json::from_value::<Source>(json).unwrap(), memory);
+    }
+
+    #[test]
     fn auto_title_never_replaces_a_user_title() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("db"), 8 << 20).unwrap();
