@@ -23,7 +23,7 @@ use crate::jobs::Jobs;
 use crate::llm::{
     CancelFlag, Finish, GenEvent, Generation, Llm, LlmError, Outcome, Priority, Sampling,
 };
-use crate::memory::{Memories, MemoryError};
+use crate::memory::Memories;
 use crate::store::{
     now_millis, BgJobKind, ChatId, FinishReason, Message, MessageId, Role, Scope, Settings, Source,
     Store, StoreError, Usage,
@@ -53,8 +53,6 @@ pub enum ChatError {
     Store(#[from] StoreError),
     #[error("retrieval failed: {0}")]
     Retrieve(#[from] RetrieveError),
-    #[error("memory recall failed: {0}")]
-    Memory(#[from] MemoryError),
 }
 
 /// Where a turn looks for context.
@@ -245,12 +243,18 @@ impl ChatService {
         };
         if settings.use_memory && req.search_mode != SearchMode::Docs {
             let first = u32::try_from(sources.len() + 1).unwrap_or(u32::MAX);
-            // Memories come after documents: when the prompt is too long, they go first.
-            sources.extend(
-                self.memories
-                    .recall(chat.user_id, &req.content, first)
-                    .await?,
-            );
+            // Memories come after documents: when the prompt is too long, they go first. A
+            // recall failure (embedder unavailable) costs the reply its memories, not the reply.
+            match self
+                .memories
+                .recall(chat.user_id, &req.content, first)
+                .await
+            {
+                Ok(memories) => sources.extend(memories),
+                Err(err) => {
+                    tracing::warn!(chat = %req.chat_id, error = %err, "memory recall failed; replying without memories");
+                }
+            }
         }
         let history = prompt::history(&self.store.messages(req.chat_id)?);
         let n_ctx = self.llm.n_ctx();

@@ -132,7 +132,6 @@ impl From<ChatError> for ApiError {
             ChatError::Retrieve(err) => {
                 ApiError::unavailable("embedder_unavailable", err.to_string(), 5)
             }
-            ChatError::Memory(err) => err.into(),
         }
     }
 }

@@ -423,8 +423,9 @@ async fn titles_follow_the_first_exchange_and_a_user_rename_always_wins() {
     .await;
     background_idle(&d).await;
 
-    // The rename races the title job: it is sent the moment `done` arrives, while the job is
-    // queued or running. The user's title must survive whatever the job does after.
+    // The rename races the title job: it is sent while the job is generating the title. The
+    // user's title must survive whatever the job does after.
+    let mut caught_running = 0;
     for n in 0..3 {
         let raced = chat_for(&d, &ada).await;
         let mut stream = d
@@ -439,6 +440,23 @@ async fn titles_follow_the_first_exchange_and_a_user_rename_always_wins() {
             if event.event == "done" {
                 break;
             }
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let health = d
+                .client
+                .call(Method::GET, "/api/v1/health", None)
+                .await
+                .unwrap();
+            let bg = &health["background"];
+            if bg["running"] == "title" && bg["generating"] == true {
+                caught_running += 1;
+                break;
+            }
+            if bg["pending"] == 0 || Instant::now() > deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
         }
         let mine = format!("My own title {n}");
         d.client
@@ -457,6 +475,10 @@ async fn titles_follow_the_first_exchange_and_a_user_rename_always_wins() {
             .unwrap();
         assert_eq!(stored["title"], mine.as_str());
     }
+    assert!(
+        caught_running > 0,
+        "the rename never happened while the title job was running"
+    );
 }
 
 #[tokio::test]
