@@ -304,6 +304,16 @@ async fn facts_are_learned_after_done_and_recalled_in_a_new_chat() {
         "extraction finished before done arrived: {report}"
     );
     assert!(report["started_at"].as_u64().unwrap() >= report["queued_at"].as_u64().unwrap());
+    let stored_turn = d
+        .client
+        .call(Method::GET, &format!("/api/v1/chats/{chat}"), None)
+        .await
+        .unwrap();
+    assert!(
+        report["started_at"].as_u64().unwrap()
+            >= stored_turn["messages"][1]["created_at"].as_u64().unwrap(),
+        "the extraction started before the reply was stored: {report}"
+    );
     let stored = list(&d, &ada, "").await;
     assert!(!stored.is_empty(), "nothing learned: {report}");
     let source_words = words(message);
@@ -481,24 +491,18 @@ async fn titles_follow_the_first_exchange_and_a_user_rename_always_wins() {
     );
 }
 
-#[tokio::test]
-async fn a_chat_preempts_background_work_and_jobs_survive_a_restart() {
-    let mut d = Daemon::start(Opts::default()).await;
-    let ada = user(&d, "ada").await;
-    let text = "I am a retired teacher, I live in a small village near Porto with my husband \
-                Jorge, we have three cats, I play the cello every evening and I grow olives.";
-    // infer: true queues an extraction job for the text.
+/// Queues an extraction of `text` (`infer: true`) and waits until it generates on the worker.
+async fn extraction_generating(d: &Daemon, user: &str, text: &str) {
     let (status, _) = d
         .client
         .request(
             Method::POST,
-            &format!("/api/v1/users/{ada}/memories"),
+            &format!("/api/v1/users/{user}/memories"),
             Some(&json!({ "text": text })),
         )
         .await
         .unwrap();
     assert_eq!(status, StatusCode::ACCEPTED);
-    // Wait until the extraction generates on the inference worker...
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let health = d
@@ -506,14 +510,56 @@ async fn a_chat_preempts_background_work_and_jobs_survive_a_restart() {
             .call(Method::GET, "/api/v1/health", None)
             .await
             .unwrap();
-        if health["background"]["running"] == "memory" && health["background"]["generating"] == true
-        {
-            break;
+        let bg = &health["background"];
+        if bg["running"] == "memory" && bg["generating"] == true {
+            return;
         }
         assert!(Instant::now() < deadline, "extraction never started");
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    // ...then a chat message does not wait for it.
+}
+
+#[tokio::test]
+async fn a_chat_preempts_background_work_and_jobs_survive_a_restart() {
+    let mut d = Daemon::start(Opts::default()).await;
+    let ada = user(&d, "ada").await;
+    let text = "I am a retired teacher, I live in a small village near Porto with my husband \
+                Jorge, we have three cats, I play the cello every evening and I grow olives.";
+
+    // A shutdown while the extraction generates keeps the job (and says so); the next start
+    // resumes and finishes it.
+    extraction_generating(&d, &ada, text).await;
+    assert!(d.terminate().success());
+    let log = d.stderr();
+    assert!(
+        log.contains("background job interrupted by shutdown"),
+        "{log}"
+    );
+    d.restart().await;
+    let background = background_idle(&d).await;
+    assert_eq!(background["finished"], 1, "{background}");
+    let h = d
+        .client
+        .call(
+            Method::GET,
+            &format!("/api/v1/users/{ada}/memories/history"),
+            None,
+        )
+        .await
+        .unwrap();
+    // Either facts were added or the failure was recorded: never silent.
+    assert!(
+        !h["history"].as_array().unwrap().is_empty(),
+        "the resumed extraction left no trace: {h}"
+    );
+
+    // A chat message that arrives while an extraction generates does not wait for it.
+    extraction_generating(
+        &d,
+        &ada,
+        "My brother Tiago is a firefighter in Coimbra and he has a daughter called Rita.",
+    )
+    .await;
     let chat = chat_for(&d, &ada).await;
     let (_, turn) = d
         .ask(
@@ -538,38 +584,10 @@ async fn a_chat_preempts_background_work_and_jobs_survive_a_restart() {
         queued < 2000.0,
         "the chat waited {queued} ms for background work"
     );
-
-    // A shutdown while the job runs keeps it; the next start resumes and finishes it.
-    let pending = d
-        .client
-        .call(Method::GET, "/api/v1/health", None)
-        .await
-        .unwrap()["background"]["pending"]
-        .as_u64()
-        .unwrap();
-    if pending > 0 {
-        assert!(d.terminate().success());
-        d.restart().await;
-    }
+    // The preempted extraction still completes.
     let background = background_idle(&d).await;
-    if pending > 0 {
-        assert!(
-            background["finished"].as_u64().unwrap() >= 1,
-            "{background}"
-        );
-    }
-    let h = d
-        .client
-        .call(
-            Method::GET,
-            &format!("/api/v1/users/{ada}/memories/history"),
-            None,
-        )
-        .await
-        .unwrap();
-    // Either facts were added or the failure was recorded: never silent.
     assert!(
-        !h["history"].as_array().unwrap().is_empty(),
-        "extraction left no trace: {h}"
+        background["finished"].as_u64().unwrap() >= 2,
+        "{background}"
     );
 }
