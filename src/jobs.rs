@@ -184,7 +184,7 @@ impl Jobs {
             if let Err(err) = inner.store.put_bg_job(&job) {
                 tracing::error!(error = %err, "cannot update a background job");
             }
-            *inner.running.lock().unwrap_or_else(PoisonError::into_inner) = Some(job.kind_name());
+            *inner.running.lock().unwrap_or_else(PoisonError::into_inner) = Some(kind_name(&job));
             let result = self.run_job(&job, &shutdown).await;
             *inner.running.lock().unwrap_or_else(PoisonError::into_inner) = None;
             match result {
@@ -197,7 +197,7 @@ impl Jobs {
                 Err(JobError::Shutdown) => {
                     tracing::info!(
                         job = %job.id,
-                        kind = job.kind_name(),
+                        kind = kind_name(&job),
                         attempts = job.attempts,
                         "background job interrupted by shutdown; it resumes at the next start"
                     );
@@ -213,7 +213,7 @@ impl Jobs {
     /// Removes a job that cannot finish, recording why.
     fn drop_job(&self, job: &BgJob, reason: &str) {
         let inner = &*self.inner;
-        tracing::warn!(job = %job.id, kind = job.kind_name(), reason, "background job dropped");
+        tracing::warn!(job = %job.id, kind = kind_name(job), reason, "background job dropped");
         if let BgJobKind::Memory {
             user_id,
             message_id,
@@ -485,16 +485,10 @@ impl Jobs {
     }
 }
 
-impl BgJobKindName for BgJob {
-    fn kind_name(&self) -> &'static str {
-        match self.kind {
-            BgJobKind::Title { .. } => "title",
-            BgJobKind::Memory { .. } => "memory",
-        }
-    }
-}
-
 /// The job kind's name in logs and health.
-trait BgJobKindName {
-    fn kind_name(&self) -> &'static str;
+fn kind_name(job: &BgJob) -> &'static str {
+    match job.kind {
+        BgJobKind::Title { .. } => "title",
+        BgJobKind::Memory { .. } => "memory",
+    }
 }
