@@ -58,6 +58,10 @@ pub struct BenchArgs {
     /// Unchanged files the `--library` reconcile scan walks.
     #[arg(long, default_value_t = 10000)]
     scan_files: usize,
+    /// Measure long-term memory instead: extraction job latency, recall latency, and chat
+    /// time-to-first-token with and without memory recall.
+    #[arg(long)]
+    memory: bool,
     /// Vector counts for the search part of `--rag`.
     #[arg(long, value_delimiter = ',', default_value = "10000,100000")]
     rag_sizes: Vec<usize>,
@@ -93,6 +97,18 @@ pub fn run(config_file: Option<&Path>, args: BenchArgs) -> anyhow::Result<()> {
     if args.rag {
         let threads = usize::try_from(args.threads).unwrap_or(1);
         let table = crate::bench_rag::run(&config.models_dir, threads, &args.rag_sizes, &rt)?;
+        use std::io::Write;
+        std::io::stdout().write_all(table.as_bytes())?;
+        return Ok(());
+    }
+    if args.memory {
+        let table = crate::bench_memory::run(
+            &rt,
+            &config.models_dir,
+            &entry.name,
+            args.threads,
+            args.runs,
+        )?;
         use std::io::Write;
         std::io::stdout().write_all(table.as_bytes())?;
         return Ok(());
@@ -373,7 +389,7 @@ fn rate(tokens: usize, span: Duration) -> f64 {
     (tokens.saturating_sub(1)) as f64 / span.as_secs_f64().max(1e-9)
 }
 
-fn median(values: &mut [f64]) -> f64 {
+pub(crate) fn median(values: &mut [f64]) -> f64 {
     if values.is_empty() {
         return f64::NAN;
     }
@@ -406,7 +422,12 @@ impl Drop for BenchDaemon {
     }
 }
 
-fn spawn(dir: &Path, models_dir: &Path, model: &str, threads: u32) -> anyhow::Result<BenchDaemon> {
+pub(crate) fn spawn(
+    dir: &Path,
+    models_dir: &Path,
+    model: &str,
+    threads: u32,
+) -> anyhow::Result<BenchDaemon> {
     let child = command(dir, models_dir, model, threads)?
         .stdout(Stdio::null())
         .spawn()

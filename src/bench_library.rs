@@ -48,14 +48,8 @@ pub fn run(
 
     // The reference before and after the daemon's run (the mean is compared): the machine's speed
     // drifts, and the daemon must not share the cores with it.
-    let raw_before = raw_rate(
-        models_dir,
-        threads,
-        &scratch.join("raw1"),
-        &staged,
-        &names,
-        rt,
-    )?;
+    let reference = Raw::new(models_dir, threads, &scratch)?;
+    let raw_before = reference.rate(&staged, &names, rt)?;
 
     let dir = scratch.join("daemon");
     let mut cmd = command(&dir, models_dir, model, threads)?;
@@ -166,14 +160,8 @@ pub fn run(
     daemon.stop();
 
     // 4. The raw embedder on the same chunks, same threads, in this process.
-    let raw_after = raw_rate(
-        models_dir,
-        threads,
-        &scratch.join("raw2"),
-        &watched.join("mixed"),
-        &names,
-        rt,
-    )?;
+    let raw_after = reference.rate(&watched.join("mixed"), &names, rt)?;
+    reference.embedder.shutdown();
     let raw = (raw_after.0, (raw_before.1 + raw_after.1) / 2.0);
 
     let ingest_chunks_rate = chunks as f64 / ingest_secs;
@@ -356,49 +344,65 @@ fn wait_settled(client: &Client, rt: &tokio::runtime::Runtime, n: usize) -> anyh
     }
 }
 
-/// (chunks, chunks/s) of the embedder alone on the chunks the daemon made of the same files.
-fn raw_rate(
-    models_dir: &Path,
-    threads: u32,
-    scratch: &Path,
-    dir: &Path,
-    names: &[String],
-    rt: &tokio::runtime::Runtime,
-) -> anyhow::Result<(usize, f64)> {
-    let store = Store::open(&scratch.join("db"), 64 << 20)?;
-    let embedder = Embedder::new(models_dir, usize::try_from(threads)?, store.clone());
-    let index = Index::new(
-        store.clone(),
-        embedder.model_id(),
-        DIM,
-        IndexOptions {
-            dir: None,
-            hnsw_min_rows: usize::MAX,
-            ef_search: 100,
-        },
-    );
-    let ingestor = Ingestor::new(
-        store,
-        embedder.clone(),
-        index,
-        IngestLimits {
-            extract: extract::Limits::default(),
-            extract_timeout: Duration::from_secs(120),
-        },
-    );
-    let mut texts = Vec::new();
-    for name in names {
-        let bytes = Arc::new(std::fs::read(dir.join(name))?);
-        if let Ok(prepared) = rt.block_on(ingestor.prepare(name, bytes)) {
-            texts.extend(prepared.chunks.into_iter().map(|c| c.text));
-        }
+/// The reference: the embedder alone, in this process, on the chunks the daemon's code makes
+/// of the same files (ONNX Runtime allows one environment per process, so one embedder serves
+/// every measurement).
+struct Raw {
+    embedder: Embedder,
+    ingestor: Ingestor,
+}
+
+impl Raw {
+    fn new(models_dir: &Path, threads: u32, scratch: &Path) -> anyhow::Result<Raw> {
+        let store = Store::open(&scratch.join("raw-db"), 64 << 20)?;
+        let embedder = Embedder::new(models_dir, usize::try_from(threads)?, store.clone());
+        let index = Index::new(
+            store.clone(),
+            embedder.model_id(),
+            DIM,
+            IndexOptions {
+                dir: None,
+                hnsw_min_rows: usize::MAX,
+                ef_search: 100,
+            },
+        );
+        let ingestor = Ingestor::new(
+            store,
+            embedder.clone(),
+            index,
+            IngestLimits {
+                extract: extract::Limits::default(),
+                extract_timeout: Duration::from_secs(120),
+            },
+        );
+        Ok(Raw { embedder, ingestor })
     }
-    rt.block_on(embedder.embed(texts[..32.min(texts.len())].to_vec(), Urgency::Ingest))?;
-    let started = Instant::now();
-    rt.block_on(embedder.embed(texts.clone(), Urgency::Ingest))?;
-    let rate = texts.len() as f64 / started.elapsed().as_secs_f64().max(1e-9);
-    embedder.shutdown();
-    Ok((texts.len(), rate))
+
+    /// (chunks, chunks/s) for the files `names` below `dir`.
+    fn rate(
+        &self,
+        dir: &Path,
+        names: &[String],
+        rt: &tokio::runtime::Runtime,
+    ) -> anyhow::Result<(usize, f64)> {
+        let mut texts = Vec::new();
+        for name in names {
+            let bytes = Arc::new(std::fs::read(dir.join(name))?);
+            if let Ok(prepared) = rt.block_on(self.ingestor.prepare(name, bytes)) {
+                texts.extend(prepared.chunks.into_iter().map(|c| c.text));
+            }
+        }
+        rt.block_on(
+            self.embedder
+                .embed(texts[..32.min(texts.len())].to_vec(), Urgency::Ingest),
+        )?;
+        let started = Instant::now();
+        rt.block_on(self.embedder.embed(texts.clone(), Urgency::Ingest))?;
+        Ok((
+            texts.len(),
+            texts.len() as f64 / started.elapsed().as_secs_f64().max(1e-9),
+        ))
+    }
 }
 
 fn pct(values: &mut [f64], p: usize) -> f64 {

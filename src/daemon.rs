@@ -187,7 +187,19 @@ pub async fn run(config: Config, life: Lifecycle, started: Instant) -> Result<()
         min_score: config.rag.retrieval_min_score,
     };
     let events = crate::events::Events::new();
-    let chat = ChatService::new(store.clone(), llm.clone(), retriever, shutdown.clone());
+    let memories = crate::memory::Memories::new(store.clone(), embedder.clone());
+    let jobs = crate::jobs::Jobs::new(store.clone(), llm.clone(), memories.clone(), events.clone());
+    let chat = ChatService::new(
+        store.clone(),
+        llm.clone(),
+        retriever,
+        memories.clone(),
+        jobs.clone(),
+        shutdown.clone(),
+    );
+    // Pending jobs of an earlier run resume here; at shutdown the running one is cancelled and
+    // stays queued for the next start.
+    let scheduler = tokio::spawn(jobs.clone().run(shutdown.clone()));
     // Ingestion (uploads and the drop folder) waits while a reply is generated.
     let generating = chat.clone();
     embedder.set_pause(Arc::new(move || generating.active_turns() > 0));
@@ -209,6 +221,8 @@ pub async fn run(config: Config, life: Lifecycle, started: Instant) -> Result<()
         index,
         events,
         library,
+        memories,
+        jobs,
         config: config.server.clone(),
         rag: config.rag.clone(),
         started,
@@ -229,6 +243,13 @@ pub async fn run(config: Config, life: Lifecycle, started: Instant) -> Result<()
     server::serve(server::Listeners { unix, tcp }, app, shutdown.clone()).await;
 
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    // The scheduler saw the same token and cancelled its generation; wait for it to record that.
+    if tokio::time::timeout(config.server.shutdown_grace, scheduler)
+        .await
+        .is_err()
+    {
+        tracing::warn!("background scheduler did not stop within the grace period");
+    }
     llm.shutdown();
     store
         .flush_now()

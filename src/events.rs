@@ -42,6 +42,8 @@ pub enum Event {
     FileRemoved { path: String },
     /// A chat's title was set by the title job.
     Title { chat_id: ChatId, title: String },
+    /// A memory extraction job finished (also when it stored nothing or failed).
+    MemoryExtracted(crate::jobs::ExtractReport),
 }
 
 impl Event {
@@ -52,6 +54,7 @@ impl Event {
             Event::FileFailed { .. } => "file_failed",
             Event::FileRemoved { .. } => "file_removed",
             Event::Title { .. } => "title",
+            Event::MemoryExtracted(_) => "memory_extracted",
         }
     }
 }

@@ -12,16 +12,20 @@
 //! - [`ingest`]: a file → extracted text → chunks → vectors → one stored document.
 //! - [`index`]: exact vector search per scope.
 //! - [`library`]: the drop folder: watched folders kept in sync with the `library` scope.
+//! - [`memory`]: long-term memories (dedup, recall, extraction prompt and grammar) and titles.
+//! - [`jobs`]: the background scheduler (titles, memory extraction) below chat priority.
 //! - [`events`]: notifications of background work for UIs (`/api/v1/events`).
 //! - [`server`]: HTTP + SSE on a Unix socket; the only module that knows HTTP.
 //! - [`daemon`]: start-up order, instance lock and the one shutdown path.
 //! - [`client`], [`cli`]: the command line and the small client it (and the tests) use.
-//! - [`bench`]: `hearth bench`, the daemon against a direct decode loop.
+//! - [`bench`]: `hearth bench`, the daemon against a direct decode loop (`--rag`: documents,
+//!   `--memory`: long-term memory).
 //!
 //! See ARCHITECTURE.md for the invariants that hold these together.
 
 pub mod bench;
 pub mod bench_library;
+pub mod bench_memory;
 pub mod bench_rag;
 pub mod chat;
 pub mod cli;
@@ -32,8 +36,10 @@ pub mod embed;
 pub mod events;
 pub mod index;
 pub mod ingest;
+pub mod jobs;
 pub mod library;
 pub mod llm;
+pub mod memory;
 pub mod models;
 pub mod server;
 pub mod store;

@@ -19,12 +19,14 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::jobs::Jobs;
 use crate::llm::{
     CancelFlag, Finish, GenEvent, Generation, Llm, LlmError, Outcome, Priority, Sampling,
 };
+use crate::memory::Memories;
 use crate::store::{
-    now_millis, ChatId, FinishReason, Message, MessageId, Role, Scope, Settings, Source, Store,
-    StoreError, Usage,
+    now_millis, BgJobKind, ChatId, FinishReason, Message, MessageId, Role, Scope, Settings, Source,
+    Store, StoreError, Usage,
 };
 use retrieve::{RetrieveError, Retriever};
 
@@ -57,12 +59,12 @@ pub enum ChatError {
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SearchMode {
-    /// No retrieval.
+    /// No document retrieval; long-term memories when memory is on.
     #[default]
     Normal,
-    /// The chat's documents.
+    /// The chat's documents and the library only.
     Docs,
-    /// Documents and (once there) long-term memories.
+    /// Documents and long-term memories.
     All,
 }
 
@@ -78,6 +80,8 @@ pub struct Options {
     pub max_tokens: Option<u32>,
     pub seed: Option<u32>,
     pub system_prompt: Option<String>,
+    /// Learn from and recall long-term memories for this message (default: the user's setting).
+    pub use_memory: Option<bool>,
 }
 
 impl Options {
@@ -95,6 +99,7 @@ impl Options {
                 .system_prompt
                 .clone()
                 .unwrap_or_else(|| base.system_prompt.clone()),
+            use_memory: self.use_memory.unwrap_or(base.use_memory),
             updated_at: base.updated_at,
         }
     }
@@ -170,6 +175,9 @@ pub struct ChatService {
     store: Store,
     llm: Llm,
     retriever: Retriever,
+    memories: Memories,
+    /// Background work scheduled after a turn (titles, memory extraction).
+    jobs: Jobs,
     /// The cancel flag of each chat's running turn; at most one turn per chat.
     active: Arc<Mutex<HashMap<ChatId, CancelFlag>>>,
     /// Fired at daemon shutdown: running turns end with `shutting_down`.
@@ -181,12 +189,16 @@ impl ChatService {
         store: Store,
         llm: Llm,
         retriever: Retriever,
+        memories: Memories,
+        jobs: Jobs,
         shutdown: CancellationToken,
     ) -> ChatService {
         ChatService {
             store,
             llm,
             retriever,
+            memories,
+            jobs,
             active: Arc::default(),
             shutdown,
         }
@@ -221,7 +233,7 @@ impl ChatService {
         let cancel = CancelFlag::default();
         let slot = ActiveSlot::claim(&self.active, req.chat_id, cancel.clone())?;
 
-        let sources = match req.search_mode {
+        let mut sources = match req.search_mode {
             SearchMode::Normal => Vec::new(),
             SearchMode::Docs | SearchMode::All => {
                 self.retriever
@@ -229,6 +241,21 @@ impl ChatService {
                     .await?
             }
         };
+        if settings.use_memory && req.search_mode != SearchMode::Docs {
+            let first = u32::try_from(sources.len() + 1).unwrap_or(u32::MAX);
+            // Memories come after documents: when the prompt is too long, they go first. A
+            // recall failure (embedder unavailable) costs the reply its memories, not the reply.
+            match self
+                .memories
+                .recall(chat.user_id, &req.content, first)
+                .await
+            {
+                Ok(memories) => sources.extend(memories),
+                Err(err) => {
+                    tracing::warn!(chat = %req.chat_id, error = %err, "memory recall failed; replying without memories");
+                }
+            }
+        }
         let history = prompt::history(&self.store.messages(req.chat_id)?);
         let n_ctx = self.llm.n_ctx();
         // Reserve room for the reply, but never more than half the context: a huge max_tokens
@@ -276,11 +303,18 @@ impl ChatService {
             priority: Priority::Interactive,
             cancel: cancel.clone(),
             events: gen_tx,
+            grammar: None,
         })?;
 
         let (out_tx, out_rx) = mpsc::channel(CLIENT_CHANNEL_CAPACITY);
         let turn = Turn {
             store: self.store.clone(),
+            jobs: self.jobs.clone(),
+            user_id: chat.user_id,
+            use_memory: settings.use_memory,
+            first_exchange: chat.message_count == 0
+                && !chat.title_by_user
+                && chat.title == crate::store::DEFAULT_CHAT_TITLE,
             shutdown: self.shutdown.clone(),
             chat_id: req.chat_id,
             user_message: req.content,
@@ -370,6 +404,12 @@ impl Drop for ActiveSlot {
 /// One running turn: forwards tokens, stores the result.
 struct Turn {
     store: Store,
+    jobs: Jobs,
+    user_id: crate::store::UserId,
+    /// Extract memories from this message once the reply is done.
+    use_memory: bool,
+    /// Title the chat once the reply is done.
+    first_exchange: bool,
     shutdown: CancellationToken,
     chat_id: ChatId,
     user_message: String,
@@ -434,7 +474,8 @@ impl Turn {
         let finish_reason = match outcome.finish {
             Finish::Stop => FinishReason::Stop,
             Finish::Length => FinishReason::Length,
-            Finish::Cancelled => FinishReason::Cancelled,
+            // Interactive work is never preempted; the arm is for completeness.
+            Finish::Cancelled | Finish::Preempted => FinishReason::Cancelled,
             Finish::Error => FinishReason::Error,
         };
         let usage = Usage {
@@ -500,8 +541,37 @@ impl Turn {
                 },
             })
         };
+        // A complete exchange: a cancelled reply teaches nothing and is no basis for a title.
+        let done = matches!(&event, ChatEvent::Done(d) if d.finish_reason != "cancelled");
         if !client_gone {
             let _ = out.send(event).await;
+        }
+        // Background work starts only now, after `done` went out: it can never delay a reply.
+        if done {
+            self.schedule_background();
+        }
+    }
+
+    fn schedule_background(&self) {
+        let mut jobs = Vec::with_capacity(2);
+        if self.first_exchange {
+            jobs.push(BgJobKind::Title {
+                chat_id: self.chat_id,
+                message: self.user_message.clone(),
+            });
+        }
+        if self.use_memory {
+            jobs.push(BgJobKind::Memory {
+                user_id: self.user_id,
+                chat_id: Some(self.chat_id),
+                message_id: Some(self.message_id),
+                message: self.user_message.clone(),
+            });
+        }
+        for job in jobs {
+            if let Err(err) = self.jobs.enqueue(job) {
+                tracing::error!(chat = %self.chat_id, error = %err, "cannot schedule background work");
+            }
         }
     }
 }

@@ -6,7 +6,7 @@
 
 use crate::embed::{EmbedError, Embedder, Urgency};
 use crate::index::Index;
-use crate::store::{Scope, Source, Store, StoreError};
+use crate::store::{Scope, Source, SourceOrigin, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RetrieveError {
@@ -52,12 +52,13 @@ impl Retriever {
             };
             sources.push(Source {
                 n: u32::try_from(sources.len() + 1).unwrap_or(u32::MAX),
-                kind: "document".into(),
-                document_id: doc.id,
-                filename: doc.filename,
-                page: chunk.page,
-                start: chunk.start,
-                end: chunk.end,
+                origin: SourceOrigin::Document {
+                    document_id: doc.id,
+                    filename: doc.filename,
+                    page: chunk.page,
+                    start: chunk.start,
+                    end: chunk.end,
+                },
                 score: hit.score,
                 text: chunk.text,
             });
@@ -66,27 +67,51 @@ impl Retriever {
     }
 }
 
-/// The system prompt with the sources appended as numbered excerpts.
+/// The system prompt with the sources appended: document excerpts numbered for citation, then
+/// what is remembered about the user as a plain list.
 pub fn with_context(system: &str, sources: &[Source]) -> String {
     if sources.is_empty() {
         return system.to_string();
     }
     let mut out = String::from(system);
-    if !out.is_empty() {
-        out.push_str("\n\n");
+    let documents: Vec<&Source> = sources
+        .iter()
+        .filter(|s| matches!(s.origin, SourceOrigin::Document { .. }))
+        .collect();
+    if !documents.is_empty() {
+        if !out.is_empty() {
+            out.push_str("\n\n");
+        }
+        out.push_str(
+            "Answer using the numbered excerpts below when they are relevant, and cite them like [1]. \
+             If they do not contain the answer, say so.\n",
+        );
     }
-    out.push_str(
-        "Answer using the numbered excerpts below when they are relevant, and cite them like [1]. \
-         If they do not contain the answer, say so.\n",
-    );
-    for source in sources {
-        out.push_str(&format!("\n[{}] {}", source.n, source.filename));
-        if let Some(page) = source.page {
-            out.push_str(&format!(", page {page}"));
+    for source in documents {
+        if let SourceOrigin::Document { filename, page, .. } = &source.origin {
+            out.push_str(&format!("\n[{}] {}", source.n, filename));
+            if let Some(page) = page {
+                out.push_str(&format!(", page {page}"));
+            }
         }
         out.push_str(":\n");
         out.push_str(source.text.trim());
         out.push('\n');
+    }
+    let mut memories = sources
+        .iter()
+        .filter(|s| matches!(s.origin, SourceOrigin::Memory { .. }))
+        .peekable();
+    if memories.peek().is_some() {
+        if !out.is_empty() {
+            out.push_str("\n\n");
+        }
+        out.push_str("What you know about the user from earlier conversations:\n");
+        for memory in memories {
+            out.push_str("- ");
+            out.push_str(memory.text.trim());
+            out.push('\n');
+        }
     }
     out
 }

@@ -41,7 +41,9 @@ pub enum LlmError {
     Inference(String),
 }
 
-/// Who is asking; the worker serves higher priorities first.
+/// Who is asking; the worker serves higher priorities first, and a running generation below
+/// `Interactive` stops with [`Finish::Preempted`] (checked per token and per prompt micro-batch)
+/// as soon as an interactive one is queued: a chat request always goes first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Priority {
     /// Background jobs (memory extraction).
@@ -126,6 +128,8 @@ pub struct Generation {
     pub cancel: CancelFlag,
     /// Bounded: the worker blocks (up to the stall timeout) when the consumer is slow.
     pub events: mpsc::Sender<GenEvent>,
+    /// A GBNF grammar (root rule `root`) the output must follow; `None` for free text.
+    pub grammar: Option<String>,
 }
 
 /// What the worker reports about a generation, in order: `Started`, `Token`*, `Finished`.
@@ -143,6 +147,9 @@ pub enum Finish {
     Stop,
     Length,
     Cancelled,
+    /// A background generation gave way to an interactive one waiting in the queue; the caller
+    /// submits it again (it never happens to `Interactive` work).
+    Preempted,
     Error,
 }
 
@@ -389,6 +396,11 @@ impl Queue {
         drop(state);
         self.ready.notify_one();
         Ok(())
+    }
+
+    /// True when an interactive generation is waiting: background work gives way to it.
+    fn interactive_waiting(&self) -> bool {
+        !self.lock().lanes[Priority::Interactive as usize].is_empty()
     }
 
     /// Blocks until a job is available (highest priority first) or the queue is closed.

@@ -4,6 +4,13 @@
 //! The KV cache is kept between generations: a follow-up turn in a chat shares its whole history
 //! with the previous prompt, so only the new tokens are evaluated (the longest common token prefix
 //! stays in the cache). That turns a multi-turn prompt's prefill from O(history) into O(new turn).
+//!
+//! Background generations (titles, memory extraction) run in a second sequence of the same
+//! unified KV cache ([`BACKGROUND_SEQ`]), with its own prefix reuse, so they do not evict the
+//! chat's cached prefix. When both do not fit the context together, the chat's next generation
+//! drops the background sequence, and a background generation drops the chat's (whose next
+//! turn then evaluates its whole prompt again). They also give way to a
+//! queued interactive generation between tokens and prompt micro-batches ([`Finish::Preempted`]).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,6 +30,13 @@ use crate::models::{ModelError, VerifiedModel};
 
 /// Tokens considered by the repeat penalty (llama.cpp's default window).
 const PENALTY_LAST_N: i32 = 64;
+/// Sequence of interactive generations, whose tokens stay cached between turns.
+const CHAT_SEQ: i32 = 0;
+/// Sequence of background generations (its own prefix cache).
+const BACKGROUND_SEQ: i32 = 1;
+/// Prompt micro-batch of background generations: smaller than chat's, because a queued chat
+/// waits for at most one of them (preemption is checked between micro-batches).
+const BACKGROUND_BATCH: usize = 64;
 
 pub(super) fn run<V>(shared: &Arc<Shared>, verify: V)
 where
@@ -69,6 +83,10 @@ where
         .with_n_ubatch(config.n_batch)
         .with_n_threads(threads)
         .with_n_threads_batch(threads)
+        // Two sequences in one unified cache: each may use the whole context, together they
+        // share it (chat in CHAT_SEQ, background work in BACKGROUND_SEQ).
+        .with_n_seq_max(2)
+        .with_kv_unified(true)
         .with_no_perf(true);
     let mut ctx = match model.new_context(backend, ctx_params) {
         Ok(ctx) => ctx,
@@ -90,8 +108,42 @@ where
     );
 
     let mut kv = KvCache::default();
+    let mut bg_kv = KvCache::default();
     while let Some(job) = shared.queue.pop() {
-        let outcome = generate(&mut ctx, &model, &mut kv, &job, config.stall_timeout);
+        let preempt =
+            || job.priority < super::Priority::Interactive && shared.queue.interactive_waiting();
+        let outcome = if job.priority == super::Priority::Interactive {
+            let n_ctx = ctx.n_ctx() as usize;
+            let needs = job.prompt.len() + job.max_tokens as usize;
+            if !bg_kv.tokens.is_empty() && needs + bg_kv.tokens.len() > n_ctx {
+                // The chat needs the room the cached background prefix holds.
+                drop_background(&mut ctx, &mut kv, &mut bg_kv);
+            }
+            generate(
+                &mut ctx,
+                &model,
+                &mut kv,
+                &job,
+                config.stall_timeout,
+                &preempt,
+            )
+        } else {
+            background(
+                &mut ctx,
+                &model,
+                &mut kv,
+                &mut bg_kv,
+                &job,
+                config.stall_timeout,
+                &preempt,
+            )
+        };
+        if outcome.finish == Finish::Error {
+            // A failed decode may have cleared the whole cache: forget both sequences.
+            ctx.clear_kv_cache();
+            kv.tokens.clear();
+            bg_kv.tokens.clear();
+        }
         tracing::debug!(
             finish = ?outcome.finish,
             prompt_tokens = outcome.prompt_tokens,
@@ -114,12 +166,59 @@ struct KvCache {
     tokens: Vec<LlamaToken>,
 }
 
+/// Runs a background generation in its own sequence, next to the chat's cached tokens. The
+/// background sequence keeps its tokens too: extraction prompts share a long fixed prefix (the
+/// instructions and examples), which is then evaluated once, not per job.
+fn background(
+    ctx: &mut LlamaContext<'_>,
+    model: &LlamaModel,
+    chat_kv: &mut KvCache,
+    bg_kv: &mut KvCache,
+    job: &Generation,
+    stall: Duration,
+    preempt: &dyn Fn() -> bool,
+) -> Outcome {
+    let n_ctx = ctx.n_ctx() as usize;
+    let needs = job.prompt.len() + job.max_tokens as usize;
+    if chat_kv.tokens.len() + needs > n_ctx {
+        // Both do not fit: the chat's prefix goes (its next turn re-evaluates its prompt).
+        if ctx.kv_cache_seq_rm(CHAT_SEQ, None, None).is_err() {
+            ctx.clear_kv_cache();
+            bg_kv.tokens.clear();
+        }
+        chat_kv.tokens.clear();
+    }
+    run_seq(ctx, model, bg_kv, BACKGROUND_SEQ, job, stall, preempt)
+}
+
+/// Removes the background sequence from the cache.
+fn drop_background(ctx: &mut LlamaContext<'_>, chat_kv: &mut KvCache, bg_kv: &mut KvCache) {
+    if ctx.kv_cache_seq_rm(BACKGROUND_SEQ, None, None).is_err() {
+        ctx.clear_kv_cache();
+        chat_kv.tokens.clear();
+    }
+    bg_kv.tokens.clear();
+}
+
 fn generate(
     ctx: &mut LlamaContext<'_>,
     model: &LlamaModel,
     kv: &mut KvCache,
     job: &Generation,
     stall: Duration,
+    preempt: &dyn Fn() -> bool,
+) -> Outcome {
+    run_seq(ctx, model, kv, CHAT_SEQ, job, stall, preempt)
+}
+
+fn run_seq(
+    ctx: &mut LlamaContext<'_>,
+    model: &LlamaModel,
+    kv: &mut KvCache,
+    seq: i32,
+    job: &Generation,
+    stall: Duration,
+    preempt: &dyn Fn() -> bool,
 ) -> Outcome {
     let prompt = &job.prompt.tokens;
     let mut outcome = Outcome {
@@ -154,7 +253,7 @@ fn generate(
     let mut reuse = common_prefix(&kv.tokens, prompt).min(prompt.len() - 1);
     if reuse < kv.tokens.len() {
         let start = u32::try_from(reuse).unwrap_or(0);
-        if ctx.kv_cache_seq_rm(0, Some(start), None).is_err() {
+        if ctx.kv_cache_seq_rm(seq, Some(start), None).is_err() {
             ctx.clear_kv_cache();
             reuse = 0;
         }
@@ -162,7 +261,11 @@ fn generate(
     }
 
     let prefill_started = Instant::now();
-    let n_batch = ctx.n_batch() as usize;
+    let n_batch = if seq == BACKGROUND_SEQ {
+        (ctx.n_batch() as usize).min(BACKGROUND_BATCH)
+    } else {
+        ctx.n_batch() as usize
+    };
     let mut batch = LlamaBatch::new(n_batch.max(1), 1);
     let mut chunk_start = reuse;
     while chunk_start < prompt.len() {
@@ -170,11 +273,15 @@ fn generate(
         if job.cancel.is_cancelled() {
             return outcome;
         }
+        if preempt() {
+            outcome.finish = Finish::Preempted;
+            return outcome;
+        }
         let end = (chunk_start + n_batch).min(prompt.len());
         batch.clear();
         for (pos, token) in prompt.iter().enumerate().take(end).skip(chunk_start) {
             let last = pos + 1 == prompt.len();
-            if let Err(err) = batch.add(*token, pos_i32(pos), &[0], last) {
+            if let Err(err) = batch.add(*token, pos_i32(pos), &[seq], last) {
                 return fail(outcome, err.to_string());
             }
         }
@@ -191,7 +298,10 @@ fn generate(
 
     let decode_started = Instant::now();
     let vocab = model.vocab();
-    let mut sampler = sampler(model, &job.sampling);
+    let mut sampler = match sampler(model, &job.sampling, job.grammar.as_deref()) {
+        Ok(sampler) => sampler,
+        Err(msg) => return fail(outcome, msg),
+    };
     let mut logits_index = batch.n_tokens() - 1;
     let mut text = Utf8Stream::default();
     let mut piece = Vec::with_capacity(32);
@@ -199,6 +309,9 @@ fn generate(
     let finish = loop {
         if job.cancel.is_cancelled() {
             break Finish::Cancelled;
+        }
+        if preempt() {
+            break Finish::Preempted;
         }
         // `sample` also accepts the token into the sampler state (penalties, grammar).
         let token = sampler.sample(ctx, logits_index);
@@ -218,7 +331,7 @@ fn generate(
             break Finish::Length;
         }
         batch.clear();
-        if let Err(err) = batch.add(token, pos_i32(pos), &[0], true) {
+        if let Err(err) = batch.add(token, pos_i32(pos), &[seq], true) {
             return fail(outcome, err.to_string());
         }
         if let Err(err) = ctx.decode(&mut batch) {
@@ -232,7 +345,7 @@ fn generate(
         logits_index = 0;
     };
     let tail = text.finish();
-    if !tail.is_empty() && finish != Finish::Cancelled {
+    if !tail.is_empty() && !matches!(finish, Finish::Cancelled | Finish::Preempted) {
         send(&job.events, GenEvent::Token(tail), stall);
     }
     outcome.finish = finish;
@@ -240,8 +353,19 @@ fn generate(
     outcome
 }
 
-fn sampler(model: &LlamaModel, s: &Sampling) -> LlamaSampler {
-    let mut chain = Vec::with_capacity(6);
+fn sampler(
+    model: &LlamaModel,
+    s: &Sampling,
+    grammar: Option<&str>,
+) -> Result<LlamaSampler, String> {
+    let mut chain = Vec::with_capacity(7);
+    if let Some(grammar) = grammar {
+        // First in the chain: the other samplers only ever see tokens the grammar allows.
+        chain.push(
+            LlamaSampler::grammar(model, grammar, "root")
+                .map_err(|err| format!("invalid grammar: {err}"))?,
+        );
+    }
     if (s.repeat_penalty - 1.0).abs() > f32::EPSILON {
         chain.push(LlamaSampler::penalties(
             model.n_vocab(),
@@ -268,7 +392,7 @@ fn sampler(model: &LlamaModel, s: &Sampling) -> LlamaSampler {
         chain.push(LlamaSampler::temp(s.temperature));
         chain.push(LlamaSampler::dist(s.seed.unwrap_or_else(random_seed)));
     }
-    LlamaSampler::chain_simple(chain)
+    Ok(LlamaSampler::chain_simple(chain))
 }
 
 fn random_seed() -> u32 {

@@ -10,6 +10,7 @@ use serde_json::json;
 
 use crate::chat::ChatError;
 use crate::llm::LlmError;
+use crate::memory::MemoryError;
 use crate::store::StoreError;
 
 /// An error on its way to becoming a response.
@@ -132,6 +133,19 @@ impl From<ChatError> for ApiError {
             ChatError::Store(err) => err.into(),
             ChatError::Retrieve(crate::chat::retrieve::RetrieveError::Store(err)) => err.into(),
             ChatError::Retrieve(err) => {
+                ApiError::unavailable("embedder_unavailable", err.to_string(), 5)
+            }
+        }
+    }
+}
+
+impl From<MemoryError> for ApiError {
+    fn from(err: MemoryError) -> ApiError {
+        match err {
+            MemoryError::Invalid(msg) => ApiError::invalid(msg),
+            MemoryError::NotFound => ApiError::not_found("memory_not_found", "memory not found"),
+            MemoryError::Store(err) => err.into(),
+            MemoryError::Embed(err) => {
                 ApiError::unavailable("embedder_unavailable", err.to_string(), 5)
             }
         }

@@ -9,6 +9,7 @@ pub mod body;
 pub mod docs;
 pub mod error;
 pub mod library;
+pub mod memories;
 pub mod routes;
 pub mod sse;
 pub mod tcp;
@@ -47,6 +48,8 @@ pub struct App {
     pub index: crate::index::Index,
     pub events: crate::events::Events,
     pub library: crate::library::Library,
+    pub memories: crate::memory::Memories,
+    pub jobs: crate::jobs::Jobs,
     pub config: ServerConfig,
     pub rag: crate::config::RagConfig,
     pub started: Instant,

@@ -26,6 +26,7 @@ use super::body;
 use super::docs;
 use super::error::ApiError;
 use super::library;
+use super::memories;
 use super::sse::{SseBody, SseEvent};
 use super::tcp::Verdict;
 use super::{App, Transport};
@@ -151,6 +152,31 @@ async fn route(
         },
         ["users", id, "chats"] => match method {
             Method::GET => list_chats(app, user_id(id)?, req.uri().query()),
+            _ => Err(ApiError::method_not_allowed("GET")),
+        },
+        ["users", id, "memories"] => match method {
+            Method::GET => memories::list(app, user_id(id)?, req.uri().query()).await,
+            Method::POST => memories::add(app, user_id(id)?, req).await,
+            Method::DELETE => memories::forget(app, user_id(id)?).await,
+            _ => Err(ApiError::method_not_allowed("GET, POST, DELETE")),
+        },
+        ["users", id, "memories", "history"] => match method {
+            Method::GET => memories::user_history(app, user_id(id)?, req.uri().query()),
+            _ => Err(ApiError::method_not_allowed("GET")),
+        },
+        ["memories", id] => match method {
+            Method::GET => memories::get(app, memories::memory_id(id)?, req.uri().query()),
+            Method::PATCH => {
+                let query = req.uri().query().map(str::to_string);
+                memories::edit(app, memories::memory_id(id)?, query.as_deref(), req).await
+            }
+            Method::DELETE => {
+                memories::delete(app, memories::memory_id(id)?, req.uri().query()).await
+            }
+            _ => Err(ApiError::method_not_allowed("GET, PATCH, DELETE")),
+        },
+        ["memories", id, "history"] => match method {
+            Method::GET => memories::history(app, memories::memory_id(id)?, req.uri().query()),
             _ => Err(ApiError::method_not_allowed("GET")),
         },
         ["chats"] => match method {
@@ -358,6 +384,7 @@ struct SettingsOut<'a> {
     max_tokens: u32,
     seed: Option<u32>,
     system_prompt: &'a str,
+    use_memory: bool,
 }
 
 impl<'a> From<&'a Settings> for SettingsOut<'a> {
@@ -371,6 +398,7 @@ impl<'a> From<&'a Settings> for SettingsOut<'a> {
             max_tokens: s.max_tokens,
             seed: s.seed,
             system_prompt: &s.system_prompt,
+            use_memory: s.use_memory,
         }
     }
 }
@@ -422,6 +450,7 @@ fn health(app: &App) -> Result<Response<ResBody>, ApiError> {
             "embed": embed_status(&app.embedder),
         },
         "queue": {"waiting": app.llm.queued(), "capacity": app.llm.queue_capacity(), "active_turns": app.chat.active_turns()},
+        "background": app.jobs.status(),
         "store": app.store.counts(),
     });
     let code = if state == "ready" {
@@ -507,6 +536,7 @@ struct SettingsPatch {
     #[serde(default, deserialize_with = "present")]
     seed: Option<Option<u32>>,
     system_prompt: Option<String>,
+    use_memory: Option<bool>,
 }
 
 /// Distinguishes an absent field (`None`) from an explicit `null` (`Some(None)`).
@@ -533,6 +563,7 @@ async fn put_settings(
         max_tokens: patch.max_tokens.unwrap_or(current.max_tokens),
         seed: patch.seed.unwrap_or(current.seed),
         system_prompt: patch.system_prompt.unwrap_or(current.system_prompt),
+        use_memory: patch.use_memory.unwrap_or(current.use_memory),
         updated_at: crate::store::now_millis(),
     };
     next.validate()

@@ -12,6 +12,7 @@
 //! model_verify   file path → VerifiedFile (sha256 cache keyed by size + mtime)
 //! documents, docs_by_scope, doc_by_hash, chunks, vectors: see `documents.rs`
 //! files, library_jobs, doc_files, library_orphans: see `library.rs` (the drop folder)
+//! memories, memory_hash, memory_vectors, memory_history, bg_jobs, ...: see `memories.rs`
 //! ```
 //!
 //! Values are JSON (serde): small, debuggable, and tolerant of added fields.
@@ -23,11 +24,15 @@
 mod documents;
 mod flush;
 mod library;
+mod memories;
 pub mod types;
 
 pub use documents::{Inserted, StoredVector};
 pub use library::{
     FileKey, FileOutcome, FileRecord, FileState, JobKind, LibraryJob, NewDocument, Settled,
+};
+pub use memories::{
+    Added, BgJob, BgJobKind, HistoryEntry, HistoryEvent, JobId, Memory, MemoryId, MemoryOrigin,
 };
 
 use std::path::Path;
@@ -83,6 +88,7 @@ struct Inner {
     library_jobs: sled::Tree,
     doc_files: sled::Tree,
     library_orphans: sled::Tree,
+    mem: memories::Trees,
     flusher: flush::GroupFlush,
 }
 
@@ -146,6 +152,7 @@ impl Store {
             library_jobs: tree("library_jobs")?,
             doc_files: tree("doc_files")?,
             library_orphans: tree("library_orphans")?,
+            mem: memories::Trees::open(&db)?,
             flusher: flush::GroupFlush::start(db.clone()),
             db,
         };

@@ -100,6 +100,10 @@ pub struct Settings {
     /// `None` picks a random seed per request.
     pub seed: Option<u32>,
     pub system_prompt: String,
+    /// Long-term memory: learn facts from this user's messages and recall them in replies.
+    /// Off until the user turns it on (absent in settings stored before it existed).
+    #[serde(default)]
+    pub use_memory: bool,
     pub updated_at: Millis,
 }
 
@@ -120,6 +124,7 @@ impl Default for Settings {
             max_tokens: 1024,
             seed: None,
             system_prompt: "You are a helpful assistant.".to_string(),
+            use_memory: false,
             updated_at: 0,
         }
     }
@@ -326,18 +331,28 @@ pub struct ChunkRecord {
 }
 
 /// A retrieved passage used as context for a reply, as the client sees it and as stored with the
-/// reply.
+/// reply: a document excerpt or a long-term memory (`"type"` tells which).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Source {
     /// The number the prompt cites it by (`[n]`).
     pub n: u32,
-    #[serde(rename = "type")]
-    pub kind: String,
-    pub document_id: DocumentId,
-    pub filename: String,
-    pub page: Option<u32>,
-    pub start: u64,
-    pub end: u64,
+    #[serde(flatten)]
+    pub origin: SourceOrigin,
     pub score: f32,
     pub text: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum SourceOrigin {
+    Document {
+        document_id: DocumentId,
+        filename: String,
+        page: Option<u32>,
+        start: u64,
+        end: u64,
+    },
+    Memory {
+        id: uuid::Uuid,
+    },
 }

@@ -6,6 +6,7 @@ mod chat;
 mod docs;
 mod library;
 mod lifecycle;
+mod memory;
 mod sidecar;
 mod support;
 mod tidy;

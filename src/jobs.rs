@@ -1,0 +1,494 @@
+//! The background scheduler: one task that runs persisted jobs (chat titles, memory extraction)
+//! one at a time on the shared inference worker, below chat.
+//!
+//! - **Persistent.** A job is written to the store (`bg_jobs`) when a turn ends and removed when
+//!   its result is written, so a crash or a shutdown loses nothing: pending jobs resume at the
+//!   next start. A job that was started [`MAX_ATTEMPTS`] times without finishing is dropped, and
+//!   the drop is recorded (memory history for extraction, the log for titles).
+//! - **Below chat.** Titles run at `Priority::Normal`, extraction at `Priority::Low`; both give
+//!   way to a queued chat generation between tokens (`Finish::Preempted`) and are submitted
+//!   again, so a chat request never waits for more than one token of background work. Only one
+//!   background generation is ever queued, so background work never fills the queue.
+//! - **After the reply.** Jobs are enqueued by the chat turn after its `done` event was sent,
+//!   never before: background work cannot delay a reply.
+//! - **Shutdown.** The running generation is cancelled at once; its job stays in the store
+//!   (attempt counted) and resumes at the next start.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::{mpsc, Notify};
+use tokio_util::sync::CancellationToken;
+
+use crate::embed::Urgency;
+use crate::events::{Event, Events};
+use crate::llm::{CancelFlag, Finish, GenEvent, Generation, Llm, LlmError, Priority, Sampling};
+use crate::memory::{extract, title, Change, Memories};
+use crate::store::{
+    now_millis, BgJob, BgJobKind, ChatId, HistoryEntry, HistoryEvent, MemoryOrigin, MessageId,
+    Millis, Store, StoreError, UserId, DEFAULT_CHAT_TITLE,
+};
+
+/// Starts of one job before it is dropped: a job that keeps failing (or keeps being interrupted
+/// by crashes) must not block the queue forever.
+pub const MAX_ATTEMPTS: u32 = 3;
+/// Pause before asking again while the model loads or the queue is full.
+const RETRY_PAUSE: Duration = Duration::from_millis(200);
+/// Events buffered between the worker and a job; background output is short.
+const GEN_CHANNEL_CAPACITY: usize = 64;
+
+#[derive(Debug, thiserror::Error)]
+enum JobError {
+    #[error("interrupted by shutdown")]
+    Shutdown,
+    #[error("{0}")]
+    Failed(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What a finished extraction did; sent as `event: memory_extracted`.
+#[derive(Clone, Debug, Serialize)]
+pub struct ExtractReport {
+    pub user_id: UserId,
+    pub chat_id: Option<ChatId>,
+    pub message_id: Option<MessageId>,
+    /// `ok`, `skipped` (nothing about the user in the message; the model was not asked) or
+    /// `failed` (recorded in the memory history with the reason).
+    pub status: &'static str,
+    pub facts: Vec<String>,
+    pub added: u32,
+    pub updated: u32,
+    pub unchanged: u32,
+    pub error: Option<String>,
+    pub queued_at: Millis,
+    pub started_at: Millis,
+    pub finished_at: Millis,
+}
+
+/// Handle on the scheduler; cheap to clone.
+#[derive(Clone)]
+pub struct Jobs {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    llm: Llm,
+    memories: Memories,
+    events: Events,
+    wake: Notify,
+    /// Kind of the running job, for health.
+    running: Mutex<Option<&'static str>>,
+    /// True while a background generation is queued or running on the inference worker.
+    generating: AtomicBool,
+    done: AtomicU64,
+    /// Background generations that gave way to a chat.
+    preempted: AtomicU64,
+}
+
+impl Jobs {
+    pub fn new(store: Store, llm: Llm, memories: Memories, events: Events) -> Jobs {
+        Jobs {
+            inner: Arc::new(Inner {
+                store,
+                llm,
+                memories,
+                events,
+                wake: Notify::new(),
+                running: Mutex::new(None),
+                generating: AtomicBool::new(false),
+                done: AtomicU64::new(0),
+                preempted: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// Persists a job and wakes the scheduler. Not flushed here: the job is a consequence of a
+    /// turn that is already durable, and the background flush writes it within half a second.
+    pub fn enqueue(&self, kind: BgJobKind) -> Result<(), StoreError> {
+        self.inner.store.put_bg_job(&BgJob {
+            id: uuid::Uuid::now_v7(),
+            kind,
+            attempts: 0,
+            queued_at: now_millis(),
+        })?;
+        self.inner.wake.notify_one();
+        Ok(())
+    }
+
+    /// For health: pending jobs (including the running one), the running job's kind, whether it
+    /// is on the inference worker now, and counts since start.
+    pub fn status(&self) -> serde_json::Value {
+        let pending = self.inner.store.bg_jobs().map(|j| j.len()).unwrap_or(0);
+        let running = *self
+            .inner
+            .running
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        serde_json::json!({
+            "pending": pending,
+            "running": running,
+            "generating": self.inner.generating.load(Ordering::Relaxed),
+            "finished": self.inner.done.load(Ordering::Relaxed),
+            "preempted": self.inner.preempted.load(Ordering::Relaxed),
+        })
+    }
+
+    /// Runs jobs until `shutdown`; resumes jobs left by an earlier run first.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let inner = &*self.inner;
+        match inner.store.bg_jobs() {
+            Ok(jobs) if !jobs.is_empty() => {
+                tracing::info!(jobs = jobs.len(), "resuming background jobs");
+            }
+            Ok(_) => {}
+            Err(err) => tracing::error!(error = %err, "cannot read background jobs"),
+        }
+        loop {
+            if shutdown.is_cancelled() {
+                return;
+            }
+            let next = match inner.store.bg_jobs() {
+                // Titles first: a user is looking at the chat list; extraction can wait.
+                Ok(jobs) => jobs
+                    .iter()
+                    .find(|j| matches!(j.kind, BgJobKind::Title { .. }))
+                    .or_else(|| jobs.first())
+                    .cloned(),
+                Err(err) => {
+                    tracing::error!(error = %err, "cannot read background jobs");
+                    None
+                }
+            };
+            let Some(mut job) = next else {
+                tokio::select! {
+                    () = inner.wake.notified() => continue,
+                    () = shutdown.cancelled() => return,
+                }
+            };
+            if inner.llm.ready().is_err() {
+                // Loading (or failed): jobs wait; they are persisted.
+                tokio::select! {
+                    () = tokio::time::sleep(RETRY_PAUSE * 5) => continue,
+                    () = shutdown.cancelled() => return,
+                }
+            }
+            if job.attempts >= MAX_ATTEMPTS {
+                self.drop_job(&job, &format!("dropped after {} attempts", job.attempts));
+                continue;
+            }
+            job.attempts += 1;
+            if let Err(err) = inner.store.put_bg_job(&job) {
+                tracing::error!(error = %err, "cannot update a background job");
+            }
+            *inner.running.lock().unwrap_or_else(PoisonError::into_inner) = Some(kind_name(&job));
+            let result = self.run_job(&job, &shutdown).await;
+            *inner.running.lock().unwrap_or_else(PoisonError::into_inner) = None;
+            match result {
+                Ok(()) => {
+                    if let Err(err) = inner.store.remove_bg_job(job.id) {
+                        tracing::error!(error = %err, "cannot remove a finished job");
+                    }
+                    inner.done.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(JobError::Shutdown) => {
+                    tracing::info!(
+                        job = %job.id,
+                        kind = kind_name(&job),
+                        attempts = job.attempts,
+                        "background job interrupted by shutdown; it resumes at the next start"
+                    );
+                    return;
+                }
+                Err(err) => {
+                    self.drop_job(&job, &err.to_string());
+                }
+            }
+        }
+    }
+
+    /// Removes a job that cannot finish, recording why.
+    fn drop_job(&self, job: &BgJob, reason: &str) {
+        let inner = &*self.inner;
+        tracing::warn!(job = %job.id, kind = kind_name(job), reason, "background job dropped");
+        if let BgJobKind::Memory {
+            user_id,
+            message_id,
+            ..
+        } = &job.kind
+        {
+            let mut entry = HistoryEntry::new(*user_id, HistoryEvent::ExtractFailed);
+            entry.source_message_id = *message_id;
+            entry.detail = Some(reason.to_string());
+            if let Err(err) = inner.store.record_memory_event(&entry) {
+                tracing::error!(error = %err, "cannot record a memory failure");
+            }
+        }
+        if let Err(err) = inner.store.remove_bg_job(job.id) {
+            tracing::error!(error = %err, "cannot remove a dropped job");
+        }
+    }
+
+    async fn run_job(&self, job: &BgJob, shutdown: &CancellationToken) -> Result<(), JobError> {
+        match &job.kind {
+            BgJobKind::Title { chat_id, message } => self.title(*chat_id, message, shutdown).await,
+            BgJobKind::Memory {
+                user_id,
+                chat_id,
+                message_id,
+                message,
+            } => {
+                self.extract(job, *user_id, *chat_id, *message_id, message, shutdown)
+                    .await
+            }
+        }
+    }
+
+    async fn title(
+        &self,
+        chat_id: ChatId,
+        message: &str,
+        shutdown: &CancellationToken,
+    ) -> Result<(), JobError> {
+        let inner = &*self.inner;
+        match inner.store.chat(chat_id)? {
+            Some(chat) if !chat.title_by_user && chat.title == DEFAULT_CHAT_TITLE => {}
+            // Gone, or titled meanwhile: nothing to do.
+            _ => return Ok(()),
+        }
+        let raw = self
+            .generate(
+                &title::messages(message),
+                title::grammar(),
+                title::MAX_TOKENS,
+                Priority::Normal,
+                shutdown,
+            )
+            .await;
+        let raw = match raw {
+            Ok((text, _)) => text,
+            Err(JobError::Failed(err)) => {
+                tracing::warn!(chat = %chat_id, error = %err, "title generation failed; using the message");
+                String::new()
+            }
+            Err(err) => return Err(err),
+        };
+        let title = title::clean(&raw, message);
+        // Conditional inside the store's transaction: a user's rename always wins.
+        if let Some(chat) = inner.store.set_auto_title(chat_id, &title)? {
+            inner.store.durable().await?;
+            inner.events.emit(Event::Title {
+                chat_id,
+                title: chat.title,
+            });
+        }
+        Ok(())
+    }
+
+    async fn extract(
+        &self,
+        job: &BgJob,
+        user_id: UserId,
+        chat_id: Option<ChatId>,
+        message_id: Option<MessageId>,
+        message: &str,
+        shutdown: &CancellationToken,
+    ) -> Result<(), JobError> {
+        let inner = &*self.inner;
+        let mut report = ExtractReport {
+            user_id,
+            chat_id,
+            message_id,
+            status: "skipped",
+            facts: Vec::new(),
+            added: 0,
+            updated: 0,
+            unchanged: 0,
+            error: None,
+            queued_at: job.queued_at,
+            started_at: now_millis(),
+            finished_at: 0,
+        };
+        if extract::worth_extracting(message) {
+            let output = self
+                .generate(
+                    &extract::messages(message),
+                    extract::grammar(),
+                    extract::MAX_TOKENS,
+                    Priority::Low,
+                    shutdown,
+                )
+                .await;
+            let parsed = match output {
+                Ok((text, Finish::Length)) => Err(format!(
+                    "extraction output cut at {} tokens: {text:?}",
+                    extract::MAX_TOKENS
+                )),
+                Ok((text, _)) => extract::parse(&text),
+                Err(JobError::Failed(err)) => Err(err),
+                Err(err) => return Err(err),
+            };
+            match parsed {
+                Ok(facts) => {
+                    report.status = "ok";
+                    report.facts = extract::grounded(facts, message);
+                }
+                Err(err) => {
+                    report.status = "failed";
+                    report.error = Some(err);
+                }
+            }
+        }
+        for fact in &report.facts {
+            let stored = inner
+                .memories
+                .remember(
+                    user_id,
+                    fact,
+                    MemoryOrigin::Inferred,
+                    message_id,
+                    Urgency::Ingest,
+                )
+                .await;
+            match stored {
+                Ok((Change::Added, _)) => report.added += 1,
+                Ok((Change::Updated, _)) => report.updated += 1,
+                Ok((Change::Unchanged, _)) => report.unchanged += 1,
+                Err(err) => {
+                    report.status = "failed";
+                    report.error = Some(format!("cannot store {fact:?}: {err}"));
+                }
+            }
+        }
+        if let Some(error) = &report.error {
+            let mut entry = HistoryEntry::new(user_id, HistoryEvent::ExtractFailed);
+            entry.source_message_id = message_id;
+            entry.detail = Some(error.clone());
+            inner.store.record_memory_event(&entry)?;
+        }
+        inner.store.durable().await?;
+        report.finished_at = now_millis();
+        tracing::info!(
+            user = %user_id,
+            status = report.status,
+            facts = report.facts.len(),
+            added = report.added,
+            updated = report.updated,
+            ms = report.finished_at.saturating_sub(report.started_at),
+            "memory extraction finished"
+        );
+        inner.events.emit(Event::MemoryExtracted(report));
+        Ok(())
+    }
+
+    /// Runs one grammar-constrained, greedy generation at `priority`, submitting it again each
+    /// time a chat preempts it. Returns the text and how it ended.
+    async fn generate(
+        &self,
+        messages: &[crate::llm::ChatMessage],
+        grammar: String,
+        max_tokens: u32,
+        priority: Priority,
+        shutdown: &CancellationToken,
+    ) -> Result<(String, Finish), JobError> {
+        let llm = &self.inner.llm;
+        let prompt = llm
+            .chat_prompt(messages)
+            .map_err(|err| JobError::Failed(err.to_string()))?;
+        self.inner.generating.store(true, Ordering::Relaxed);
+        let result = self
+            .generate_prompt(prompt, grammar, max_tokens, priority, shutdown)
+            .await;
+        self.inner.generating.store(false, Ordering::Relaxed);
+        result
+    }
+
+    async fn generate_prompt(
+        &self,
+        prompt: crate::llm::Prompt,
+        grammar: String,
+        max_tokens: u32,
+        priority: Priority,
+        shutdown: &CancellationToken,
+    ) -> Result<(String, Finish), JobError> {
+        let llm = &self.inner.llm;
+        loop {
+            let (tx, mut rx) = mpsc::channel(GEN_CHANNEL_CAPACITY);
+            let cancel = CancelFlag::default();
+            let submitted = llm.submit(Generation {
+                prompt: prompt.clone(),
+                sampling: Sampling {
+                    temperature: 0.0,
+                    top_k: 0,
+                    top_p: 1.0,
+                    min_p: 0.0,
+                    repeat_penalty: 1.0,
+                    seed: None,
+                },
+                max_tokens,
+                priority,
+                cancel: cancel.clone(),
+                events: tx,
+                grammar: Some(grammar.clone()),
+            });
+            match submitted {
+                Ok(()) => {}
+                Err(LlmError::QueueFull(_) | LlmError::Loading) => {
+                    tokio::select! {
+                        () = tokio::time::sleep(RETRY_PAUSE) => continue,
+                        () = shutdown.cancelled() => return Err(JobError::Shutdown),
+                    }
+                }
+                Err(LlmError::ShuttingDown) => return Err(JobError::Shutdown),
+                Err(err) => return Err(JobError::Failed(err.to_string())),
+            }
+            let mut text = String::new();
+            let mut stopping = false;
+            let outcome = loop {
+                tokio::select! {
+                    event = rx.recv() => match event {
+                        Some(GenEvent::Token(piece)) => text.push_str(&piece),
+                        Some(GenEvent::Started) => {}
+                        Some(GenEvent::Finished(outcome)) => break Some(outcome),
+                        None => break None,
+                    },
+                    () = shutdown.cancelled(), if !stopping => {
+                        stopping = true;
+                        cancel.cancel();
+                    }
+                }
+            };
+            if stopping || shutdown.is_cancelled() {
+                return Err(JobError::Shutdown);
+            }
+            let Some(outcome) = outcome else {
+                return Err(JobError::Failed("the inference worker stopped".into()));
+            };
+            match outcome.finish {
+                Finish::Stop | Finish::Length => return Ok((text, outcome.finish)),
+                Finish::Preempted => {
+                    self.inner.preempted.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!("background generation preempted by a chat; retrying");
+                    continue;
+                }
+                Finish::Cancelled => return Err(JobError::Shutdown),
+                Finish::Error => {
+                    return Err(JobError::Failed(
+                        outcome.error.unwrap_or_else(|| "inference failed".into()),
+                    ))
+                }
+            }
+        }
+    }
+}
+
+/// The job kind's name in logs and health.
+fn kind_name(job: &BgJob) -> &'static str {
+    match job.kind {
+        BgJobKind::Title { .. } => "title",
+        BgJobKind::Memory { .. } => "memory",
+    }
+}

@@ -1,0 +1,626 @@
+//! Long-term memories of a user, their change history, the background job queue, and the title
+//! job's conditional write.
+//!
+//! ```text
+//! memories                  memory_id → Memory
+//! memories_by_user          user_id ‖ memory_id → ()
+//! memory_hash               user_id ‖ normalized-text hash → memory_id
+//! memory_vectors            memory_id → 384 × f32 little-endian
+//! memory_history            user_id ‖ entry_id → HistoryEntry   (every change, chronological)
+//! memory_history_by_memory  memory_id ‖ entry_id → user_id      (one memory's entries)
+//! bg_jobs                   job_id → BgJob                       (pending background work)
+//! ```
+//!
+//! Every change to a memory and its history entry are one transaction: the history never misses a
+//! change and never shows one that did not happen. History outlives the memory (a deleted
+//! memory's history stays readable), which is what makes the memory auditable.
+
+use serde::{Deserialize, Serialize};
+use sled::transaction::ConflictableTransactionError;
+use sled::Transactional;
+use uuid::Uuid;
+
+use super::types::{Chat, ChatId, MessageId, Millis, UserId, DEFAULT_CHAT_TITLE};
+use super::{
+    chat_index_key, decode, encode, get, now_millis, tx_get, unwrap_tx, Store, StoreError, TxResult,
+};
+
+/// A memory's id (UUIDv7, as every id in the store).
+pub type MemoryId = Uuid;
+/// A background job's id (UUIDv7: the queue runs oldest first).
+pub type JobId = Uuid;
+
+/// How a memory came to be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MemoryOrigin {
+    /// Stored as given through the API (`infer: false`).
+    Explicit,
+    /// Extracted by the model from a chat exchange.
+    Inferred,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Memory {
+    pub id: MemoryId,
+    pub user_id: UserId,
+    pub text: String,
+    /// Hash of the normalized text (hex): the first, exact dedup key.
+    pub hash: String,
+    pub origin: MemoryOrigin,
+    /// The user message it was learned from (inferred memories).
+    pub source_message_id: Option<MessageId>,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+}
+
+/// What happened, in a history entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HistoryEvent {
+    Add,
+    Update,
+    Delete,
+    /// Every memory of the user was deleted at once.
+    ForgetAll,
+    /// An extraction job failed (or was dropped); `detail` says why.
+    ExtractFailed,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    pub id: Uuid,
+    pub user_id: UserId,
+    pub memory_id: Option<MemoryId>,
+    pub event: HistoryEvent,
+    pub old_text: Option<String>,
+    pub new_text: Option<String>,
+    pub source_message_id: Option<MessageId>,
+    pub at: Millis,
+    pub detail: Option<String>,
+}
+
+impl HistoryEntry {
+    pub fn new(user_id: UserId, event: HistoryEvent) -> HistoryEntry {
+        HistoryEntry {
+            id: Uuid::now_v7(),
+            user_id,
+            memory_id: None,
+            event,
+            old_text: None,
+            new_text: None,
+            source_message_id: None,
+            at: now_millis(),
+            detail: None,
+        }
+    }
+}
+
+/// One unit of background work, persisted until done so a restart resumes it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BgJob {
+    pub id: JobId,
+    pub kind: BgJobKind,
+    /// Runs started and not finished (interrupted by shutdown or a crash, or failed).
+    pub attempts: u32,
+    pub queued_at: Millis,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum BgJobKind {
+    /// Title a chat after its first exchange, from the user's first message.
+    Title { chat_id: ChatId, message: String },
+    /// Extract durable facts about the user from one of their messages (or from a text posted
+    /// to the memories endpoint with `infer: true`, which has no chat).
+    Memory {
+        user_id: UserId,
+        chat_id: Option<ChatId>,
+        message_id: Option<MessageId>,
+        message: String,
+    },
+}
+
+/// What [`Store::add_memory`] did.
+pub enum Added {
+    Created(Memory),
+    /// A memory with the same normalized text exists already (returned unchanged).
+    Exists(Memory),
+}
+
+/// The memory trees, opened with the store.
+pub(super) struct Trees {
+    memories: sled::Tree,
+    by_user: sled::Tree,
+    hash: sled::Tree,
+    vectors: sled::Tree,
+    history: sled::Tree,
+    history_by_memory: sled::Tree,
+    jobs: sled::Tree,
+}
+
+impl Trees {
+    pub(super) fn open(db: &sled::Db) -> Result<Trees, StoreError> {
+        Ok(Trees {
+            memories: db.open_tree("memories")?,
+            by_user: db.open_tree("memories_by_user")?,
+            hash: db.open_tree("memory_hash")?,
+            vectors: db.open_tree("memory_vectors")?,
+            history: db.open_tree("memory_history")?,
+            history_by_memory: db.open_tree("memory_history_by_memory")?,
+            jobs: db.open_tree("bg_jobs")?,
+        })
+    }
+}
+
+fn cat(a: &[u8], b: &[u8]) -> Vec<u8> {
+    [a, b].concat()
+}
+
+fn vector_bytes(vector: &[f32]) -> Vec<u8> {
+    vector.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+fn vector_from(bytes: &[u8]) -> Result<Vec<f32>, StoreError> {
+    if !bytes.len().is_multiple_of(4) {
+        return Err(StoreError::Corrupt("memory vector length".into()));
+    }
+    Ok(bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect())
+}
+
+type Tx<'a> = &'a sled::transaction::TransactionalTree;
+
+/// Writes a history entry inside a transaction.
+fn tx_history(history: Tx<'_>, by_memory: Tx<'_>, entry: &HistoryEntry) -> TxResult<()> {
+    history.insert(
+        cat(entry.user_id.as_bytes(), entry.id.as_bytes()),
+        encode(entry),
+    )?;
+    if let Some(mid) = entry.memory_id {
+        by_memory.insert(
+            cat(mid.as_bytes(), entry.id.as_bytes()),
+            &entry.user_id.as_bytes()[..],
+        )?;
+    }
+    Ok(())
+}
+
+impl Store {
+    fn mem(&self) -> &Trees {
+        &self.inner.mem
+    }
+
+    pub fn memory(&self, id: MemoryId) -> Result<Option<Memory>, StoreError> {
+        get(&self.mem().memories, id.as_bytes())
+    }
+
+    /// A user's memories, oldest first.
+    pub fn memories_of(&self, user: UserId) -> Result<Vec<Memory>, StoreError> {
+        let t = self.mem();
+        let mut out = Vec::new();
+        for entry in t.by_user.scan_prefix(user.as_bytes()) {
+            let (key, _) = entry?;
+            let id = Uuid::from_slice(&key[16..])
+                .map_err(|_| StoreError::Corrupt("memories_by_user: bad key".into()))?;
+            if let Some(memory) = self.memory(id)? {
+                out.push(memory);
+            }
+        }
+        Ok(out)
+    }
+
+    /// True when the user has at least one memory (cheap: one key read).
+    pub fn has_memories(&self, user: UserId) -> Result<bool, StoreError> {
+        Ok(self
+            .mem()
+            .by_user
+            .scan_prefix(user.as_bytes())
+            .next()
+            .transpose()?
+            .is_some())
+    }
+
+    /// A user's memories with their vectors, for an exact similarity scan.
+    pub fn memories_with_vectors(
+        &self,
+        user: UserId,
+    ) -> Result<Vec<(Memory, Vec<f32>)>, StoreError> {
+        let mut out = Vec::new();
+        for memory in self.memories_of(user)? {
+            if let Some(bytes) = self.mem().vectors.get(memory.id.as_bytes())? {
+                out.push((memory, vector_from(&bytes)?));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Stores a new memory and its `add` history entry, unless the user already has one with the
+    /// same normalized text (checked inside the transaction, so two racing adds make one).
+    pub fn add_memory(&self, memory: &Memory, vector: &[f32]) -> Result<Added, StoreError> {
+        let t = self.mem();
+        let hash_key = cat(memory.user_id.as_bytes(), memory.hash.as_bytes());
+        let vbytes = vector_bytes(vector);
+        let res = (
+            &t.memories,
+            &t.by_user,
+            &t.hash,
+            &t.vectors,
+            &t.history,
+            &t.history_by_memory,
+        )
+            .transaction(|(memories, by_user, hash, vectors, history, by_memory)| {
+                if let Some(existing) = hash.get(&hash_key)? {
+                    let found: Option<Memory> = tx_get(memories, &existing)?;
+                    if let Some(found) = found {
+                        return Ok(Added::Exists(found));
+                    }
+                }
+                memories.insert(&memory.id.as_bytes()[..], encode(memory))?;
+                by_user.insert(
+                    cat(memory.user_id.as_bytes(), memory.id.as_bytes()),
+                    &[][..],
+                )?;
+                hash.insert(hash_key.clone(), &memory.id.as_bytes()[..])?;
+                vectors.insert(&memory.id.as_bytes()[..], vbytes.clone())?;
+                let mut entry = HistoryEntry::new(memory.user_id, HistoryEvent::Add);
+                entry.memory_id = Some(memory.id);
+                entry.new_text = Some(memory.text.clone());
+                entry.source_message_id = memory.source_message_id;
+                entry.at = memory.created_at;
+                tx_history(history, by_memory, &entry)?;
+                Ok(Added::Created(memory.clone()))
+            });
+        unwrap_tx(res)
+    }
+
+    /// Replaces a memory's text (and vector), with an `update` entry holding old and new text.
+    pub fn update_memory(
+        &self,
+        id: MemoryId,
+        text: &str,
+        text_hash: &str,
+        vector: &[f32],
+        source: Option<MessageId>,
+    ) -> Result<Memory, StoreError> {
+        let t = self.mem();
+        let vbytes = vector_bytes(vector);
+        let res = (
+            &t.memories,
+            &t.hash,
+            &t.vectors,
+            &t.history,
+            &t.history_by_memory,
+        )
+            .transaction(|(memories, hash, vectors, history, by_memory)| {
+                let mut memory: Memory = tx_get(memories, id.as_bytes())?.ok_or(
+                    ConflictableTransactionError::Abort(StoreError::NotFound("memory")),
+                )?;
+                let old_key = cat(memory.user_id.as_bytes(), memory.hash.as_bytes());
+                if hash.get(&old_key)?.as_deref() == Some(&id.as_bytes()[..]) {
+                    hash.remove(old_key)?;
+                }
+                let old_text = std::mem::replace(&mut memory.text, text.to_string());
+                memory.hash = text_hash.to_string();
+                memory.updated_at = now_millis();
+                if source.is_some() {
+                    memory.source_message_id = source;
+                }
+                memories.insert(&id.as_bytes()[..], encode(&memory))?;
+                hash.insert(
+                    cat(memory.user_id.as_bytes(), memory.hash.as_bytes()),
+                    &id.as_bytes()[..],
+                )?;
+                vectors.insert(&id.as_bytes()[..], vbytes.clone())?;
+                let mut entry = HistoryEntry::new(memory.user_id, HistoryEvent::Update);
+                entry.memory_id = Some(id);
+                entry.old_text = Some(old_text);
+                entry.new_text = Some(memory.text.clone());
+                entry.source_message_id = source;
+                tx_history(history, by_memory, &entry)?;
+                Ok(memory)
+            });
+        unwrap_tx(res)
+    }
+
+    /// Deletes a memory, with a `delete` entry holding its last text.
+    pub fn delete_memory(&self, id: MemoryId) -> Result<Memory, StoreError> {
+        let t = self.mem();
+        let res = (
+            &t.memories,
+            &t.by_user,
+            &t.hash,
+            &t.vectors,
+            &t.history,
+            &t.history_by_memory,
+        )
+            .transaction(|(memories, by_user, hash, vectors, history, by_memory)| {
+                let memory: Memory = tx_get(memories, id.as_bytes())?.ok_or(
+                    ConflictableTransactionError::Abort(StoreError::NotFound("memory")),
+                )?;
+                remove_in_tx(memories, by_user, hash, vectors, &memory)?;
+                let mut entry = HistoryEntry::new(memory.user_id, HistoryEvent::Delete);
+                entry.memory_id = Some(id);
+                entry.old_text = Some(memory.text.clone());
+                tx_history(history, by_memory, &entry)?;
+                Ok(memory)
+            });
+        unwrap_tx(res)
+    }
+
+    /// Deletes every memory of a user, with one `forget_all` entry saying how many. Returns the
+    /// count.
+    pub fn forget_memories(&self, user: UserId) -> Result<usize, StoreError> {
+        let t = self.mem();
+        let ids: Vec<MemoryId> = self.memories_of(user)?.iter().map(|m| m.id).collect();
+        let res = (
+            &t.memories,
+            &t.by_user,
+            &t.hash,
+            &t.vectors,
+            &t.history,
+            &t.history_by_memory,
+        )
+            .transaction(|(memories, by_user, hash, vectors, history, by_memory)| {
+                let mut n = 0usize;
+                for id in &ids {
+                    let found: Option<Memory> = tx_get(memories, id.as_bytes())?;
+                    if let Some(memory) = found {
+                        remove_in_tx(memories, by_user, hash, vectors, &memory)?;
+                        n += 1;
+                    }
+                }
+                let mut entry = HistoryEntry::new(user, HistoryEvent::ForgetAll);
+                entry.detail = Some(format!("{n} memories deleted"));
+                tx_history(history, by_memory, &entry)?;
+                Ok(n)
+            });
+        unwrap_tx(res)
+    }
+
+    /// Records an entry that changes no memory (an extraction failure).
+    pub fn record_memory_event(&self, entry: &HistoryEntry) -> Result<(), StoreError> {
+        let t = self.mem();
+        let res = (&t.history, &t.history_by_memory)
+            .transaction(|(history, by_memory)| tx_history(history, by_memory, entry));
+        unwrap_tx(res)
+    }
+
+    /// One memory's history, oldest first (also after the memory was deleted). Empty when the
+    /// memory never existed.
+    pub fn memory_history(&self, id: MemoryId) -> Result<Vec<HistoryEntry>, StoreError> {
+        let t = self.mem();
+        let mut out = Vec::new();
+        for entry in t.history_by_memory.scan_prefix(id.as_bytes()) {
+            let (key, user) = entry?;
+            let full = cat(&user, &key[16..]);
+            if let Some(e) = get(&t.history, &full)? {
+                out.push(e);
+            }
+        }
+        Ok(out)
+    }
+
+    /// A user's whole memory history, newest first, at most `limit` entries.
+    pub fn user_memory_history(
+        &self,
+        user: UserId,
+        limit: usize,
+    ) -> Result<Vec<HistoryEntry>, StoreError> {
+        self.mem()
+            .history
+            .scan_prefix(user.as_bytes())
+            .rev()
+            .take(limit)
+            .map(|entry| decode(&entry?.1))
+            .collect()
+    }
+
+    // === background jobs ===
+
+    pub fn put_bg_job(&self, job: &BgJob) -> Result<(), StoreError> {
+        self.mem().jobs.insert(job.id.as_bytes(), encode(job))?;
+        Ok(())
+    }
+
+    pub fn remove_bg_job(&self, id: JobId) -> Result<(), StoreError> {
+        self.mem().jobs.remove(id.as_bytes())?;
+        Ok(())
+    }
+
+    /// Pending jobs, oldest first.
+    pub fn bg_jobs(&self) -> Result<Vec<BgJob>, StoreError> {
+        self.mem()
+            .jobs
+            .iter()
+            .map(|entry| decode(&entry?.1))
+            .collect()
+    }
+
+    // === titles ===
+
+    /// Sets an automatic title unless the user titled the chat (or it has a non-default
+    /// title). The check and the write are one transaction on the chat record, so a rename that
+    /// commits first always wins and one that commits later simply overwrites. `None` when
+    /// nothing was written.
+    pub fn set_auto_title(&self, id: ChatId, title: &str) -> Result<Option<Chat>, StoreError> {
+        let i = &*self.inner;
+        let res = (&i.chats, &i.chats_by_user).transaction(|(chats, by_idx)| -> TxResult<_> {
+            let Some(mut chat): Option<Chat> = tx_get(chats, id.as_bytes())? else {
+                return Ok(None);
+            };
+            if chat.title_by_user || chat.title != DEFAULT_CHAT_TITLE {
+                return Ok(None);
+            }
+            by_idx.remove(chat_index_key(&chat))?;
+            chat.title = title.to_string();
+            chats.insert(&id.as_bytes()[..], encode(&chat))?;
+            by_idx.insert(chat_index_key(&chat), &[][..])?;
+            Ok(Some(chat))
+        });
+        unwrap_tx(res)
+    }
+}
+
+fn remove_in_tx(
+    memories: Tx<'_>,
+    by_user: Tx<'_>,
+    hash: Tx<'_>,
+    vectors: Tx<'_>,
+    memory: &Memory,
+) -> TxResult<()> {
+    let id = memory.id.as_bytes();
+    memories.remove(&id[..])?;
+    by_user.remove(cat(memory.user_id.as_bytes(), id))?;
+    let hash_key = cat(memory.user_id.as_bytes(), memory.hash.as_bytes());
+    if hash.get(&hash_key)?.as_deref() == Some(&id[..]) {
+        hash.remove(hash_key)?;
+    }
+    vectors.remove(&id[..])?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn memory(user: UserId, text: &str) -> Memory {
+        Memory {
+            id: Uuid::now_v7(),
+            user_id: user,
+            text: text.into(),
+            hash: text.to_lowercase(),
+            origin: MemoryOrigin::Explicit,
+            source_message_id: None,
+            created_at: now_millis(),
+            updated_at: now_millis(),
+        }
+    }
+
+    #[test]
+    fn add_dedups_by_hash_and_history_survives_delete() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db"), 8 << 20).unwrap();
+        let ada = store.create_user("ada").unwrap().user.id;
+        let bob = store.create_user("bob").unwrap().user.id;
+        let a = memory(ada, "Likes tea");
+        assert!(matches!(
+            store.add_memory(&a, &[1.0, 0.0]).unwrap(),
+            Added::Created(_)
+        ));
+        let again = memory(ada, "LIKES TEA");
+        match store.add_memory(&again, &[1.0, 0.0]).unwrap() {
+            Added::Exists(found) => assert_eq!(found.id, a.id),
+            Added::Created(_) => panic!("duplicate stored"),
+        }
+        // Another user's identical text is theirs alone.
+        assert!(matches!(
+            store
+                .add_memory(&memory(bob, "likes tea"), &[1.0, 0.0])
+                .unwrap(),
+            Added::Created(_)
+        ));
+        store
+            .update_memory(
+                a.id,
+                "Likes green tea",
+                "likes green tea",
+                &[0.0, 1.0],
+                None,
+            )
+            .unwrap();
+        let with = store.memories_with_vectors(ada).unwrap();
+        assert_eq!(with.len(), 1);
+        assert_eq!(with[0].1, vec![0.0, 1.0]);
+        store.delete_memory(a.id).unwrap();
+        assert!(!store.has_memories(ada).unwrap());
+        assert!(store.has_memories(bob).unwrap());
+        let events: Vec<_> = store
+            .memory_history(a.id)
+            .unwrap()
+            .iter()
+            .map(|e| e.event)
+            .collect();
+        assert_eq!(
+            events,
+            [
+                HistoryEvent::Add,
+                HistoryEvent::Update,
+                HistoryEvent::Delete
+            ]
+        );
+        assert_eq!(store.forget_memories(bob).unwrap(), 1);
+        assert_eq!(
+            store.user_memory_history(bob, 10).unwrap()[0].event,
+            HistoryEvent::ForgetAll
+        );
+    }
+
+    #[test]
+    fn sources_keep_the_document_shape_and_add_a_memory_kind() {
+        use super::super::types::{DocumentId, Source, SourceOrigin};
+        let doc = Source {
+            n: 1,
+            origin: SourceOrigin::Document {
+                document_id: DocumentId::new(),
+                filename: "a.pdf".into(),
+                page: None,
+                start: 0,
+                end: 5,
+            },
+            score: 0.5,
+            text: "hello".into(),
+        };
+        let json = serde_json::to_value(&doc).unwrap();
+        let mut keys: Vec<_> = json.as_object().unwrap().keys().cloned().collect();
+        keys.sort();
+        assert_eq!(
+            keys,
+            [
+                "document_id",
+                "end",
+                "filename",
+                "n",
+                "page",
+                "score",
+                "start",
+                "text",
+                "type"
+            ]
+        );
+        assert_eq!(json["type"], "document");
+        assert_eq!(serde_json::from_value::<Source>(json).unwrap(), doc);
+        let memory = Source {
+            n: 2,
+            origin: SourceOrigin::Memory { id: Uuid::now_v7() },
+            score: 0.7,
+            text: "User likes tea".into(),
+        };
+        let json = serde_json::to_value(&memory).unwrap();
+        assert_eq!(json["type"], "memory");
+        assert_eq!(json.as_object().unwrap().len(), 5, "{json}");
+        assert_eq!(serde_json::from_value::<Source>(json).unwrap(), memory);
+    }
+
+    #[test]
+    fn auto_title_never_replaces_a_user_title() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db"), 8 << 20).unwrap();
+        let user = store.create_user("u").unwrap().user.id;
+        let chat = store.create_chat(user, None).unwrap();
+        store.rename_chat(chat.id, "Mine", true).unwrap();
+        assert!(store.set_auto_title(chat.id, "Auto").unwrap().is_none());
+        assert_eq!(store.chat(chat.id).unwrap().unwrap().title, "Mine");
+        let other = store.create_chat(user, None).unwrap();
+        assert_eq!(
+            store
+                .set_auto_title(other.id, "Auto")
+                .unwrap()
+                .unwrap()
+                .title,
+            "Auto"
+        );
+    }
+}
