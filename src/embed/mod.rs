@@ -233,6 +233,17 @@ impl Embedder {
             .unwrap_or_else(PoisonError::into_inner) = Some(pause);
     }
 
+    /// True while ingestion should wait (see [`Embedder::set_pause`]).
+    pub fn paused(&self) -> bool {
+        let pause = self
+            .shared
+            .pause
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        pause.is_some_and(|p| p())
+    }
+
     /// Stops the thread after the running batch; waiting jobs fail with `ShuttingDown`.
     pub fn shutdown(&self) {
         let jobs: Vec<Job> = {

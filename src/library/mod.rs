@@ -47,6 +47,11 @@ const BATCH_FILES: usize = 16;
 const PREPARE_CONCURRENCY: usize = 2;
 /// How often waiting files are checked for stability.
 const STABILITY_TICK: Duration = Duration::from_millis(100);
+/// Longest the worker waits for chat replies between two batches (a daemon that chats
+/// without pause still makes ingest progress).
+const MAX_YIELD: Duration = Duration::from_secs(30);
+/// How often a waiting worker checks whether the reply is done.
+const YIELD_POLL: Duration = Duration::from_millis(20);
 /// How long an idle worker sleeps before looking at the queue again (new jobs wake it at once).
 const IDLE_POLL: Duration = Duration::from_secs(1);
 /// Reasons of failures that a later scan retries (the cause was not the file).
@@ -607,6 +612,9 @@ impl Library {
         let mut next: Option<Vec<(LibraryJob, Step)>> = None;
         let mut writing: Option<tokio::task::JoinHandle<()>> = None;
         loop {
+            // Reading, extracting and writing also take CPU from a reply being generated: the
+            // whole pipeline waits between batches, not only the embedder.
+            self.yield_to_chat().await;
             let current = match next.take() {
                 Some(prepared) => prepared,
                 None => {
@@ -637,6 +645,15 @@ impl Library {
                 let _ = task.await;
             }
             writing = Some(tokio::spawn(self.clone().settle_batch(current, vectors)));
+        }
+    }
+
+    /// Waits (bounded) while a chat reply is generated.
+    async fn yield_to_chat(&self) {
+        let embedder = self.inner.ingestor.embedder();
+        let started = Instant::now();
+        while embedder.paused() && started.elapsed() < MAX_YIELD {
+            tokio::time::sleep(YIELD_POLL).await;
         }
     }
 
