@@ -19,9 +19,8 @@ use serde_json::{json, Value};
 use crate::bench::{command, rss_kib, BenchDaemon, RemoveOnDrop};
 use crate::bench_rag::{long_chunk, sentences};
 use crate::client::Client;
-use crate::embed::{Embedder, Urgency, DIM};
-use crate::index::{Index, IndexOptions};
-use crate::ingest::{extract, IngestLimits, Ingestor};
+use crate::embed::{Embedder, Urgency};
+use crate::ingest::Ingestor;
 use crate::store::Store;
 
 /// Write → searchable samples.
@@ -356,25 +355,7 @@ impl Raw {
     fn new(models_dir: &Path, threads: u32, scratch: &Path) -> anyhow::Result<Raw> {
         let store = Store::open(&scratch.join("raw-db"), 64 << 20)?;
         let embedder = Embedder::new(models_dir, usize::try_from(threads)?, store.clone());
-        let index = Index::new(
-            store.clone(),
-            embedder.model_id(),
-            DIM,
-            IndexOptions {
-                dir: None,
-                hnsw_min_rows: usize::MAX,
-                ef_search: 100,
-            },
-        );
-        let ingestor = Ingestor::new(
-            store,
-            embedder.clone(),
-            index,
-            IngestLimits {
-                extract: extract::Limits::default(),
-                extract_timeout: Duration::from_secs(120),
-            },
-        );
+        let ingestor = crate::bench_rag::bench_ingestor(&store, &embedder);
         Ok(Raw { embedder, ingestor })
     }
 

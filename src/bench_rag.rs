@@ -90,25 +90,7 @@ pub fn run(
     }
 
     // End-to-end ingestion vs the raw embedder on the same chunks.
-    let index = Index::new(
-        store.clone(),
-        embedder.model_id(),
-        DIM,
-        IndexOptions {
-            dir: None,
-            hnsw_min_rows: usize::MAX,
-            ef_search: 100,
-        },
-    );
-    let ingestor = Ingestor::new(
-        store.clone(),
-        embedder.clone(),
-        index,
-        IngestLimits {
-            extract: extract::Limits::default(),
-            extract_timeout: Duration::from_secs(120),
-        },
-    );
+    let ingestor = bench_ingestor(&store, &embedder);
     let document = (0..60)
         .map(|i| format!("## Section {i}\n\n{}\n", long_chunk(i)))
         .collect::<String>();
@@ -211,6 +193,29 @@ pub fn run(
         out.push_str(&format!("{name:<40} {value:>10}  {note}\n"));
     }
     Ok(out)
+}
+
+/// An ingestor over a scratch store with an in-memory exact index, for measuring the pipeline.
+pub(crate) fn bench_ingestor(store: &Store, embedder: &Embedder) -> Ingestor {
+    let index = Index::new(
+        store.clone(),
+        embedder.model_id(),
+        DIM,
+        IndexOptions {
+            dir: None,
+            hnsw_min_rows: usize::MAX,
+            ef_search: 100,
+        },
+    );
+    Ingestor::new(
+        store.clone(),
+        embedder.clone(),
+        index,
+        IngestLimits {
+            extract: extract::Limits::default(),
+            extract_timeout: Duration::from_secs(120),
+        },
+    )
 }
 
 fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {

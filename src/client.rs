@@ -119,17 +119,7 @@ impl Client {
 
     /// Starts an SSE request. A non-2xx answer is an error.
     pub async fn stream(&self, path: &str, body: &Value) -> anyhow::Result<EventStream> {
-        let response = self.send(Method::POST, path, Some(body)).await?;
-        let status = response.status();
-        if !status.is_success() {
-            let bytes = response.into_body().collect().await?.to_bytes();
-            let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-            bail!("{status}: {}", error_text(&value));
-        }
-        Ok(EventStream {
-            body: response.into_body(),
-            buf: Vec::new(),
-        })
+        event_stream(self.send(Method::POST, path, Some(body)).await?).await
     }
 
     /// Uploads a file as multipart/form-data (field `file`) and reads the JSON answer (any
@@ -173,17 +163,7 @@ impl Client {
 
     /// Opens an SSE stream with GET (e.g. `/api/v1/events`). A non-2xx answer is an error.
     pub async fn subscribe(&self, path: &str) -> anyhow::Result<EventStream> {
-        let response = self.send(Method::GET, path, None).await?;
-        let status = response.status();
-        if !status.is_success() {
-            let bytes = response.into_body().collect().await?.to_bytes();
-            let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-            bail!("{status}: {}", error_text(&value));
-        }
-        Ok(EventStream {
-            body: response.into_body(),
-            buf: Vec::new(),
-        })
+        event_stream(self.send(Method::GET, path, None).await?).await
     }
 
     /// Creates (or reuses) the user `username` and a new chat for them; returns the chat id.
@@ -224,6 +204,20 @@ impl Client {
             }
         }
     }
+}
+
+/// An SSE response as an event reader; a non-2xx answer is an error carrying the API's message.
+async fn event_stream(response: hyper::Response<Incoming>) -> anyhow::Result<EventStream> {
+    let status = response.status();
+    if !status.is_success() {
+        let bytes = response.into_body().collect().await?.to_bytes();
+        let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        bail!("{status}: {}", error_text(&value));
+    }
+    Ok(EventStream {
+        body: response.into_body(),
+        buf: Vec::new(),
+    })
 }
 
 /// A boundary that no file contains by accident (not for secrets).

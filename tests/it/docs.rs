@@ -307,6 +307,11 @@ async fn bad_files_end_with_a_clear_error_and_store_nothing() {
             "--unix-socket",
         ])
         .arg(&d.socket)
+        // Ask before sending the body, as large uploads should: the 413 then always arrives
+        // intact (without it, the early answer races the upload and the reset of the unread
+        // body can swallow it).
+        .arg("-H")
+        .arg("Expect: 100-continue")
         .arg("-F")
         .arg(format!("file=@{}", big.display()))
         .arg(format!("http://h/api/v1/chats/{chat}/documents"))
