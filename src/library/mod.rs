@@ -257,15 +257,6 @@ impl Library {
         }
     }
 
-    /// True when nothing is queued, waiting or being worked on (tests and the bench wait
-    /// for this).
-    pub fn idle(&self) -> bool {
-        let rt = self.runtime();
-        rt.waiting.is_empty()
-            && rt.in_flight.is_empty()
-            && self.inner.store.library_job_count() == 0
-    }
-
     // === watching and scanning ===
 
     fn start_watcher(
