@@ -15,6 +15,7 @@
 use sled::transaction::ConflictableTransactionError;
 use sled::Transactional;
 
+use super::library::NewDocument;
 use super::types::{ChunkRecord, Document, DocumentId, Scope};
 use super::{encode, get, tx_get, unwrap_tx, Store, StoreError, TxResult};
 
@@ -73,53 +74,30 @@ impl Store {
                 "chunks and vectors differ in count".into(),
             ));
         }
-        let i = &*self.inner;
-        let hash_key = scoped(&document.scope, document.content_hash.as_bytes());
         let library = document.scope == Scope::Library;
-        let res = (
-            &i.documents,
-            &i.docs_by_scope,
-            &i.doc_by_hash,
-            &i.chunks,
-            &i.vectors,
-            &i.doc_files,
-        )
-            .transaction(
-                |(documents, by_scope, by_hash, chunk_tree, vector_tree, doc_files)| -> TxResult<_> {
-                    if let Some(existing) = by_hash.get(&hash_key)? {
-                        let id = DocumentId::from_slice(&existing).ok_or_else(|| {
-                            ConflictableTransactionError::Abort(StoreError::Corrupt(
-                                "doc_by_hash".into(),
-                            ))
-                        })?;
-                        if let Some(doc) = tx_get::<Document>(documents, id.as_bytes())? {
-                            if library {
-                                Store::pin_upload(doc_files, doc.id)?;
-                            }
-                            return Ok(Inserted {
-                                document: doc,
-                                created: false,
-                            });
-                        }
-                    }
-                    for (n, (chunk, vector)) in chunks.iter().zip(vectors).enumerate() {
-                        let n = u32::try_from(n).unwrap_or(u32::MAX);
-                        chunk_tree.insert(chunk_key(document.id, n), encode(chunk))?;
-                        vector_tree.insert(chunk_key(document.id, n), vector_bytes(vector))?;
-                    }
-                    documents.insert(&document.id.as_bytes()[..], encode(document))?;
-                    by_scope.insert(scoped(&document.scope, document.id.as_bytes()), &[][..])?;
-                    by_hash.insert(hash_key.clone(), &document.id.as_bytes()[..])?;
-                    if library {
-                        Store::pin_upload(doc_files, document.id)?;
-                    }
-                    Ok(Inserted {
-                        document: document.clone(),
-                        created: true,
-                    })
-                },
-            );
-        unwrap_tx(res)
+        self.library_tx(|t| {
+            if let Some(doc) = t.doc_by_hash(&document.scope, &document.content_hash)? {
+                if library {
+                    Store::pin_upload(t, doc.id)?;
+                }
+                return Ok(Inserted {
+                    document: doc,
+                    created: false,
+                });
+            }
+            t.insert_document(&NewDocument {
+                document,
+                chunks,
+                vectors,
+            })?;
+            if library {
+                Store::pin_upload(t, document.id)?;
+            }
+            Ok(Inserted {
+                document: document.clone(),
+                created: true,
+            })
+        })
     }
 
     pub fn document(&self, id: DocumentId) -> Result<Option<Document>, StoreError> {
@@ -258,7 +236,6 @@ impl Store {
     /// exist; `InUse` for a library document that watched files refer to (it leaves the library
     /// when they leave the folder).
     pub fn delete_document(&self, id: DocumentId) -> Result<Option<Document>, StoreError> {
-        let i = &*self.inner;
         let Some(doc) = self.document(id)? else {
             return Ok(None);
         };
@@ -269,28 +246,7 @@ impl Store {
                 file.display()
             )));
         }
-        let res = (
-            &i.documents,
-            &i.docs_by_scope,
-            &i.doc_by_hash,
-            &i.chunks,
-            &i.vectors,
-            &i.doc_files,
-        )
-            .transaction(
-                |(documents, by_scope, by_hash, chunk_tree, vector_tree, doc_files)| -> TxResult<_> {
-                    for n in 0..doc.chunk_count {
-                        chunk_tree.remove(chunk_key(id, n))?;
-                        vector_tree.remove(chunk_key(id, n))?;
-                    }
-                    documents.remove(&id.as_bytes()[..])?;
-                    by_scope.remove(scoped(&doc.scope, id.as_bytes()))?;
-                    by_hash.remove(scoped(&doc.scope, doc.content_hash.as_bytes()))?;
-                    doc_files.remove(&id.as_bytes()[..])?;
-                    Ok(())
-                },
-            );
-        unwrap_tx(res)?;
+        self.library_tx(|t| t.remove_document(&doc))?;
         Ok(Some(doc))
     }
 

@@ -199,7 +199,7 @@ pub struct Settled {
 }
 
 /// Everything a library transaction touches, in one place.
-struct Trees<'a> {
+pub(super) struct Trees<'a> {
     documents: &'a TransactionalTree,
     by_scope: &'a TransactionalTree,
     by_hash: &'a TransactionalTree,
@@ -245,8 +245,9 @@ impl Trees<'_> {
         }
     }
 
-    fn library_doc_by_hash(&self, hash: &str) -> TxResult<Option<Document>> {
-        match self.by_hash.get(scoped(&Scope::Library, hash.as_bytes()))? {
+    /// The document with these bytes in `scope`, if any.
+    pub(super) fn doc_by_hash(&self, scope: &Scope, hash: &str) -> TxResult<Option<Document>> {
+        match self.by_hash.get(scoped(scope, hash.as_bytes()))? {
             Some(id) => {
                 let id = DocumentId::from_slice(&id)
                     .ok_or_else(|| abort(StoreError::Corrupt("doc_by_hash".into())))?;
@@ -256,7 +257,7 @@ impl Trees<'_> {
         }
     }
 
-    fn insert_document(&self, new: &NewDocument<'_>) -> TxResult<()> {
+    pub(super) fn insert_document(&self, new: &NewDocument<'_>) -> TxResult<()> {
         let doc = new.document;
         for (n, (chunk, vector)) in new.chunks.iter().zip(new.vectors).enumerate() {
             let n = u32::try_from(n).unwrap_or(u32::MAX);
@@ -274,7 +275,7 @@ impl Trees<'_> {
         Ok(())
     }
 
-    fn remove_document(&self, doc: &Document) -> TxResult<()> {
+    pub(super) fn remove_document(&self, doc: &Document) -> TxResult<()> {
         for n in 0..doc.chunk_count {
             self.chunks.remove(chunk_key(doc.id, n))?;
             self.vectors.remove(chunk_key(doc.id, n))?;
@@ -292,7 +293,10 @@ impl Trees<'_> {
 
 impl Store {
     /// Runs `f` in one transaction over every tree the library touches.
-    fn library_tx<T>(&self, f: impl Fn(&Trees<'_>) -> TxResult<T>) -> Result<T, StoreError> {
+    pub(super) fn library_tx<T>(
+        &self,
+        f: impl Fn(&Trees<'_>) -> TxResult<T>,
+    ) -> Result<T, StoreError> {
         let i = &*self.inner;
         let res = (
             &i.documents,
@@ -494,7 +498,7 @@ impl Store {
             };
             let new_doc = match outcome {
                 FileOutcome::Indexed { record, hash, new } => {
-                    let doc = match t.library_doc_by_hash(hash)? {
+                    let doc = match t.doc_by_hash(&Scope::Library, hash)? {
                         Some(doc) => doc,
                         None => {
                             let new = new.as_ref().ok_or_else(|| {
@@ -571,11 +575,11 @@ impl Store {
     }
 
     /// Pins a library document created by an upload, so that no watched file can orphan it.
-    pub(super) fn pin_upload(tree: &TransactionalTree, doc: DocumentId) -> TxResult<()> {
-        let mut refs: Vec<Vec<u8>> = tx_get(tree, doc.as_bytes())?.unwrap_or_default();
+    pub(super) fn pin_upload(t: &Trees<'_>, doc: DocumentId) -> TxResult<()> {
+        let mut refs = t.refs(doc)?;
         if !refs.iter().any(|r| r == UPLOAD_REF) {
             refs.push(UPLOAD_REF.to_vec());
-            tree.insert(&doc.as_bytes()[..], encode(&refs))?;
+            t.doc_files.insert(&doc.as_bytes()[..], encode(&refs))?;
         }
         Ok(())
     }
