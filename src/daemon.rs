@@ -96,21 +96,22 @@ pub async fn run(config: Config, life: Lifecycle, started: Instant) -> Result<()
     let roots = crate::library::Library::open_roots(&config.library)
         .map_err(anyhow::Error::msg)
         .code("watch_failed")?;
-    let (unix, socket_path, owns_socket) = match server::activated_listener().code("bind_failed")? {
-        Some(listener) => {
-            let path = listener
-                .local_addr()
-                .ok()
-                .and_then(|a| a.as_pathname().map(Path::to_path_buf))
-                .unwrap_or_else(|| config.socket.clone());
-            (listener, path, false)
-        }
-        None => (
-            server::bind(&config.socket).code("bind_failed")?,
-            config.socket.clone(),
-            true,
-        ),
-    };
+    let (local, socket_path, owns_socket) =
+        match server::activated_listener().code("bind_failed")? {
+            Some(listener) => {
+                let path = listener
+                    .local_addr()
+                    .ok()
+                    .and_then(|a| a.as_pathname().map(Path::to_path_buf))
+                    .unwrap_or_else(|| config.socket.clone());
+                (listener, path, false)
+            }
+            None => (
+                server::bind(&config.socket).code("bind_failed")?,
+                config.socket.clone(),
+                true,
+            ),
+        };
     let (tcp, tcp_policy) = match config.tcp {
         None => (None, None),
         Some(addr) => {
@@ -240,7 +241,7 @@ pub async fn run(config: Config, life: Lifecycle, started: Instant) -> Result<()
     if let Some(parent) = parent {
         watch_parent(parent, shutdown.clone());
     }
-    server::serve(server::Listeners { unix, tcp }, app, shutdown.clone()).await;
+    server::serve(server::Listeners { local, tcp }, app, shutdown.clone()).await;
 
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     // The scheduler saw the same token and cancelled its generation; wait for it to record that.

@@ -10,6 +10,7 @@ pub mod docs;
 pub mod error;
 pub mod library;
 pub mod memories;
+pub mod pipe;
 pub mod routes;
 pub mod sse;
 pub mod tcp;
@@ -60,13 +61,20 @@ pub struct App {
 /// Which listener a connection came from; TCP requests get the token/Host/Origin checks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Transport {
-    Unix,
+    /// The Unix socket (or, on Windows, the named pipe): only the owner can connect.
+    Local,
     Tcp,
 }
 
+/// The owner-only local listener: a Unix socket, or a named pipe on Windows (`pipe.rs`).
+#[cfg(unix)]
+pub type LocalListener = UnixListener;
+#[cfg(windows)]
+pub type LocalListener = pipe::PipeListener;
+
 /// The listening sockets of one daemon.
 pub struct Listeners {
-    pub unix: UnixListener,
+    pub local: LocalListener,
     pub tcp: Option<TcpListener>,
 }
 
@@ -150,35 +158,24 @@ pub fn ensure_private_dir(dir: &Path) -> anyhow::Result<()> {
 
 /// Serves connections until `shutdown` fires, then waits up to the grace period for open
 /// connections (and the streams in them) to finish.
-pub async fn serve(listeners: Listeners, app: Arc<App>, shutdown: CancellationToken) {
-    let me = nix::unistd::geteuid().as_raw();
+pub async fn serve(mut listeners: Listeners, app: Arc<App>, shutdown: CancellationToken) {
     let graceful = GracefulShutdown::new();
     let permits = Arc::new(Semaphore::new(app.config.max_connections));
     let grace = app.config.shutdown_grace;
     loop {
         tokio::select! {
             () = shutdown.cancelled() => break,
-            accepted = listeners.unix.accept() => {
+            accepted = accept_local(&mut listeners.local) => {
                 let stream = match accepted {
-                    Ok((stream, _)) => stream,
+                    Ok(Some(stream)) => stream,
+                    Ok(None) => continue,
                     Err(err) => {
                         backoff(&err).await;
                         continue;
                     }
                 };
-                match stream.peer_cred() {
-                    Ok(cred) if cred.uid() == me => {}
-                    Ok(cred) => {
-                        tracing::warn!(uid = cred.uid(), pid = ?cred.pid(), "refused a connection from another user");
-                        continue;
-                    }
-                    Err(err) => {
-                        tracing::warn!(error = %err, "cannot read peer credentials; refusing connection");
-                        continue;
-                    }
-                }
                 let Some(permit) = permit(&permits, &app) else { continue };
-                spawn_connection(stream, Transport::Unix, permit, &app, &graceful);
+                spawn_connection(stream, Transport::Local, permit, &app, &graceful);
             }
             accepted = accept_tcp(listeners.tcp.as_ref()) => {
                 let stream = match accepted {
@@ -204,6 +201,36 @@ pub async fn serve(listeners: Listeners, app: Arc<App>, shutdown: CancellationTo
             tracing::warn!(grace_secs = grace.as_secs(), "connections still open after the grace period; closing them");
         }
     }
+}
+
+/// Accepts the next local client; `None` for one refused (another user). Cancel safe.
+#[cfg(unix)]
+async fn accept_local(
+    listener: &mut UnixListener,
+) -> std::io::Result<Option<tokio::net::UnixStream>> {
+    let (stream, _) = listener.accept().await?;
+    let me = nix::unistd::geteuid().as_raw();
+    // Defence in depth behind the 0700 directory and the 0600 socket (see the module doc).
+    match stream.peer_cred() {
+        Ok(cred) if cred.uid() == me => Ok(Some(stream)),
+        Ok(cred) => {
+            tracing::warn!(uid = cred.uid(), pid = ?cred.pid(), "refused a connection from another user");
+            Ok(None)
+        }
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot read peer credentials; refusing connection");
+            Ok(None)
+        }
+    }
+}
+
+/// Accepts the next pipe client. The owner-only DACL and `PIPE_REJECT_REMOTE_CLIENTS` already
+/// kept everybody else from opening the pipe (see `pipe.rs`). Cancel safe.
+#[cfg(windows)]
+async fn accept_local(
+    listener: &mut pipe::PipeListener,
+) -> std::io::Result<Option<tokio::net::windows::named_pipe::NamedPipeServer>> {
+    listener.accept().await.map(Some)
 }
 
 async fn accept_tcp(

@@ -57,7 +57,7 @@ pub async fn handle(
     let received = Instant::now();
     // TCP requests pass the token/Host/Origin policy first; Unix peers were checked at accept.
     let (early, cors_origin) = match (transport, &app.tcp) {
-        (Transport::Unix, _) => (None, None),
+        (Transport::Local, _) => (None, None),
         (Transport::Tcp, None) => (
             Some(error_response(&ApiError::internal(
                 "TCP connection without a policy",

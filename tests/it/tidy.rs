@@ -24,14 +24,17 @@ fn every_rust_file_starts_with_a_module_doc() {
     );
 }
 
-/// Only `llm` may use llama.cpp, only `store` may use sled, only `server` may use hyper's server.
+/// Only `llm` may use llama.cpp, only `store` may use sled, only `server` may use hyper's server;
+/// `unsafe` is allowed in one place, the Windows pipe's security descriptor.
 #[test]
 fn architecture_boundaries_hold() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-    let rules: [(&str, &[&str]); 3] = [
+    let rules: [(&str, &[&str]); 5] = [
         ("llama_cpp_2", &["llm"]),
         ("sled::", &["store"]),
         ("hyper::server", &["server"]),
+        ("allow(unsafe_code)", &["server/pipe"]),
+        ("windows_sys", &["server/pipe"]),
     ];
     visit(&root, &mut |path| {
         let text = std::fs::read_to_string(path).unwrap();
@@ -58,6 +61,10 @@ fn visit(dir: &Path, f: &mut dyn FnMut(&Path)) {
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
         if path.is_dir() {
+            // Build output of the nested Windows check crate (tests/windows-pipe).
+            if path.file_name().is_some_and(|n| n == "target") {
+                continue;
+            }
             visit(&path, f);
         } else if path.extension().is_some_and(|e| e == "rs") {
             f(&path);
