@@ -55,13 +55,16 @@ pub struct ExtractReport {
     pub user_id: UserId,
     pub chat_id: Option<ChatId>,
     pub message_id: Option<MessageId>,
-    /// `ok`, `skipped` (nothing about the user in the message; the model was not asked) or
-    /// `failed` (recorded in the memory history with the reason).
+    /// `ok`, `skipped` (nothing about the user in the message, or the user forgot all memories
+    /// after sending it; the model was not asked) or `failed` (recorded in the memory history
+    /// with the reason).
     pub status: &'static str,
     pub facts: Vec<String>,
     pub added: u32,
     pub updated: u32,
     pub unchanged: u32,
+    /// Facts dropped because the user forgot all memories while the job ran.
+    pub discarded: u32,
     pub error: Option<String>,
     pub queued_at: Millis,
     pub started_at: Millis,
@@ -307,12 +310,22 @@ impl Jobs {
             added: 0,
             updated: 0,
             unchanged: 0,
+            discarded: 0,
             error: None,
             queued_at: job.queued_at,
             started_at: now_millis(),
             finished_at: 0,
         };
-        if extract::worth_extracting(message) {
+        // A "forget all" after the message was sent covers it: do not even ask the model. The
+        // message id (UUIDv7) says when it was sent; a posted text has only the job's time.
+        let learned_at = message_id
+            .and_then(|id| id.created_millis())
+            .map_or(job.queued_at, |sent| sent.min(job.queued_at));
+        let forgotten = inner
+            .store
+            .memories_forgotten_at(user_id)?
+            .is_some_and(|at| at >= learned_at);
+        if !forgotten && extract::worth_extracting(message) {
             let output = self
                 .generate(
                     &extract::messages(message),
@@ -351,12 +364,14 @@ impl Jobs {
                     MemoryOrigin::Inferred,
                     message_id,
                     Urgency::Ingest,
+                    Some(learned_at),
                 )
                 .await;
             match stored {
                 Ok((Change::Added, _)) => report.added += 1,
                 Ok((Change::Updated, _)) => report.updated += 1,
                 Ok((Change::Unchanged, _)) => report.unchanged += 1,
+                Ok((Change::Discarded, _)) => report.discarded += 1,
                 Err(err) => {
                     report.status = "failed";
                     report.error = Some(format!("cannot store {fact:?}: {err}"));

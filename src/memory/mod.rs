@@ -17,8 +17,8 @@ pub mod title;
 
 use crate::embed::{EmbedError, Embedder, Urgency};
 use crate::store::{
-    now_millis, Added, Memory, MemoryId, MemoryOrigin, MessageId, Source, SourceOrigin, Store,
-    StoreError, UserId,
+    now_millis, Added, Memory, MemoryId, MemoryOrigin, MessageId, Millis, Source, SourceOrigin,
+    Store, StoreError, UserId,
 };
 
 /// Cosine similarity above which a new fact replaces an existing one instead of being added.
@@ -53,6 +53,8 @@ pub enum Change {
     Updated,
     /// The same fact was already known.
     Unchanged,
+    /// Dropped: the user forgot all memories after the fact was learned.
+    Discarded,
 }
 
 impl Change {
@@ -61,6 +63,7 @@ impl Change {
             Change::Added => "added",
             Change::Updated => "updated",
             Change::Unchanged => "unchanged",
+            Change::Discarded => "discarded",
         }
     }
 }
@@ -128,7 +131,9 @@ impl Memories {
     }
 
     /// Stores a fact for `user` with dedup (see the module docs). `urgency` is `Query` for a
-    /// request someone waits on, `Ingest` for background extraction.
+    /// request someone waits on, `Ingest` for background extraction. `learned_at` is when the
+    /// user said what the fact was inferred from (`None` for a fact given now): if they have
+    /// forgotten all memories since, the fact is [`Change::Discarded`] and `None` returned.
     pub async fn remember(
         &self,
         user: UserId,
@@ -136,12 +141,13 @@ impl Memories {
         origin: MemoryOrigin,
         source: Option<MessageId>,
         urgency: Urgency,
-    ) -> Result<(Change, Memory), MemoryError> {
+        learned_at: Option<Millis>,
+    ) -> Result<(Change, Option<Memory>), MemoryError> {
         let text = clean(text)?;
         let hash = text_hash(&text);
         let existing = self.store.memories_with_vectors(user)?;
         if let Some((same, _)) = existing.iter().find(|(m, _)| m.hash == hash) {
-            return Ok((Change::Unchanged, same.clone()));
+            return Ok((Change::Unchanged, Some(same.clone())));
         }
         let vector = self.embed_one(&text, urgency).await?;
         let closest = existing
@@ -150,10 +156,15 @@ impl Memories {
             .max_by(|a, b| a.1.total_cmp(&b.1));
         if let Some((old, score)) = closest {
             if score >= SUPERSEDE_SCORE {
-                let updated = self
-                    .store
-                    .update_memory(old.id, &text, &hash, &vector, source)?;
-                return Ok((Change::Updated, updated));
+                return Ok(
+                    match self
+                        .store
+                        .update_memory(old.id, &text, &hash, &vector, source, learned_at)?
+                    {
+                        Some(updated) => (Change::Updated, Some(updated)),
+                        None => (Change::Discarded, None),
+                    },
+                );
             }
         }
         let now = now_millis();
@@ -167,9 +178,10 @@ impl Memories {
             created_at: now,
             updated_at: now,
         };
-        match self.store.add_memory(&memory, &vector)? {
-            Added::Created(m) => Ok((Change::Added, m)),
-            Added::Exists(m) => Ok((Change::Unchanged, m)),
+        match self.store.add_memory(&memory, &vector, learned_at)? {
+            Added::Created(m) => Ok((Change::Added, Some(m))),
+            Added::Exists(m) => Ok((Change::Unchanged, Some(m))),
+            Added::Forgotten => Ok((Change::Discarded, None)),
         }
     }
 
@@ -180,12 +192,15 @@ impl Memories {
             return Err(MemoryError::NotFound);
         }
         let vector = self.embed_one(&text, Urgency::Query).await?;
-        self.store
-            .update_memory(id, &text, &text_hash(&text), &vector, None)
-            .map_err(|err| match err {
-                StoreError::NotFound(_) => MemoryError::NotFound,
-                other => other.into(),
-            })
+        match self
+            .store
+            .update_memory(id, &text, &text_hash(&text), &vector, None, None)
+        {
+            Ok(Some(memory)) => Ok(memory),
+            // Not reachable without `learned_at`, but never a panic.
+            Ok(None) | Err(StoreError::NotFound(_)) => Err(MemoryError::NotFound),
+            Err(other) => Err(other.into()),
+        }
     }
 
     /// The user's memories most similar to `query`, best first, with their scores.

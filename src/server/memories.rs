@@ -153,7 +153,14 @@ pub async fn add(
     }
     let (change, memory) = app
         .memories
-        .remember(user, &text, MemoryOrigin::Explicit, None, Urgency::Query)
+        .remember(
+            user,
+            &text,
+            MemoryOrigin::Explicit,
+            None,
+            Urgency::Query,
+            None,
+        )
         .await?;
     app.store.durable().await?;
     let status = if change == Change::Added {
@@ -163,7 +170,8 @@ pub async fn add(
     };
     Ok(json_response(
         status,
-        &json!({"change": change.as_str(), "memory": MemoryOut::new(&memory, None)}),
+        // Always a memory: only inferred facts (with a `learned_at`) can be discarded.
+        &json!({"change": change.as_str(), "memory": memory.as_ref().map(|m| MemoryOut::new(m, None))}),
     ))
 }
 

@@ -8,8 +8,13 @@
 //! memory_vectors            memory_id → 384 × f32 little-endian
 //! memory_history            user_id ‖ entry_id → HistoryEntry   (every change, chronological)
 //! memory_history_by_memory  memory_id ‖ entry_id → user_id      (one memory's entries)
+//! memory_forgets            user_id → Millis BE                  (the user's last "forget all")
 //! bg_jobs                   job_id → BgJob                       (pending background work)
 //! ```
+//!
+//! A fact inferred from something the user said before their last "forget all" is discarded,
+//! checked inside the write's transaction: an extraction that was queued or already running when
+//! the user asked to forget everything cannot bring a fact back afterwards.
 //!
 //! Every change to a memory and its history entry are one transaction: the history never misses a
 //! change and never shows one that did not happen. History outlives the memory (a deleted
@@ -126,6 +131,8 @@ pub enum Added {
     Created(Memory),
     /// A memory with the same normalized text exists already (returned unchanged).
     Exists(Memory),
+    /// Nothing: the user forgot all memories after the fact was learned.
+    Forgotten,
 }
 
 /// The memory trees, opened with the store.
@@ -136,6 +143,7 @@ pub(super) struct Trees {
     vectors: sled::Tree,
     history: sled::Tree,
     history_by_memory: sled::Tree,
+    forgets: sled::Tree,
     jobs: sled::Tree,
 }
 
@@ -148,6 +156,7 @@ impl Trees {
             vectors: db.open_tree("memory_vectors")?,
             history: db.open_tree("memory_history")?,
             history_by_memory: db.open_tree("memory_history_by_memory")?,
+            forgets: db.open_tree("memory_forgets")?,
             jobs: db.open_tree("bg_jobs")?,
         })
     }
@@ -172,6 +181,25 @@ fn vector_from(bytes: &[u8]) -> Result<Vec<f32>, StoreError> {
 }
 
 type Tx<'a> = &'a sled::transaction::TransactionalTree;
+
+/// True when a fact learned at `learned_at` must be dropped: the user forgot all memories at or
+/// after that time. `None` (an explicit add or edit, made now) is never dropped.
+fn tx_forgotten(forgets: Tx<'_>, user: UserId, learned_at: Option<Millis>) -> TxResult<bool> {
+    let Some(learned_at) = learned_at else {
+        return Ok(false);
+    };
+    Ok(match forgets.get(user.as_bytes())? {
+        Some(bytes) => {
+            let forgot = bytes
+                .as_ref()
+                .try_into()
+                .map(u64::from_be_bytes)
+                .unwrap_or(u64::MAX);
+            forgot >= learned_at
+        }
+        None => false,
+    })
+}
 
 /// Writes a history entry inside a transaction.
 fn tx_history(history: Tx<'_>, by_memory: Tx<'_>, entry: &HistoryEntry) -> TxResult<()> {
@@ -238,8 +266,14 @@ impl Store {
     }
 
     /// Stores a new memory and its `add` history entry, unless the user already has one with the
-    /// same normalized text (checked inside the transaction, so two racing adds make one).
-    pub fn add_memory(&self, memory: &Memory, vector: &[f32]) -> Result<Added, StoreError> {
+    /// same normalized text (checked inside the transaction, so two racing adds make one), or the
+    /// fact was learned at `learned_at` and the user has forgotten all memories since.
+    pub fn add_memory(
+        &self,
+        memory: &Memory,
+        vector: &[f32],
+        learned_at: Option<Millis>,
+    ) -> Result<Added, StoreError> {
         let t = self.mem();
         let hash_key = cat(memory.user_id.as_bytes(), memory.hash.as_bytes());
         let vbytes = vector_bytes(vector);
@@ -250,33 +284,41 @@ impl Store {
             &t.vectors,
             &t.history,
             &t.history_by_memory,
+            &t.forgets,
         )
-            .transaction(|(memories, by_user, hash, vectors, history, by_memory)| {
-                if let Some(existing) = hash.get(&hash_key)? {
-                    let found: Option<Memory> = tx_get(memories, &existing)?;
-                    if let Some(found) = found {
-                        return Ok(Added::Exists(found));
+            .transaction(
+                |(memories, by_user, hash, vectors, history, by_memory, forgets)| {
+                    if tx_forgotten(forgets, memory.user_id, learned_at)? {
+                        return Ok(Added::Forgotten);
                     }
-                }
-                memories.insert(&memory.id.as_bytes()[..], encode(memory))?;
-                by_user.insert(
-                    cat(memory.user_id.as_bytes(), memory.id.as_bytes()),
-                    &[][..],
-                )?;
-                hash.insert(hash_key.clone(), &memory.id.as_bytes()[..])?;
-                vectors.insert(&memory.id.as_bytes()[..], vbytes.clone())?;
-                let mut entry = HistoryEntry::new(memory.user_id, HistoryEvent::Add);
-                entry.memory_id = Some(memory.id);
-                entry.new_text = Some(memory.text.clone());
-                entry.source_message_id = memory.source_message_id;
-                entry.at = memory.created_at;
-                tx_history(history, by_memory, &entry)?;
-                Ok(Added::Created(memory.clone()))
-            });
+                    if let Some(existing) = hash.get(&hash_key)? {
+                        let found: Option<Memory> = tx_get(memories, &existing)?;
+                        if let Some(found) = found {
+                            return Ok(Added::Exists(found));
+                        }
+                    }
+                    memories.insert(&memory.id.as_bytes()[..], encode(memory))?;
+                    by_user.insert(
+                        cat(memory.user_id.as_bytes(), memory.id.as_bytes()),
+                        &[][..],
+                    )?;
+                    hash.insert(hash_key.clone(), &memory.id.as_bytes()[..])?;
+                    vectors.insert(&memory.id.as_bytes()[..], vbytes.clone())?;
+                    let mut entry = HistoryEntry::new(memory.user_id, HistoryEvent::Add);
+                    entry.memory_id = Some(memory.id);
+                    entry.new_text = Some(memory.text.clone());
+                    entry.source_message_id = memory.source_message_id;
+                    entry.at = memory.created_at;
+                    tx_history(history, by_memory, &entry)?;
+                    Ok(Added::Created(memory.clone()))
+                },
+            );
         unwrap_tx(res)
     }
 
     /// Replaces a memory's text (and vector), with an `update` entry holding old and new text.
+    /// `None` when the new text was learned at `learned_at` and the user has forgotten all
+    /// memories since (nothing changed).
     pub fn update_memory(
         &self,
         id: MemoryId,
@@ -284,7 +326,8 @@ impl Store {
         text_hash: &str,
         vector: &[f32],
         source: Option<MessageId>,
-    ) -> Result<Memory, StoreError> {
+        learned_at: Option<Millis>,
+    ) -> Result<Option<Memory>, StoreError> {
         let t = self.mem();
         let vbytes = vector_bytes(vector);
         let res = (
@@ -293,11 +336,15 @@ impl Store {
             &t.vectors,
             &t.history,
             &t.history_by_memory,
+            &t.forgets,
         )
-            .transaction(|(memories, hash, vectors, history, by_memory)| {
+            .transaction(|(memories, hash, vectors, history, by_memory, forgets)| {
                 let mut memory: Memory = tx_get(memories, id.as_bytes())?.ok_or(
                     ConflictableTransactionError::Abort(StoreError::NotFound("memory")),
                 )?;
+                if tx_forgotten(forgets, memory.user_id, learned_at)? {
+                    return Ok(None);
+                }
                 let old_key = cat(memory.user_id.as_bytes(), memory.hash.as_bytes());
                 if hash.get(&old_key)?.as_deref() == Some(&id.as_bytes()[..]) {
                     hash.remove(old_key)?;
@@ -320,7 +367,7 @@ impl Store {
                 entry.new_text = Some(memory.text.clone());
                 entry.source_message_id = source;
                 tx_history(history, by_memory, &entry)?;
-                Ok(memory)
+                Ok(Some(memory))
             });
         unwrap_tx(res)
     }
@@ -350,11 +397,13 @@ impl Store {
         unwrap_tx(res)
     }
 
-    /// Deletes every memory of a user, with one `forget_all` entry saying how many. Returns the
-    /// count.
+    /// Deletes every memory of a user, with one `forget_all` entry saying how many, and records
+    /// the time so that facts learned before it are not added back later (see the module doc).
+    /// Returns the count.
     pub fn forget_memories(&self, user: UserId) -> Result<usize, StoreError> {
         let t = self.mem();
         let ids: Vec<MemoryId> = self.memories_of(user)?.iter().map(|m| m.id).collect();
+        let now = now_millis();
         let res = (
             &t.memories,
             &t.by_user,
@@ -362,22 +411,35 @@ impl Store {
             &t.vectors,
             &t.history,
             &t.history_by_memory,
+            &t.forgets,
         )
-            .transaction(|(memories, by_user, hash, vectors, history, by_memory)| {
-                let mut n = 0usize;
-                for id in &ids {
-                    let found: Option<Memory> = tx_get(memories, id.as_bytes())?;
-                    if let Some(memory) = found {
-                        remove_in_tx(memories, by_user, hash, vectors, &memory)?;
-                        n += 1;
+            .transaction(
+                |(memories, by_user, hash, vectors, history, by_memory, forgets)| {
+                    forgets.insert(&user.as_bytes()[..], &now.to_be_bytes()[..])?;
+                    let mut n = 0usize;
+                    for id in &ids {
+                        let found: Option<Memory> = tx_get(memories, id.as_bytes())?;
+                        if let Some(memory) = found {
+                            remove_in_tx(memories, by_user, hash, vectors, &memory)?;
+                            n += 1;
+                        }
                     }
-                }
-                let mut entry = HistoryEntry::new(user, HistoryEvent::ForgetAll);
-                entry.detail = Some(format!("{n} memories deleted"));
-                tx_history(history, by_memory, &entry)?;
-                Ok(n)
-            });
+                    let mut entry = HistoryEntry::new(user, HistoryEvent::ForgetAll);
+                    entry.detail = Some(format!("{n} memories deleted"));
+                    tx_history(history, by_memory, &entry)?;
+                    Ok(n)
+                },
+            );
         unwrap_tx(res)
+    }
+
+    /// When the user last forgot all memories, if ever.
+    pub fn memories_forgotten_at(&self, user: UserId) -> Result<Option<Millis>, StoreError> {
+        Ok(self
+            .mem()
+            .forgets
+            .get(user.as_bytes())?
+            .and_then(|bytes| bytes.as_ref().try_into().ok().map(u64::from_be_bytes)))
     }
 
     /// Records an entry that changes no memory (an extraction failure).
@@ -500,6 +562,70 @@ mod tests {
     }
 
     #[test]
+    fn facts_learned_before_a_forget_all_are_not_added_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db"), 8 << 20).unwrap();
+        let ada = store.create_user("ada").unwrap().user.id;
+        let bob = store.create_user("bob").unwrap().user.id;
+        let kept = memory(ada, "likes tea");
+        store.add_memory(&kept, &[1.0, 0.0], None).unwrap();
+        // An extraction job queued now...
+        let learned = now_millis();
+        assert_eq!(store.memories_forgotten_at(ada).unwrap(), None);
+        // ...while the user forgets everything...
+        assert_eq!(store.forget_memories(ada).unwrap(), 1);
+        let forgot = store.memories_forgotten_at(ada).unwrap().unwrap();
+        assert!(forgot >= learned);
+        // ...finishes afterwards: its fact is dropped, as an add and as an update.
+        assert!(matches!(
+            store
+                .add_memory(&memory(ada, "has a dog"), &[1.0, 0.0], Some(learned))
+                .unwrap(),
+            Added::Forgotten
+        ));
+        let later = memory(ada, "likes coffee");
+        store.add_memory(&later, &[0.0, 1.0], None).unwrap();
+        assert_eq!(
+            store
+                .update_memory(
+                    later.id,
+                    "likes tea",
+                    "likes tea",
+                    &[1.0, 0.0],
+                    None,
+                    Some(learned)
+                )
+                .unwrap(),
+            None
+        );
+        assert_eq!(
+            store.memory(later.id).unwrap().unwrap().text,
+            "likes coffee"
+        );
+        // Facts learned after the forget, explicit ones, and other users are not affected.
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        assert!(matches!(
+            store
+                .add_memory(&memory(ada, "has a cat"), &[1.0, 0.0], Some(now_millis()))
+                .unwrap(),
+            Added::Created(_)
+        ));
+        assert!(matches!(
+            store
+                .add_memory(&memory(bob, "has a dog"), &[1.0, 0.0], Some(learned))
+                .unwrap(),
+            Added::Created(_)
+        ));
+        let texts: Vec<_> = store
+            .memories_of(ada)
+            .unwrap()
+            .into_iter()
+            .map(|m| m.text)
+            .collect();
+        assert_eq!(texts, ["likes coffee", "has a cat"]);
+    }
+
+    #[test]
     fn add_dedups_by_hash_and_history_survives_delete() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("db"), 8 << 20).unwrap();
@@ -507,18 +633,18 @@ mod tests {
         let bob = store.create_user("bob").unwrap().user.id;
         let a = memory(ada, "Likes tea");
         assert!(matches!(
-            store.add_memory(&a, &[1.0, 0.0]).unwrap(),
+            store.add_memory(&a, &[1.0, 0.0], None).unwrap(),
             Added::Created(_)
         ));
         let again = memory(ada, "LIKES TEA");
-        match store.add_memory(&again, &[1.0, 0.0]).unwrap() {
+        match store.add_memory(&again, &[1.0, 0.0], None).unwrap() {
             Added::Exists(found) => assert_eq!(found.id, a.id),
-            Added::Created(_) => panic!("duplicate stored"),
+            _ => panic!("duplicate stored"),
         }
         // Another user's identical text is theirs alone.
         assert!(matches!(
             store
-                .add_memory(&memory(bob, "likes tea"), &[1.0, 0.0])
+                .add_memory(&memory(bob, "likes tea"), &[1.0, 0.0], None)
                 .unwrap(),
             Added::Created(_)
         ));
@@ -529,7 +655,9 @@ mod tests {
                 "likes green tea",
                 &[0.0, 1.0],
                 None,
+                None,
             )
+            .unwrap()
             .unwrap();
         let with = store.memories_with_vectors(ada).unwrap();
         assert_eq!(with.len(), 1);

@@ -27,6 +27,12 @@ macro_rules! id_type {
                 self.0.as_bytes()
             }
 
+            /// When the id was made (UUIDv7 carries its creation time in milliseconds).
+            pub fn created_millis(&self) -> Option<Millis> {
+                let (secs, nanos) = self.0.get_timestamp()?.to_unix();
+                Some(secs * 1000 + u64::from(nanos / 1_000_000))
+            }
+
             /// Parses key bytes back into an id.
             pub fn from_slice(bytes: &[u8]) -> Option<Self> {
                 Uuid::from_slice(bytes).ok().map(Self)

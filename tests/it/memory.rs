@@ -591,3 +591,54 @@ async fn a_chat_preempts_background_work_and_jobs_survive_a_restart() {
         "{background}"
     );
 }
+
+#[tokio::test]
+async fn forget_all_while_an_extraction_runs_keeps_nothing_it_found() {
+    let d = Daemon::start(Opts::default()).await;
+    let ada = user(&d, "ada").await;
+    let mut events = d
+        .client
+        .subscribe("/api/v1/events?types=memory_extracted")
+        .await
+        .unwrap();
+    let text = "I live in Lisbon and I work as a nurse.";
+
+    // The user asks to forget everything while the extraction of something they said before
+    // is generating: what it finds afterwards is dropped, not added back.
+    extraction_generating(&d, &ada, text).await;
+    let (status, _) = d
+        .client
+        .request(
+            Method::DELETE,
+            &format!("/api/v1/users/{ada}/memories"),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::OK);
+    let report = next_event(&mut events, "memory_extracted", 120).await;
+    let found = report["facts"].as_array().unwrap().len();
+    assert!(found > 0, "the model found nothing to discard: {report}");
+    assert_eq!(report["discarded"], found, "{report}");
+    assert_eq!(report["added"], 0, "{report}");
+    assert!(list(&d, &ada, "").await.is_empty());
+
+    // The same words said after the forget are learned as usual.
+    let (status, _) = d
+        .client
+        .request(
+            Method::POST,
+            &format!("/api/v1/users/{ada}/memories"),
+            Some(&json!({ "text": text })),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let report = next_event(&mut events, "memory_extracted", 120).await;
+    assert_eq!(report["discarded"], 0, "{report}");
+    assert!(report["added"].as_u64().unwrap() > 0, "{report}");
+    assert_eq!(
+        list(&d, &ada, "").await.len() as u64,
+        report["added"].as_u64().unwrap()
+    );
+}
