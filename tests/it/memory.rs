@@ -491,8 +491,8 @@ async fn titles_follow_the_first_exchange_and_a_user_rename_always_wins() {
     );
 }
 
-/// Queues an extraction of `text` (`infer: true`) and waits until it generates on the worker.
-async fn extraction_generating(d: &Daemon, user: &str, text: &str) {
+/// Queues an extraction of `text` (`infer: true`, answered 202).
+async fn infer(d: &Daemon, user: &str, text: &str) {
     let (status, _) = d
         .client
         .request(
@@ -503,6 +503,11 @@ async fn extraction_generating(d: &Daemon, user: &str, text: &str) {
         .await
         .unwrap();
     assert_eq!(status, StatusCode::ACCEPTED);
+}
+
+/// Queues an extraction of `text` and waits until it generates on the worker.
+async fn extraction_generating(d: &Daemon, user: &str, text: &str) {
+    infer(d, user, text).await;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let health = d
@@ -624,16 +629,7 @@ async fn forget_all_while_an_extraction_runs_keeps_nothing_it_found() {
     assert!(list(&d, &ada, "").await.is_empty());
 
     // The same words said after the forget are learned as usual.
-    let (status, _) = d
-        .client
-        .request(
-            Method::POST,
-            &format!("/api/v1/users/{ada}/memories"),
-            Some(&json!({ "text": text })),
-        )
-        .await
-        .unwrap();
-    assert_eq!(status, StatusCode::ACCEPTED);
+    infer(&d, &ada, text).await;
     let report = next_event(&mut events, "memory_extracted", 120).await;
     assert_eq!(report["discarded"], 0, "{report}");
     assert!(report["added"].as_u64().unwrap() > 0, "{report}");
