@@ -499,7 +499,12 @@ pub(crate) fn init_logging(
     use tracing_subscriber::{fmt, EnvFilter};
 
     let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("warn,hearth=info"));
-    let stderr = fmt::layer().with_writer(std::io::stderr).with_target(false);
+    // Colours only on a terminal: a sidecar's or service's stderr goes to a log (the host app,
+    // the journal), where escape codes are noise.
+    let stderr = fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     let (file_layer, guard) = match log_dir.and_then(|dir| {
         crate::server::ensure_private_dir(dir).ok()?;
         tracing_appender::rolling::Builder::new()

@@ -536,7 +536,7 @@ impl Turn {
                 timings: timings(&outcome, self.received, first_token, queued),
                 truncated: self.context.history_dropped > 0,
                 context: ContextInfo {
-                    cached_tokens: outcome.prompt_tokens - outcome.prompt_evaluated,
+                    cached_tokens: outcome.prompt_reused,
                     ..self.context
                 },
             })
@@ -605,6 +605,7 @@ fn worker_vanished() -> Outcome {
         finish: Finish::Error,
         error: Some("the inference worker stopped".into()),
         prompt_tokens: 0,
+        prompt_reused: 0,
         prompt_evaluated: 0,
         completion_tokens: 0,
         prefill: Duration::ZERO,

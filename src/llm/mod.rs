@@ -159,7 +159,10 @@ pub struct Outcome {
     /// Set when `finish` is `Error`.
     pub error: Option<String>,
     pub prompt_tokens: u32,
-    /// Prompt tokens that had to be evaluated (the rest came from the reused KV cache).
+    /// Prompt tokens taken from the KV cache of the previous turn instead of being evaluated.
+    pub prompt_reused: u32,
+    /// Prompt tokens evaluated (fewer than `prompt_tokens - prompt_reused` when the prompt
+    /// evaluation was cancelled part-way).
     pub prompt_evaluated: u32,
     pub completion_tokens: u32,
     pub prefill: Duration,
@@ -437,6 +440,7 @@ impl Queue {
                 finish: Finish::Cancelled,
                 error: None,
                 prompt_tokens: u32::try_from(job.prompt.len()).unwrap_or(u32::MAX),
+                prompt_reused: 0,
                 prompt_evaluated: 0,
                 completion_tokens: 0,
                 prefill: Duration::ZERO,

@@ -225,6 +225,7 @@ fn run_seq(
         finish: Finish::Cancelled,
         error: None,
         prompt_tokens: u32::try_from(prompt.len()).unwrap_or(u32::MAX),
+        prompt_reused: 0,
         prompt_evaluated: 0,
         completion_tokens: 0,
         prefill: Duration::ZERO,
@@ -259,6 +260,7 @@ fn run_seq(
         }
         kv.tokens.truncate(reuse);
     }
+    outcome.prompt_reused = u32::try_from(reuse).unwrap_or(u32::MAX);
 
     let prefill_started = Instant::now();
     let n_batch = if seq == BACKGROUND_SEQ {
@@ -271,6 +273,15 @@ fn run_seq(
     while chunk_start < prompt.len() {
         // Checked between micro-batches so a long prompt can be abandoned part-way.
         if job.cancel.is_cancelled() {
+            outcome.prompt_evaluated = u32::try_from(chunk_start - reuse).unwrap_or(u32::MAX);
+            outcome.prefill = prefill_started.elapsed();
+            tracing::info!(
+                evaluated = outcome.prompt_evaluated,
+                prompt_tokens = outcome.prompt_tokens,
+                reused = outcome.prompt_reused,
+                ms = outcome.prefill.as_millis() as u64,
+                "prompt evaluation cancelled part-way"
+            );
             return outcome;
         }
         if preempt() {

@@ -368,7 +368,7 @@ async fn a_fixed_seed_reproduces_the_same_sampled_reply() {
 
 #[tokio::test]
 async fn disconnect_during_a_long_prompt_evaluation_stops_it_between_micro_batches() {
-    let d = Daemon::start(Opts {
+    let mut d = Daemon::start(Opts {
         ctx: 4096,
         ..Opts::default()
     })
@@ -383,7 +383,6 @@ async fn disconnect_during_a_long_prompt_evaluation_stops_it_between_micro_batch
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let gone = Instant::now();
     drop(stream);
     let reply = loop {
         let stored = d
@@ -396,14 +395,30 @@ async fn disconnect_during_a_long_prompt_evaluation_stops_it_between_micro_batch
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
-    let took = gone.elapsed();
     assert_eq!(reply["finish_reason"], "cancelled");
     assert_eq!(
         reply["usage"]["completion_tokens"], 0,
         "stopped before the first token"
     );
-    assert!(
-        took < Duration::from_secs(3),
-        "prefill ran on for {took:?} after the disconnect"
-    );
+    // The worker says how far the prompt evaluation got: part of the prompt, not all of it. A
+    // count, not a time, so a loaded machine cannot make this pass or fail by chance.
+    assert!(d.terminate().success());
+    let log = d.stderr();
+    let line = log
+        .lines()
+        .find(|l| l.contains("prompt evaluation cancelled part-way"))
+        .unwrap_or_else(|| panic!("the prompt evaluation was not cancelled part-way:\n{log}"));
+    let field = |name: &str| -> u64 {
+        let start = line.find(&format!("{name}=")).unwrap() + name.len() + 1;
+        line[start..]
+            .split(|c: char| !c.is_ascii_digit())
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let (evaluated, total) = (field("evaluated"), field("prompt_tokens"));
+    assert!(total > 2000, "{line}");
+    assert!(evaluated < total, "{line}");
+    assert_eq!(evaluated % 256, 0, "stopped between micro-batches: {line}");
 }
