@@ -52,7 +52,8 @@ const STABILITY_TICK: Duration = Duration::from_millis(100);
 const MAX_YIELD: Duration = Duration::from_secs(30);
 /// How often a waiting worker checks whether the reply is done.
 const YIELD_POLL: Duration = Duration::from_millis(20);
-/// How long an idle worker sleeps before looking at the queue again (new jobs wake it at once).
+/// How often an idle worker looks for orphans whose grace period ended (only while there are
+/// any; new jobs wake it at once).
 const IDLE_POLL: Duration = Duration::from_secs(1);
 /// Reasons of failures that a later scan retries (the cause was not the file).
 const TRANSIENT: &[&str] = &[
@@ -326,7 +327,8 @@ impl Library {
                     }
                     None => {}
                 },
-                _ = tick.tick() => self.check_waiting().await,
+                // Ticks only while files wait to become stable: an idle daemon sleeps.
+                _ = tick.tick(), if !self.runtime().waiting.is_empty() => self.check_waiting().await,
                 () = tokio::time::sleep_until(next_scan) => {
                     self.full_scan().await;
                     next_scan = tokio::time::Instant::now() + self.inner.config.rescan;
@@ -616,9 +618,12 @@ impl Library {
                             continue;
                         }
                         self.collect_orphans();
+                        // New jobs wake the worker (`queue_file` callers notify); it polls only
+                        // while orphans wait for their grace period to end.
+                        let orphans = self.inner.store.orphan_count() > 0;
                         tokio::select! {
                             () = self.inner.work.notified() => {}
-                            () = tokio::time::sleep(IDLE_POLL) => {}
+                            () = tokio::time::sleep(IDLE_POLL), if orphans => {}
                         }
                         continue;
                     }
