@@ -3,7 +3,8 @@
 //! Security rests on the socket, not on tokens: the socket lives in a directory only the user can
 //! enter (0700), the socket itself is 0600 from the moment it exists (umask around `bind`), and
 //! every accepted peer's uid is checked with `SO_PEERCRED`/`getpeereid`, which also covers
-//! platforms that ignore socket file permissions.
+//! platforms that ignore socket file permissions. On Windows the local transport is a named pipe
+//! with an owner-only DACL (`pipe.rs`); both reach the same HTTP handling through `accept_local`.
 
 pub mod body;
 pub mod docs;
