@@ -1,5 +1,8 @@
 //! A small client for hearth's API over its Unix socket: JSON requests and SSE streams. Used by
-//! the CLI (`hearth chat`, `hearth status`), the benchmark and the integration tests.
+//! the CLI (`hearth chat`, `hearth status`, ...), the benchmark and the integration tests.
+//!
+//! Failures a caller acts on are typed ([`ClientError`]: no daemon, an API error with its code, a
+//! timeout) so the CLI can turn them into its documented exit codes; the rest are plain `anyhow`.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -12,6 +15,68 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
 use tokio::net::UnixStream;
+
+/// Why a request to the daemon failed, where callers branch on the kind.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Nothing accepts connections on the socket (absent, stale, or not ours).
+    #[error("no hearth daemon at {} ({reason})", socket.display())]
+    NoDaemon { socket: PathBuf, reason: String },
+    /// The daemon answered with an error status and its `{"error":{"code","message"}}` body.
+    /// `status` is `None` for an `error` event inside a stream that had begun with 200.
+    #[error("{message} ({code})")]
+    Api {
+        status: Option<StatusCode>,
+        code: String,
+        message: String,
+    },
+    /// Waited longer than the caller allowed.
+    #[error("{0}")]
+    TimedOut(String),
+}
+
+impl ClientError {
+    /// The `error` event of a stream: `{"code","message"}`.
+    pub fn event(data: &Value) -> ClientError {
+        ClientError::Api {
+            status: None,
+            code: data["code"].as_str().unwrap_or("unknown").to_string(),
+            message: data["message"].as_str().unwrap_or("no message").to_string(),
+        }
+    }
+
+    /// The API error of a non-2xx answer.
+    pub fn api(status: StatusCode, body: &Value) -> ClientError {
+        match (
+            body["error"]["code"].as_str(),
+            body["error"]["message"].as_str(),
+        ) {
+            (Some(code), Some(message)) => ClientError::Api {
+                status: Some(status),
+                code: code.to_string(),
+                message: message.to_string(),
+            },
+            _ => ClientError::Api {
+                status: Some(status),
+                code: format!("http_{}", status.as_u16()),
+                message: format!("{status}: {body}"),
+            },
+        }
+    }
+}
+
+/// What a daemon being waited for is doing, for a progress line.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Waiting {
+    /// Nothing accepts connections on the socket yet.
+    Socket,
+    /// The chat model is loading: `stage` (`verifying`, `loading`) and the share of it done.
+    Model {
+        name: String,
+        stage: String,
+        progress: Option<f64>,
+    },
+}
 
 /// Talks to one daemon socket; each request uses a fresh connection (cheap on a Unix socket).
 #[derive(Clone, Debug)]
@@ -60,12 +125,13 @@ impl Client {
         body: Bytes,
         accept: Option<&str>,
     ) -> anyhow::Result<hyper::Response<Incoming>> {
-        let stream = UnixStream::connect(&self.socket).await.with_context(|| {
-            format!(
-                "no hearth daemon at {} (start one with `hearth serve`)",
-                self.socket.display()
-            )
-        })?;
+        let stream =
+            UnixStream::connect(&self.socket)
+                .await
+                .map_err(|err| ClientError::NoDaemon {
+                    socket: self.socket.clone(),
+                    reason: format!("{err}; start one with `hearth start`"),
+                })?;
         let (mut sender, conn) =
             hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(async move {
@@ -112,7 +178,7 @@ impl Client {
     ) -> anyhow::Result<Value> {
         let (status, value) = self.request(method, path, body).await?;
         if !status.is_success() {
-            bail!("{status}: {}", error_text(&value));
+            return Err(ClientError::api(status, &value).into());
         }
         Ok(value)
     }
@@ -130,28 +196,13 @@ impl Client {
         filename: &str,
         bytes: &[u8],
     ) -> anyhow::Result<(StatusCode, Value)> {
-        let boundary = format!("hearth-{:016x}", rand_u64());
-        // Quotes and line breaks would end the header early; the server only uses the name
-        // for display and format detection.
-        let name: String = filename
-            .chars()
-            .map(|c| if c == '"' || c.is_control() { '_' } else { c })
-            .collect();
-        let mut body = Vec::with_capacity(bytes.len() + 256);
-        body.extend_from_slice(
-            format!(
-                "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{name}\"\r\nContent-Type: application/octet-stream\r\n\r\n"
-            )
-            .as_bytes(),
-        );
-        body.extend_from_slice(bytes);
-        body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+        let (content_type, body) = multipart(filename, bytes);
         let response = self
             .send_raw(
                 Method::POST,
                 path,
-                Some(format!("multipart/form-data; boundary={boundary}")),
-                Bytes::from(body),
+                Some(content_type),
+                body,
                 Some("application/json"),
             )
             .await?;
@@ -161,18 +212,48 @@ impl Client {
         Ok((status, value))
     }
 
+    /// Uploads a file and reads the answer as SSE (`progress` events, then `ready` or `error`).
+    /// A non-2xx answer (e.g. 413 before the body is read) is an error.
+    pub async fn upload_stream(
+        &self,
+        path: &str,
+        filename: &str,
+        bytes: &[u8],
+    ) -> anyhow::Result<EventStream> {
+        let (content_type, body) = multipart(filename, bytes);
+        let response = self
+            .send_raw(
+                Method::POST,
+                path,
+                Some(content_type),
+                body,
+                Some("text/event-stream"),
+            )
+            .await?;
+        event_stream(response).await
+    }
+
     /// Opens an SSE stream with GET (e.g. `/api/v1/events`). A non-2xx answer is an error.
     pub async fn subscribe(&self, path: &str) -> anyhow::Result<EventStream> {
         event_stream(self.send(Method::GET, path, None).await?).await
     }
 
-    /// Creates (or reuses) the user `username` and a new chat for them; returns the chat id.
-    pub async fn create_chat(&self, username: &str) -> anyhow::Result<String> {
+    /// The id of the user `username`, created if new.
+    pub async fn user_id(&self, username: &str) -> anyhow::Result<String> {
         let body = serde_json::json!({ "username": username });
         let user = self
             .call(Method::POST, "/api/v1/users", Some(&body))
             .await?;
-        let body = serde_json::json!({ "user_id": user["id"] });
+        user["id"]
+            .as_str()
+            .map(str::to_string)
+            .context("daemon returned a user without id")
+    }
+
+    /// Creates (or reuses) the user `username` and a new chat for them; returns the chat id.
+    pub async fn create_chat(&self, username: &str) -> anyhow::Result<String> {
+        let user_id = self.user_id(username).await?;
+        let body = serde_json::json!({ "user_id": user_id });
         let chat = self
             .call(Method::POST, "/api/v1/chats", Some(&body))
             .await?;
@@ -184,26 +265,92 @@ impl Client {
 
     /// Polls `/api/v1/health` until the chat model is ready or `timeout` passes.
     pub async fn wait_ready(&self, timeout: Duration) -> anyhow::Result<Value> {
+        self.wait_for(timeout, false, &mut |_| {}).await
+    }
+
+    /// Waits until the chat model is ready: for the socket to accept connections too when
+    /// `for_socket` (a daemon that is starting), else a missing daemon fails at once. `waiting` is
+    /// told what is awaited each time it is polled (every 50 ms). A model that failed to load
+    /// fails at once; so does a daemon that went away after it had answered.
+    pub async fn wait_for(
+        &self,
+        timeout: Duration,
+        for_socket: bool,
+        waiting: &mut dyn FnMut(&Waiting),
+    ) -> anyhow::Result<Value> {
         let deadline = Instant::now() + timeout;
+        let mut answered = false;
         loop {
-            match self.request(Method::GET, "/api/v1/health", None).await {
+            let last = match self.request(Method::GET, "/api/v1/health", None).await {
                 Ok((StatusCode::OK, health)) => return Ok(health),
                 Ok((_, health)) if health["models"]["chat"]["state"] == "failed" => {
                     bail!(
                         "the chat model failed to load: {}",
                         health["models"]["chat"]["error"]
+                            .as_str()
+                            .unwrap_or("no reason given")
                     )
                 }
-                Ok(_) | Err(_) if Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
                 Ok((status, health)) => {
-                    bail!("daemon not ready after {timeout:?}: {status} {health}")
+                    answered = true;
+                    let chat = &health["models"]["chat"];
+                    waiting(&Waiting::Model {
+                        name: chat["name"].as_str().unwrap_or("?").to_string(),
+                        stage: chat["loading"]["stage"]
+                            .as_str()
+                            .unwrap_or("loading")
+                            .to_string(),
+                        progress: chat["loading"]["progress"].as_f64(),
+                    });
+                    format!("{status} {}", health["status"].as_str().unwrap_or("?"))
                 }
-                Err(err) => return Err(err),
+                Err(err) => match err.downcast_ref::<ClientError>() {
+                    Some(ClientError::NoDaemon { .. }) if for_socket && !answered => {
+                        waiting(&Waiting::Socket);
+                        err.to_string()
+                    }
+                    _ => return Err(err),
+                },
+            };
+            if Instant::now() >= deadline {
+                let what = if answered {
+                    "the chat model was not ready"
+                } else {
+                    "hearth did not start"
+                };
+                return Err(ClientError::TimedOut(format!(
+                    "{what} within {} s (last: {last})",
+                    timeout.as_secs()
+                ))
+                .into());
             }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+}
+
+/// A multipart/form-data body with one field `file`; returns the content type and the body.
+fn multipart(filename: &str, bytes: &[u8]) -> (String, Bytes) {
+    let boundary = format!("hearth-{:016x}", rand_u64());
+    // Quotes and line breaks would end the header early; the server only uses the name
+    // for display and format detection.
+    let name: String = filename
+        .chars()
+        .map(|c| if c == '"' || c.is_control() { '_' } else { c })
+        .collect();
+    let mut body = Vec::with_capacity(bytes.len() + 256);
+    body.extend_from_slice(
+        format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{name}\"\r\nContent-Type: application/octet-stream\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    body.extend_from_slice(bytes);
+    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    (
+        format!("multipart/form-data; boundary={boundary}"),
+        Bytes::from(body),
+    )
 }
 
 /// An SSE response as an event reader; a non-2xx answer is an error carrying the API's message.
@@ -212,7 +359,7 @@ async fn event_stream(response: hyper::Response<Incoming>) -> anyhow::Result<Eve
     if !status.is_success() {
         let bytes = response.into_body().collect().await?.to_bytes();
         let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        bail!("{status}: {}", error_text(&value));
+        return Err(ClientError::api(status, &value).into());
     }
     Ok(EventStream {
         body: response.into_body(),

@@ -141,8 +141,8 @@ pub async fn run(config: Config, life: Lifecycle, started: Instant) -> Result<()
     let models_dir = config.models_dir.clone();
     let verify_store = store.clone();
     let name = entry.name.clone();
-    let llm = Llm::start(&name, config.llm.clone(), move || {
-        models::verify(&models_dir, &entry, &verify_store)
+    let llm = Llm::start(&name, config.llm.clone(), move |progress| {
+        models::verify_with_progress(&models_dir, &entry, &verify_store, progress)
     });
     let shutdown = CancellationToken::new();
     let embedder = Embedder::new(&config.models_dir, config.rag.embed_threads, store.clone());
@@ -228,6 +228,7 @@ pub async fn run(config: Config, life: Lifecycle, started: Instant) -> Result<()
         rag: config.rag.clone(),
         started,
         tcp: tcp_policy,
+        shutdown: shutdown.clone(),
     });
 
     tokio::spawn(signals(shutdown.clone()));
@@ -349,6 +350,24 @@ async fn signals(shutdown: CancellationToken) {
         _ = int.recv() => tracing::info!("SIGINT: shutting down"),
     }
     shutdown.cancel();
+}
+
+/// The pid of the daemon holding `data_dir`'s instance lock, if one does (`hearth stop` when the
+/// socket does not answer). Probes with a shared non-blocking lock, released at once: a daemon
+/// starting in that instant would see the lock taken, which is why this is only a fallback.
+pub fn running_instance(data_dir: &Path) -> Option<u32> {
+    let mut file = File::open(data_dir.join(LOCK_FILE)).ok()?;
+    let mut owner = String::new();
+    file.read_to_string(&mut owner).ok()?;
+    match Flock::lock(file, FlockArg::LockSharedNonblock) {
+        // Nobody holds it: a stale file of a killed daemon.
+        Ok(_unlocked_on_drop) => None,
+        Err((_, errno)) if errno == nix::errno::Errno::EWOULDBLOCK => owner
+            .split_whitespace()
+            .find_map(|field| field.strip_prefix("pid="))
+            .and_then(|pid| pid.parse().ok()),
+        Err(_) => None,
+    }
 }
 
 /// An exclusive `flock` on `DATA_DIR/hearth.lock`, holding the owner's pid and socket so a second

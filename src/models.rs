@@ -57,6 +57,18 @@ pub enum Role {
     Test,
 }
 
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Chat => "chat",
+            Role::Embed => "embed",
+            Role::Tokenizer => "tokenizer",
+            Role::Runtime => "runtime",
+            Role::Test => "test",
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
     #[error("unknown model '{0}' (not in models/manifest.toml); known chat models: {1}")]
@@ -162,6 +174,17 @@ pub fn verify(
     entry: &Entry,
     store: &Store,
 ) -> Result<VerifiedModel, ModelError> {
+    verify_with_progress(models_dir, entry, store, &|_| {})
+}
+
+/// [`verify`], reporting the share of the file hashed so far (`0.0..=1.0`) to `progress`; a
+/// cached verification reports nothing.
+pub fn verify_with_progress(
+    models_dir: &Path,
+    entry: &Entry,
+    store: &Store,
+    progress: &dyn Fn(f32),
+) -> Result<VerifiedModel, ModelError> {
     let path = precheck(models_dir, entry)?;
     let io = |err| ModelError::Io {
         path: path.clone(),
@@ -181,7 +204,13 @@ pub fn verify(
     let cached = store.verified_file(&path).ok().flatten();
     let hashed = cached.as_ref() != Some(&key);
     if hashed {
-        let found = sha256_of(&mut file).map_err(io)?;
+        let total = meta.len().max(1);
+        let mut hashed_bytes = 0u64;
+        let found = sha256_with(&mut file, &mut |n| {
+            hashed_bytes += n;
+            progress(hashed_bytes as f32 / total as f32);
+        })
+        .map_err(io)?;
         if found != entry.sha256 {
             return Err(ModelError::WrongHash {
                 path,
@@ -205,6 +234,11 @@ pub fn verify(
 
 /// Streams a file through sha256 (1 MiB reads: bounded memory for any file size).
 pub fn sha256_of(file: &mut File) -> std::io::Result<String> {
+    sha256_with(file, &mut |_| {})
+}
+
+/// [`sha256_of`], telling `on_read` how many bytes each read added.
+fn sha256_with(file: &mut File, on_read: &mut dyn FnMut(u64)) -> std::io::Result<String> {
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
@@ -213,6 +247,7 @@ pub fn sha256_of(file: &mut File) -> std::io::Result<String> {
             break;
         }
         hasher.update(&buf[..n]);
+        on_read(n as u64);
     }
     Ok(hasher
         .finalize()

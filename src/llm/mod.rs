@@ -172,9 +172,30 @@ pub struct Outcome {
 /// The model's state as health reports it.
 #[derive(Clone, Debug)]
 pub enum ModelState {
-    Loading,
+    /// `progress` is the share of the current stage done, `0.0..=1.0`.
+    Loading {
+        stage: LoadStage,
+        progress: f32,
+    },
     Ready,
     Failed(String),
+}
+
+/// What a loading model is doing: hashing the file (skipped when the verification is cached),
+/// then llama.cpp reading it. Clients show it while they wait (`hearth chat --wait`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LoadStage {
+    Verifying,
+    Loading,
+}
+
+impl LoadStage {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LoadStage::Verifying => "verifying",
+            LoadStage::Loading => "loading",
+        }
+    }
 }
 
 /// Cheap-to-clone handle on the inference worker.
@@ -191,7 +212,7 @@ struct Shared {
 }
 
 enum LoadState {
-    Loading,
+    Loading { stage: LoadStage, progress: f32 },
     Ready(Arc<Loaded>),
     Failed(String),
 }
@@ -218,17 +239,21 @@ fn backend() -> Result<&'static LlamaBackend, LlmError> {
 }
 
 impl Llm {
-    /// Starts the inference thread. It first runs `verify` (hashing the file), then loads the
-    /// model; until then the state is `Loading`. Returns at once.
+    /// Starts the inference thread. It first runs `verify` (hashing the file; it reports the
+    /// share hashed through its argument), then loads the model; until then the state is
+    /// `Loading`. Returns at once.
     pub fn start<V>(name: &str, config: LlmConfig, verify: V) -> Llm
     where
-        V: FnOnce() -> Result<VerifiedModel, ModelError> + Send + 'static,
+        V: FnOnce(&dyn Fn(f32)) -> Result<VerifiedModel, ModelError> + Send + 'static,
     {
         let shared = Arc::new(Shared {
             name: name.to_string(),
             queue: Queue::new(config.queue_depth),
             config,
-            state: RwLock::new(LoadState::Loading),
+            state: RwLock::new(LoadState::Loading {
+                stage: LoadStage::Verifying,
+                progress: 0.0,
+            }),
         });
         let thread_shared = shared.clone();
         let spawned = std::thread::Builder::new()
@@ -253,7 +278,10 @@ impl Llm {
             .read()
             .unwrap_or_else(PoisonError::into_inner)
         {
-            LoadState::Loading => ModelState::Loading,
+            LoadState::Loading { stage, progress } => ModelState::Loading {
+                stage: *stage,
+                progress: *progress,
+            },
             LoadState::Ready(_) => ModelState::Ready,
             LoadState::Failed(err) => ModelState::Failed(err.clone()),
         }
@@ -289,7 +317,7 @@ impl Llm {
             .read()
             .unwrap_or_else(PoisonError::into_inner)
         {
-            LoadState::Loading => Err(LlmError::Loading),
+            LoadState::Loading { .. } => Err(LlmError::Loading),
             LoadState::Ready(loaded) => Ok(loaded.clone()),
             LoadState::Failed(err) => Err(LlmError::Unavailable(err.clone())),
         }
@@ -338,6 +366,17 @@ impl Llm {
 impl Shared {
     fn set_state(&self, state: LoadState) {
         *self.state.write().unwrap_or_else(PoisonError::into_inner) = state;
+    }
+
+    /// Records load progress; ignored once the state has left `Loading`.
+    fn set_progress(&self, stage: LoadStage, progress: f32) {
+        let mut state = self.state.write().unwrap_or_else(PoisonError::into_inner);
+        if matches!(*state, LoadState::Loading { .. }) {
+            *state = LoadState::Loading {
+                stage,
+                progress: progress.clamp(0.0, 1.0),
+            };
+        }
     }
 }
 

@@ -25,7 +25,9 @@ use llama_cpp_2::token::LlamaToken;
 use tokio::sync::mpsc;
 
 use super::utf8::Utf8Stream;
-use super::{backend, Finish, GenEvent, Generation, LoadState, Loaded, Outcome, Sampling, Shared};
+use super::{
+    backend, Finish, GenEvent, Generation, LoadStage, LoadState, Loaded, Outcome, Sampling, Shared,
+};
 use crate::models::{ModelError, VerifiedModel};
 
 /// Tokens considered by the repeat penalty (llama.cpp's default window).
@@ -40,14 +42,14 @@ const BACKGROUND_BATCH: usize = 64;
 
 pub(super) fn run<V>(shared: &Arc<Shared>, verify: V)
 where
-    V: FnOnce() -> Result<VerifiedModel, ModelError>,
+    V: FnOnce(&dyn Fn(f32)) -> Result<VerifiedModel, ModelError>,
 {
     let started = Instant::now();
     let fail = |msg: String| {
         tracing::error!(model = %shared.name, "{msg}");
         shared.set_state(LoadState::Failed(msg));
     };
-    let verified = match verify() {
+    let verified = match verify(&|done| shared.set_progress(LoadStage::Verifying, done)) {
         Ok(verified) => verified,
         Err(err) => return fail(err.to_string()),
     };
@@ -56,7 +58,14 @@ where
         Ok(backend) => backend,
         Err(err) => return fail(err.to_string()),
     };
-    let params = LlamaModelParams::default().with_use_mmap(true);
+    shared.set_progress(LoadStage::Loading, 0.0);
+    let progress = shared.clone();
+    let params = LlamaModelParams::default()
+        .with_use_mmap(true)
+        .with_progress_callback(move |done| {
+            progress.set_progress(LoadStage::Loading, done);
+            true // never abort the load
+        });
     let model = match LlamaModel::load_from_file(backend, &verified.load_path, &params) {
         Ok(model) => Arc::new(model),
         Err(err) => {

@@ -57,6 +57,8 @@ pub struct App {
     pub started: Instant,
     /// Set when the loopback TCP listener is on.
     pub tcp: Option<tcp::TcpPolicy>,
+    /// The daemon's one shutdown path; `POST /api/v1/shutdown` fires it (`hearth stop`).
+    pub shutdown: tokio_util::sync::CancellationToken,
 }
 
 /// Which listener a connection came from; TCP requests get the token/Host/Origin checks.

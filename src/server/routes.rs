@@ -72,7 +72,10 @@ pub async fn handle(
     };
     let mut response = match early {
         Some(response) => response,
-        None => match route(&app, req, received).instrument(span.clone()).await {
+        None => match route(&app, transport, req, received)
+            .instrument(span.clone())
+            .await
+        {
             Ok(response) => response,
             Err(err) => error_response(&err),
         },
@@ -120,6 +123,7 @@ fn preflight(origin: HeaderValue) -> Response<ResBody> {
 
 async fn route(
     app: &App,
+    transport: Transport,
     req: Request<Incoming>,
     received: Instant,
 ) -> Result<Response<ResBody>, ApiError> {
@@ -136,6 +140,10 @@ async fn route(
         ["health"] => match method {
             Method::GET => health(app),
             _ => Err(ApiError::method_not_allowed("GET")),
+        },
+        ["shutdown"] => match method {
+            Method::POST => shutdown(app, transport),
+            _ => Err(ApiError::method_not_allowed("POST")),
         },
         ["users"] => match method {
             Method::POST => create_user(app, req).await,
@@ -425,10 +433,14 @@ fn clean_text(field: &str, text: &str, max_chars: usize) -> Result<String, ApiEr
 // === handlers ===
 
 fn health(app: &App) -> Result<Response<ResBody>, ApiError> {
-    let (state, error) = match app.llm.state() {
-        ModelState::Loading => ("loading", None),
-        ModelState::Ready => ("ready", None),
-        ModelState::Failed(err) => ("failed", Some(err)),
+    let (state, error, loading) = match app.llm.state() {
+        ModelState::Loading { stage, progress } => (
+            "loading",
+            None,
+            Some(json!({"stage": stage.as_str(), "progress": progress})),
+        ),
+        ModelState::Ready => ("ready", None, None),
+        ModelState::Failed(err) => ("failed", Some(err), None),
     };
     let status = match state {
         "ready" => "ok",
@@ -445,6 +457,7 @@ fn health(app: &App) -> Result<Response<ResBody>, ApiError> {
                 "name": app.llm.name(),
                 "state": state,
                 "error": error,
+                "loading": loading,
                 "n_ctx": app.llm.n_ctx(),
             },
             "embed": embed_status(&app.embedder),
@@ -465,6 +478,25 @@ fn health(app: &App) -> Result<Response<ResBody>, ApiError> {
             .insert(RETRY_AFTER, HeaderValue::from_static("1"));
     }
     Ok(response)
+}
+
+/// Starts the graceful shutdown (`hearth stop`) and answers at once; the client waits for the
+/// process to exit. Only over the local socket: the TCP listener exists for clients that cannot
+/// reach the socket, and stopping the daemon is not something they need.
+fn shutdown(app: &App, transport: Transport) -> Result<Response<ResBody>, ApiError> {
+    if transport != Transport::Local {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "local_only",
+            "shutdown is only accepted on the local socket",
+        ));
+    }
+    tracing::info!("shutdown requested over the API");
+    app.shutdown.cancel();
+    Ok(json_response(
+        StatusCode::ACCEPTED,
+        &json!({"stopping": true, "pid": std::process::id()}),
+    ))
 }
 
 /// The embedder's state: it loads on first use, so `idle` is normal.

@@ -3,6 +3,7 @@
 
 mod api;
 mod chat;
+mod cli;
 mod docs;
 mod library;
 mod lifecycle;

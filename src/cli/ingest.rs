@@ -1,0 +1,243 @@
+//! `hearth ingest` and `hearth library`: one-shot uploads of files and folders into the library
+//! (walked with the drop folder's own rules), and the drop folder's state.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use http::Method;
+
+use super::{connect, ClientArgs};
+
+#[derive(clap::Args)]
+pub(super) struct IngestArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// Extra ignore globs (as `watch_ignore`), on top of the built-in rules.
+    #[arg(long, value_name = "GLOB")]
+    ignore: Vec<String>,
+    /// Files and folders (folders are walked; links inside them are not followed).
+    #[arg(required = true, num_args = 1..)]
+    paths: Vec<PathBuf>,
+}
+
+#[derive(clap::Args)]
+pub(super) struct LibraryArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// Most failed/skipped files to list.
+    #[arg(long, value_name = "N", default_value_t = 50)]
+    limit: usize,
+}
+
+/// One file `hearth ingest` found, or why it is left out.
+enum Found {
+    File { path: PathBuf, size: u64 },
+    Skipped { path: PathBuf, reason: String },
+}
+
+/// Walks the command line's paths with the drop folder's rules: named files are taken as they
+/// are (also through a link: the user named them); inside folders, links and special files are
+/// skipped and ignored names left out.
+fn collect(paths: &[PathBuf], rules: &crate::library::rules::Rules) -> Vec<Found> {
+    use crate::library::access::{Kind, Root};
+    use std::os::unix::ffi::OsStrExt;
+    let mut found = Vec::new();
+    for path in paths {
+        match std::fs::metadata(path) {
+            Ok(meta) if meta.is_file() => found.push(Found::File {
+                path: path.clone(),
+                size: meta.len(),
+            }),
+            Ok(meta) if meta.is_dir() => {
+                let root = match Root::open(path) {
+                    Ok(root) => root,
+                    Err(reason) => {
+                        found.push(Found::Skipped {
+                            path: path.clone(),
+                            reason,
+                        });
+                        continue;
+                    }
+                };
+                let mut stack: Vec<Vec<u8>> = vec![Vec::new()];
+                while let Some(dir) = stack.pop() {
+                    let entries = match root.list(&dir) {
+                        Ok(entries) => entries,
+                        Err(err) => {
+                            found.push(Found::Skipped {
+                                path: root.path.join(std::ffi::OsStr::from_bytes(&dir)),
+                                reason: err.to_string(),
+                            });
+                            continue;
+                        }
+                    };
+                    for (name, kind) in entries {
+                        let mut relative = dir.clone();
+                        if !relative.is_empty() {
+                            relative.push(b'/');
+                        }
+                        relative.extend_from_slice(&name);
+                        if rules.ignored(&relative, &name, kind == Kind::Dir) {
+                            continue;
+                        }
+                        let full = root.path.join(std::ffi::OsStr::from_bytes(&relative));
+                        match kind {
+                            Kind::Dir => stack.push(relative),
+                            Kind::File { size, .. } => found.push(Found::File { path: full, size }),
+                            Kind::Symlink => found.push(Found::Skipped {
+                                path: full,
+                                reason: "symbolic link (not followed)".into(),
+                            }),
+                            Kind::Special => found.push(Found::Skipped {
+                                path: full,
+                                reason: "not a regular file".into(),
+                            }),
+                        }
+                    }
+                }
+            }
+            Ok(_) => found.push(Found::Skipped {
+                path: path.clone(),
+                reason: "not a regular file".into(),
+            }),
+            Err(err) => found.push(Found::Skipped {
+                path: path.clone(),
+                reason: err.to_string(),
+            }),
+        }
+    }
+    found
+}
+
+/// Error codes of uploads that are "not a document" rather than a failure.
+const SKIP_CODES: &[&str] = &[
+    "unsupported_format",
+    "empty_document",
+    "file_too_large",
+    "payload_too_large",
+];
+
+pub(super) async fn ingest(config_file: Option<&Path>, args: IngestArgs) -> anyhow::Result<()> {
+    let client = connect(config_file, &args.client)?;
+    client.request(Method::GET, "/api/v1/health", None).await?;
+    let rules = crate::library::rules::Rules::new(&args.ignore).map_err(anyhow::Error::msg)?;
+    let found = collect(&args.paths, &rules);
+    let total: u64 = found
+        .iter()
+        .map(|f| match f {
+            Found::File { size, .. } => *size,
+            Found::Skipped { .. } => 0,
+        })
+        .sum();
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} ({eta}) {msg}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let (mut indexed, mut skipped, mut failed) = (0usize, Vec::new(), Vec::new());
+    for item in found {
+        let (path, size) = match item {
+            Found::File { path, size } => (path, size),
+            Found::Skipped { path, reason } => {
+                skipped.push((path, reason));
+                continue;
+            }
+        };
+        let name = path.to_string_lossy().into_owned();
+        bar.set_message(name.clone());
+        let result = match std::fs::read(&path) {
+            Ok(bytes) => {
+                client
+                    .upload("/api/v1/library/documents", &name, &bytes)
+                    .await
+            }
+            Err(err) => Err(anyhow::Error::from(err)),
+        };
+        bar.inc(size);
+        match result {
+            Ok((status, _)) if status.is_success() => indexed += 1,
+            Ok((_, body)) => {
+                let code = body["error"]["code"].as_str().unwrap_or("?").to_string();
+                let text = crate::client::error_text(&body);
+                if SKIP_CODES.contains(&code.as_str()) {
+                    skipped.push((path, text));
+                } else {
+                    failed.push((path, text));
+                }
+            }
+            Err(err) => failed.push((path, format!("{err:#}"))),
+        }
+    }
+    bar.finish_and_clear();
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "indexed {indexed}, skipped {}, failed {}",
+        skipped.len(),
+        failed.len()
+    )?;
+    for (path, reason) in &skipped {
+        writeln!(out, "  skipped {}: {reason}", path.display())?;
+    }
+    for (path, reason) in &failed {
+        writeln!(out, "  failed  {}: {reason}", path.display())?;
+    }
+    if !failed.is_empty() {
+        anyhow::bail!("{} file(s) failed", failed.len());
+    }
+    Ok(())
+}
+
+pub(super) async fn library(config_file: Option<&Path>, args: LibraryArgs) -> anyhow::Result<()> {
+    let client = connect(config_file, &args.client)?;
+    let status = client.call(Method::GET, "/api/v1/library", None).await?;
+    let mut out = std::io::stdout().lock();
+    let roots = status["roots"].as_array().cloned().unwrap_or_default();
+    if roots.is_empty() {
+        writeln!(out, "no watched folders (add `watch = [\"~/Documents/notes\"]` to hearth.toml or pass --watch DIR)")?;
+    }
+    for root in &roots {
+        writeln!(out, "watching {}", root.as_str().unwrap_or("?"))?;
+    }
+    if let Some(err) = status["watcher_error"].as_str() {
+        writeln!(
+            out,
+            "watcher off ({err}); periodic scans keep the library in sync"
+        )?;
+    }
+    let counts = &status["counts"];
+    writeln!(
+        out,
+        "indexed {} · queued {} · indexing {} · failed {} · skipped {} · waiting to settle {}",
+        counts["indexed"],
+        counts["queued"],
+        counts["indexing"],
+        counts["failed"],
+        counts["skipped"],
+        status["waiting"]
+    )?;
+    for state in ["failed", "skipped"] {
+        let page = client
+            .call(
+                Method::GET,
+                &format!(
+                    "/api/v1/library/files?state={state}&limit={}",
+                    args.limit.clamp(1, 1000)
+                ),
+                None,
+            )
+            .await?;
+        for file in page["files"].as_array().into_iter().flatten() {
+            writeln!(
+                out,
+                "  {state} {}: {} ({})",
+                file["path"].as_str().unwrap_or("?"),
+                file["message"].as_str().unwrap_or(""),
+                file["reason"].as_str().unwrap_or("?"),
+            )?;
+        }
+    }
+    Ok(())
+}
