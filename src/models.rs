@@ -22,8 +22,8 @@ use crate::store::{Store, VerifiedFile};
 /// The manifest as built into this binary.
 const MANIFEST_TOML: &str = include_str!("../models/manifest.toml");
 
-/// The command that fetches the default model files, named in every "missing" error.
-pub const FETCH_HINT: &str = "./models/fetch";
+/// The script that fetches pinned model files, run from a hearth source checkout.
+pub const FETCH_SCRIPT: &str = "./models/fetch";
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct Manifest {
@@ -73,15 +73,16 @@ impl Role {
 pub enum ModelError {
     #[error("unknown model '{0}' (not in models/manifest.toml); known chat models: {1}")]
     Unknown(String, String),
-    #[error("model file {path} is missing; fetch it with `{FETCH_HINT}`", path = .0.display())]
-    Missing(PathBuf),
+    #[error("model file {path} is missing; fetch it with `{fetch}`", path = .path.display())]
+    Missing { path: PathBuf, fetch: String },
     #[error("model file {path} is not a regular file", path = .0.display())]
     NotAFile(PathBuf),
-    #[error("model file {path} has size {found}, the manifest pins {expected}; re-fetch it with `{FETCH_HINT}`", path = .path.display())]
+    #[error("model file {path} has size {found}, the manifest pins {expected}; re-fetch it with `{fetch}`", path = .path.display())]
     WrongSize {
         path: PathBuf,
         found: u64,
         expected: u64,
+        fetch: String,
     },
     #[error("model file {path} has sha256 {found}, the manifest pins {expected}; refusing to load it", path = .path.display())]
     WrongHash {
@@ -151,7 +152,10 @@ pub fn precheck(models_dir: &Path, entry: &Entry) -> Result<PathBuf, ModelError>
     let meta = match std::fs::metadata(&path) {
         Ok(meta) => meta,
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-            return Err(ModelError::Missing(path))
+            return Err(ModelError::Missing {
+                path,
+                fetch: fetch_command(models_dir, entry),
+            })
         }
         Err(err) => return Err(ModelError::Io { path, err }),
     };
@@ -163,9 +167,20 @@ pub fn precheck(models_dir: &Path, entry: &Entry) -> Result<PathBuf, ModelError>
             path,
             found: meta.len(),
             expected: entry.size,
+            fetch: fetch_command(models_dir, entry),
         });
     }
     Ok(path)
+}
+
+/// The exact command that fetches `entry`'s group into `models_dir` (the script's own default
+/// directory is the checkout's `models/`, which need not be the one in use).
+pub fn fetch_command(models_dir: &Path, entry: &Entry) -> String {
+    let group = entry.group.as_deref().unwrap_or("--all");
+    format!(
+        "HEARTH_MODELS_DIR={} {FETCH_SCRIPT} {group}",
+        models_dir.display()
+    )
 }
 
 /// Verifies `entry`'s file in `models_dir` against its pinned sha256 (using the store's cache).
@@ -306,7 +321,7 @@ mod tests {
         };
         assert!(matches!(
             verify(dir.path(), &entry, &store),
-            Err(ModelError::Missing(_))
+            Err(ModelError::Missing { .. })
         ));
         std::fs::write(dir.path().join("t.gguf"), body).unwrap();
         let first = verify(dir.path(), &entry, &store).unwrap();

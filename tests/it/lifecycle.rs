@@ -139,6 +139,14 @@ async fn a_missing_model_is_a_one_line_error_naming_the_file_and_the_fetch_comma
         err.contains("tiny-random.gguf") && err.contains("./models/fetch"),
         "{err}"
     );
+    // The exact command: the group of the missing file, into the models dir in use.
+    assert!(
+        err.contains(&format!(
+            "HEARTH_MODELS_DIR={} ./models/fetch test",
+            empty.path().display()
+        )),
+        "{err}"
+    );
     assert_eq!(err.trim().lines().count(), 1, "{err}");
 }
 
