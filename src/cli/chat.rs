@@ -85,19 +85,10 @@ const HISTORY_FILE: &str = "repl_history";
 const HISTORY_LINES: usize = 1000;
 
 pub(super) fn chat(config_file: Option<&Path>, args: ChatArgs) -> anyhow::Result<()> {
-    let message = if !args.message.is_empty() {
-        Some(args.message.join(" "))
-    } else if std::io::stdin().is_terminal() {
-        None
+    let message = if args.message.is_empty() {
+        stdin_message()?
     } else {
-        let mut text = String::new();
-        std::io::stdin().read_to_string(&mut text)?;
-        if text.trim().is_empty() {
-            return Err(CliExit::usage(
-                "no message: give one as arguments or on stdin (or run `hearth chat` in a terminal)",
-            ));
-        }
-        Some(text)
+        Some(args.message.join(" "))
     };
     if message.is_none() && args.json {
         return Err(CliExit::usage("--json needs a message"));
@@ -134,17 +125,25 @@ pub(super) fn run(config_file: Option<&Path>, args: RunArgs) -> anyhow::Result<(
             .into());
         }
     }
-    if !std::io::stdin().is_terminal() {
-        let mut text = String::new();
-        std::io::stdin().read_to_string(&mut text)?;
-        if text.trim().is_empty() {
-            return Err(CliExit::usage(
-                "stdin is not a terminal and holds no message",
-            ));
-        }
-        return rt.block_on(one_answer(session, &text, serde_json::Map::new(), false));
+    match stdin_message()? {
+        Some(text) => rt.block_on(one_answer(session, &text, serde_json::Map::new(), false)),
+        None => repl(&rt, session),
     }
-    repl(&rt, session)
+}
+
+/// The message piped on stdin; `None` when stdin is a terminal (an interactive session).
+fn stdin_message() -> anyhow::Result<Option<String>> {
+    if std::io::stdin().is_terminal() {
+        return Ok(None);
+    }
+    let mut text = String::new();
+    std::io::stdin().read_to_string(&mut text)?;
+    if text.trim().is_empty() {
+        return Err(CliExit::usage(
+            "no message: give one as arguments or on stdin (or run this in a terminal)",
+        ));
+    }
+    Ok(Some(text))
 }
 
 /// A conversation with the daemon: who, which chat, which context.

@@ -27,6 +27,9 @@ pub(super) struct LibraryArgs {
     /// Most failed/skipped files to list.
     #[arg(long, value_name = "N", default_value_t = 50)]
     limit: usize,
+    /// Start a full reconcile scan of the watched folders now (it runs in the background).
+    #[arg(long)]
+    rescan: bool,
 }
 
 /// One file `hearth ingest` found, or why it is left out.
@@ -192,6 +195,12 @@ pub(super) async fn ingest(config_file: Option<&Path>, args: IngestArgs) -> anyh
 
 pub(super) async fn library(config_file: Option<&Path>, args: LibraryArgs) -> anyhow::Result<()> {
     let client = connect(config_file, &args.client)?;
+    if args.rescan {
+        client
+            .call(Method::POST, "/api/v1/library/rescan", None)
+            .await?;
+        writeln!(std::io::stdout().lock(), "rescan started")?;
+    }
     let status = client.call(Method::GET, "/api/v1/library", None).await?;
     let mut out = std::io::stdout().lock();
     let roots = status["roots"].as_array().cloned().unwrap_or_default();

@@ -216,6 +216,8 @@ enum ChatsAction {
         #[arg(required = true, num_args = 1..)]
         ids: Vec<String>,
     },
+    /// Stop the reply being generated in a chat (the partial reply is kept).
+    Cancel { id: String },
 }
 
 pub(super) async fn chats(config_file: Option<&Path>, args: ChatsArgs) -> anyhow::Result<()> {
@@ -315,11 +317,25 @@ pub(super) async fn chats(config_file: Option<&Path>, args: ChatsArgs) -> anyhow
                 return print_json(&json!({ "deleted": deleted }));
             }
         }
+        ChatsAction::Cancel { id } => {
+            let id = resolve_chat(&client, &user_id, &id).await?;
+            let answer = client
+                .call(Method::POST, &format!("/api/v1/chats/{id}/cancel"), None)
+                .await?;
+            if args.out.json {
+                return print_json(&answer);
+            }
+            if answer["cancelled"] == true {
+                writeln!(out, "cancelled the reply in {id}")?;
+            } else {
+                writeln!(out, "no reply was being generated in {id}")?;
+            }
+        }
     }
     Ok(())
 }
 
-// === docs / search ===
+// === docs / search / embed ===
 
 #[derive(clap::Args)]
 pub(super) struct DocsArgs {
@@ -554,6 +570,54 @@ pub(super) async fn search(config_file: Option<&Path>, args: SearchArgs) -> anyh
             r["score"].as_f64().unwrap_or(0.0),
             r["filename"].as_str().unwrap_or("?"),
             one_line(r["text"].as_str().unwrap_or(""), 160)
+        )?;
+    }
+    Ok(())
+}
+
+#[derive(clap::Args)]
+pub(super) struct EmbedArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// Print the API's whole answer (every vector) as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Texts to embed, one vector each.
+    #[arg(required = true, num_args = 1..)]
+    texts: Vec<String>,
+}
+
+pub(super) async fn embed(config_file: Option<&Path>, args: EmbedArgs) -> anyhow::Result<()> {
+    let client = connect(config_file, &args.client)?;
+    let answer = client
+        .call(
+            Method::POST,
+            "/api/v1/embeddings",
+            Some(&json!({ "input": args.texts })),
+        )
+        .await?;
+    if args.json {
+        return print_json(&answer);
+    }
+    let mut out = std::io::stdout().lock();
+    for item in answer["data"].as_array().into_iter().flatten() {
+        let vector = item["embedding"].as_array().cloned().unwrap_or_default();
+        let head: Vec<String> = vector
+            .iter()
+            .take(4)
+            .map(|v| format!("{:.4}", v.as_f64().unwrap_or(0.0)))
+            .collect();
+        let index = item["index"].as_u64().unwrap_or(0);
+        let text = usize::try_from(index)
+            .ok()
+            .and_then(|i| args.texts.get(i))
+            .map(|t| one_line(t, 40))
+            .unwrap_or_default();
+        writeln!(
+            out,
+            "{text:<40}  {} dims  [{}, …]",
+            vector.len(),
+            head.join(", ")
         )?;
     }
     Ok(())

@@ -5,7 +5,8 @@
 //!
 //! - `lifecycle.rs`: `start`, `serve --detach`, `stop`, waiting for a daemon, the no-argument guide;
 //! - `chat.rs`: `chat`/`run`, one answer or the interactive REPL;
-//! - `manage.rs`: `chats`, `docs`, `search`, `memories`, `settings`, `models`, `ps`, `events`;
+//! - `manage.rs`: `chats`, `docs`, `search`, `embed`, `memories`, `settings`, `models`, `ps`,
+//!   `events`;
 //! - `ingest.rs`: `ingest` and `library` (the drop folder).
 //!
 //! Errors are one line on stderr, `hearth: <what went wrong> (<api code>)`, and an exit code from
@@ -125,6 +126,8 @@ enum Command {
     Docs(manage::DocsArgs),
     /// Search documents: the library or one chat's documents, best excerpts first.
     Search(manage::SearchArgs),
+    /// Embed texts with the daemon's embedding model.
+    Embed(manage::EmbedArgs),
     /// List, search, add, edit or forget long-term memories, and their history.
     Memories(manage::MemoriesArgs),
     /// Show or change a user's generation settings (`hearth settings temperature=0.2`).
@@ -226,6 +229,7 @@ pub fn main(started: Instant) -> ExitCode {
         Some(Command::Chats(args)) => in_runtime(manage::chats(config_file, args)),
         Some(Command::Docs(args)) => in_runtime(manage::docs(config_file, args)),
         Some(Command::Search(args)) => in_runtime(manage::search(config_file, args)),
+        Some(Command::Embed(args)) => in_runtime(manage::embed(config_file, args)),
         Some(Command::Memories(args)) => in_runtime(manage::memories(config_file, args)),
         Some(Command::Settings(args)) => in_runtime(manage::settings(config_file, args)),
         Some(Command::Events(args)) => in_runtime(manage::events(config_file, args)),
@@ -335,17 +339,9 @@ pub(crate) fn target(config_file: Option<&Path>, args: &ClientArgs) -> anyhow::R
     })
 }
 
-/// Resolves the socket a client should use, the same way the daemon chooses it.
-pub(crate) fn client_socket(
-    config_file: Option<&Path>,
-    args: &ClientArgs,
-) -> anyhow::Result<PathBuf> {
-    Ok(target(config_file, args)?.socket)
-}
-
 /// A client for the daemon `args` name.
 pub(crate) fn connect(config_file: Option<&Path>, args: &ClientArgs) -> anyhow::Result<Client> {
-    Ok(Client::new(&client_socket(config_file, args)?))
+    Ok(Client::new(&target(config_file, args)?.socket))
 }
 
 async fn status(config_file: Option<&Path>, args: ClientArgs) -> anyhow::Result<()> {

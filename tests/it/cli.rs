@@ -413,6 +413,22 @@ async fn management_commands_work_against_a_live_daemon_with_json_and_exit_codes
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stderr(&out).contains("[1] notes.txt"), "{}", stderr(&out));
 
+    let vectors = json(&d, &["embed", "--json", "hello", "world"]);
+    assert_eq!(vectors["data"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        vectors["data"][1]["embedding"].as_array().unwrap().len(),
+        384
+    );
+    let cancel = json(&d, &["chats", "cancel", &chat_id, "--json"]);
+    assert_eq!(cancel["cancelled"], false);
+    let out = run(&d, &["library", "--rescan"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).starts_with("rescan started"),
+        "{}",
+        stdout(&out)
+    );
+
     // Memories: add, list, search, history, forget.
     let added = json(
         &d,
