@@ -196,15 +196,8 @@ impl Client {
         filename: &str,
         bytes: &[u8],
     ) -> anyhow::Result<(StatusCode, Value)> {
-        let (content_type, body) = multipart(filename, bytes);
         let response = self
-            .send_raw(
-                Method::POST,
-                path,
-                Some(content_type),
-                body,
-                Some("application/json"),
-            )
+            .send_file(path, filename, bytes, "application/json")
             .await?;
         let status = response.status();
         let bytes = response.into_body().collect().await?.to_bytes();
@@ -220,17 +213,24 @@ impl Client {
         filename: &str,
         bytes: &[u8],
     ) -> anyhow::Result<EventStream> {
+        event_stream(
+            self.send_file(path, filename, bytes, "text/event-stream")
+                .await?,
+        )
+        .await
+    }
+
+    /// POSTs a file as multipart/form-data (field `file`), asking for `accept`.
+    async fn send_file(
+        &self,
+        path: &str,
+        filename: &str,
+        bytes: &[u8],
+        accept: &str,
+    ) -> anyhow::Result<hyper::Response<Incoming>> {
         let (content_type, body) = multipart(filename, bytes);
-        let response = self
-            .send_raw(
-                Method::POST,
-                path,
-                Some(content_type),
-                body,
-                Some("text/event-stream"),
-            )
-            .await?;
-        event_stream(response).await
+        self.send_raw(Method::POST, path, Some(content_type), body, Some(accept))
+            .await
     }
 
     /// Opens an SSE stream with GET (e.g. `/api/v1/events`). A non-2xx answer is an error.

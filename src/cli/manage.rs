@@ -22,6 +22,27 @@ pub(super) struct JsonArg {
     json: bool,
 }
 
+/// Runs `delete` for each id; prints the line it returns per id, or with `--json` one object
+/// `{"deleted": [...]}` of the values it returns. Stops at the first failure.
+async fn delete_each(
+    ids: Vec<String>,
+    as_json: bool,
+    mut delete: impl AsyncFnMut(String) -> anyhow::Result<(String, Value)>,
+) -> anyhow::Result<()> {
+    let mut deleted = Vec::new();
+    for id in ids {
+        let (line, value) = delete(id).await?;
+        if !as_json {
+            writeln!(std::io::stdout().lock(), "{line}")?;
+        }
+        deleted.push(value);
+    }
+    if as_json {
+        print_json(&json!({ "deleted": deleted }))?;
+    }
+    Ok(())
+}
+
 // === ps / models ===
 
 #[derive(clap::Args)]
@@ -302,20 +323,14 @@ pub(super) async fn chats(config_file: Option<&Path>, args: ChatsArgs) -> anyhow
             )?;
         }
         ChatsAction::Rm { ids } => {
-            let mut deleted = Vec::new();
-            for id in ids {
+            delete_each(ids, args.out.json, async |id| {
                 let id = resolve_chat(&client, &user_id, &id).await?;
                 client
                     .call(Method::DELETE, &format!("/api/v1/chats/{id}"), None)
                     .await?;
-                if !args.out.json {
-                    writeln!(out, "deleted {id}")?;
-                }
-                deleted.push(id);
-            }
-            if args.out.json {
-                return print_json(&json!({ "deleted": deleted }));
-            }
+                Ok((format!("deleted {id}"), json!(id)))
+            })
+            .await?;
         }
         ChatsAction::Cancel { id } => {
             let id = resolve_chat(&client, &user_id, &id).await?;
@@ -453,23 +468,14 @@ pub(super) async fn docs(config_file: Option<&Path>, args: DocsArgs) -> anyhow::
             }
         }
         DocsAction::Rm { ids } => {
-            let mut deleted = Vec::new();
-            for id in ids {
+            delete_each(ids, args.out.json, async |id| {
                 let answer = client
                     .call(Method::DELETE, &format!("/api/v1/documents/{id}"), None)
                     .await?;
-                if !args.out.json {
-                    writeln!(
-                        std::io::stdout().lock(),
-                        "deleted {id} ({} chunks)",
-                        answer["chunks_deleted"]
-                    )?;
-                }
-                deleted.push(answer);
-            }
-            if args.out.json {
-                return print_json(&json!({ "deleted": deleted }));
-            }
+                let line = format!("deleted {id} ({} chunks)", answer["chunks_deleted"]);
+                Ok((line, answer))
+            })
+            .await?;
         }
     }
     Ok(())
@@ -760,8 +766,7 @@ pub(super) async fn memories(config_file: Option<&Path>, args: MemoriesArgs) -> 
             writeln!(out, "forgot {} memories", answer["deleted"])?;
         }
         MemoriesAction::Forget { ids, .. } => {
-            let mut deleted = Vec::new();
-            for id in ids {
+            delete_each(ids, args.out.json, async |id| {
                 client
                     .call(
                         Method::DELETE,
@@ -769,14 +774,9 @@ pub(super) async fn memories(config_file: Option<&Path>, args: MemoriesArgs) -> 
                         None,
                     )
                     .await?;
-                if !args.out.json {
-                    writeln!(out, "forgot {id}")?;
-                }
-                deleted.push(id);
-            }
-            if args.out.json {
-                return print_json(&json!({ "deleted": deleted }));
-            }
+                Ok((format!("forgot {id}"), json!(id)))
+            })
+            .await?;
         }
         MemoriesAction::History { id } => {
             let path = match &id {
