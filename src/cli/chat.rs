@@ -666,7 +666,7 @@ async fn slash_command(session: &mut Session, command: &str) -> anyhow::Result<F
             }
             drop(out);
             let chat_id = session.chat_id().await?;
-            let doc = super::manage::upload_with_progress(
+            let doc = super::docs::upload_with_progress(
                 &session.client,
                 &format!("/api/v1/chats/{chat_id}/documents"),
                 Path::new(arg),

@@ -5,17 +5,21 @@
 //!
 //! - `lifecycle.rs`: `start`, `serve --detach`, `stop`, waiting for a daemon, the no-argument guide;
 //! - `chat.rs`: `chat`/`run`, one answer or the interactive REPL;
-//! - `manage.rs`: `chats`, `docs`, `search`, `embed`, `memories`, `settings`, `models`, `ps`,
-//!   `events`;
+//! - `chats.rs`, `docs.rs` (with `search`, `embed`), `memories.rs` (with `settings`): what the
+//!   daemon holds, shown as a short table or, with `--json`, as the API's JSON;
+//! - `status.rs`: `ps`, `models`, `events`;
 //! - `ingest.rs`: `ingest` and `library` (the drop folder).
 //!
 //! Errors are one line on stderr, `hearth: <what went wrong> (<api code>)`, and an exit code from
 //! [`Exit`], so scripts can tell "no daemon" from "the daemon said no" from "timed out".
 
 mod chat;
+mod chats;
+mod docs;
 mod ingest;
 mod lifecycle;
-mod manage;
+mod memories;
+mod status;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -117,23 +121,23 @@ enum Command {
     /// Show a running daemon's health (all of it, as JSON).
     Status(ClientArgs),
     /// Show what the running daemon has loaded and what it is doing.
-    Ps(manage::PsArgs),
+    Ps(status::PsArgs),
     /// List the pinned model files and which of them are present.
-    Models(manage::ModelsArgs),
+    Models(status::ModelsArgs),
     /// List, show, rename or delete chats.
-    Chats(manage::ChatsArgs),
+    Chats(chats::ChatsArgs),
     /// List, upload or delete documents (of a chat, or the library every chat can search).
-    Docs(manage::DocsArgs),
+    Docs(docs::DocsArgs),
     /// Search documents: the library or one chat's documents, best excerpts first.
-    Search(manage::SearchArgs),
+    Search(docs::SearchArgs),
     /// Embed texts with the daemon's embedding model.
-    Embed(manage::EmbedArgs),
+    Embed(docs::EmbedArgs),
     /// List, search, add, edit or forget long-term memories, and their history.
-    Memories(manage::MemoriesArgs),
+    Memories(memories::MemoriesArgs),
     /// Show or change a user's generation settings (`hearth settings temperature=0.2`).
-    Settings(manage::SettingsArgs),
+    Settings(memories::SettingsArgs),
     /// Print background events (titles, memory extraction, drop-folder files) as they happen.
-    Events(manage::EventsArgs),
+    Events(status::EventsArgs),
     /// Add files or folders to a running daemon's library (searchable from every chat), once.
     Ingest(ingest::IngestArgs),
     /// Show the drop folder: watched folders, file state counts and failures.
@@ -224,15 +228,15 @@ pub fn main(started: Instant) -> ExitCode {
         Some(Command::Chat(args)) => chat::chat(config_file, args),
         Some(Command::Run(args)) => chat::run(config_file, args),
         Some(Command::Status(args)) => in_runtime(status(config_file, args)),
-        Some(Command::Ps(args)) => in_runtime(manage::ps(config_file, args)),
-        Some(Command::Models(args)) => in_runtime(manage::models(config_file, args)),
-        Some(Command::Chats(args)) => in_runtime(manage::chats(config_file, args)),
-        Some(Command::Docs(args)) => in_runtime(manage::docs(config_file, args)),
-        Some(Command::Search(args)) => in_runtime(manage::search(config_file, args)),
-        Some(Command::Embed(args)) => in_runtime(manage::embed(config_file, args)),
-        Some(Command::Memories(args)) => in_runtime(manage::memories(config_file, args)),
-        Some(Command::Settings(args)) => in_runtime(manage::settings(config_file, args)),
-        Some(Command::Events(args)) => in_runtime(manage::events(config_file, args)),
+        Some(Command::Ps(args)) => in_runtime(status::ps(config_file, args)),
+        Some(Command::Models(args)) => in_runtime(status::models(config_file, args)),
+        Some(Command::Chats(args)) => in_runtime(chats::chats(config_file, args)),
+        Some(Command::Docs(args)) => in_runtime(docs::docs(config_file, args)),
+        Some(Command::Search(args)) => in_runtime(docs::search(config_file, args)),
+        Some(Command::Embed(args)) => in_runtime(docs::embed(config_file, args)),
+        Some(Command::Memories(args)) => in_runtime(memories::memories(config_file, args)),
+        Some(Command::Settings(args)) => in_runtime(memories::settings(config_file, args)),
+        Some(Command::Events(args)) => in_runtime(status::events(config_file, args)),
         Some(Command::Ingest(args)) => in_runtime(ingest::ingest(config_file, args)),
         Some(Command::Library(args)) => in_runtime(ingest::library(config_file, args)),
         Some(Command::Bench(args)) => crate::bench::run(config_file, args),
@@ -467,4 +471,46 @@ pub(crate) fn one_line(text: &str, max: usize) -> String {
     let mut cut: String = flat.chars().take(max.saturating_sub(1)).collect();
     cut.push('…');
     cut
+}
+
+/// `--json`: the API's JSON instead of a table.
+#[derive(clap::Args, Clone, Copy)]
+pub(crate) struct JsonArg {
+    /// Print the API's JSON answer instead of a table.
+    #[arg(long, global = true)]
+    pub(crate) json: bool,
+}
+
+/// Runs `delete` for each id; prints the line it returns per id, or with `--json` one object
+/// `{"deleted": [...]}` of the values it returns. Stops at the first failure.
+pub(crate) async fn delete_each(
+    ids: Vec<String>,
+    as_json: bool,
+    mut delete: impl AsyncFnMut(String) -> anyhow::Result<(String, serde_json::Value)>,
+) -> anyhow::Result<()> {
+    let mut deleted = Vec::new();
+    for id in ids {
+        let (line, value) = delete(id).await?;
+        if !as_json {
+            writeln!(std::io::stdout().lock(), "{line}")?;
+        }
+        deleted.push(value);
+    }
+    if as_json {
+        print_json(&json!({ "deleted": deleted }))?;
+    }
+    Ok(())
+}
+
+/// Percent-encodes a query parameter value (RFC 3986 unreserved characters stay).
+pub(crate) fn percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
 }
