@@ -263,9 +263,10 @@ impl Client {
             .context("daemon returned a chat without id")
     }
 
-    /// Polls `/api/v1/health` until the chat model is ready or `timeout` passes.
+    /// Polls `/api/v1/health` until the chat model is ready or `timeout` passes, also while
+    /// nothing accepts connections yet (a daemon starting, or restarting over a stale socket).
     pub async fn wait_ready(&self, timeout: Duration) -> anyhow::Result<Value> {
-        self.wait_for(timeout, false, &mut |_| {}).await
+        self.wait_for(timeout, true, &mut |_| {}).await
     }
 
     /// Waits until the chat model is ready: for the socket to accept connections too when
