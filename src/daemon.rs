@@ -24,6 +24,7 @@ use crate::chat::retrieve::Retriever;
 use crate::chat::ChatService;
 use crate::config::Config;
 use crate::embed::Embedder;
+use crate::error_code::ErrorCode;
 use crate::index::{Index, IndexOptions};
 use crate::ingest::{IngestLimits, Ingestor};
 use crate::llm::Llm;
@@ -53,7 +54,7 @@ pub struct Lifecycle {
 /// A start-up failure with a stable code (the sidecar error line carries it).
 #[derive(Debug)]
 pub struct StartError {
-    pub code: &'static str,
+    pub code: ErrorCode,
     pub error: anyhow::Error,
 }
 
@@ -64,11 +65,11 @@ impl std::fmt::Display for StartError {
 }
 
 trait Code<T> {
-    fn code(self, code: &'static str) -> Result<T, StartError>;
+    fn code(self, code: ErrorCode) -> Result<T, StartError>;
 }
 
 impl<T, E: Into<anyhow::Error>> Code<T> for Result<T, E> {
-    fn code(self, code: &'static str) -> Result<T, StartError> {
+    fn code(self, code: ErrorCode) -> Result<T, StartError> {
         self.map_err(|err| StartError {
             code,
             error: err.into(),
@@ -79,25 +80,26 @@ impl<T, E: Into<anyhow::Error>> Code<T> for Result<T, E> {
 /// Runs the daemon until a shutdown signal (or, for a sidecar, stdin EOF or parent death).
 /// `started` is the process start, for the log line that says how long accepting took.
 pub async fn run(config: Config, life: Lifecycle, started: Instant) -> Result<(), StartError> {
-    server::ensure_private_dir(&config.data_dir).code("data_dir")?;
-    let lock = InstanceLock::acquire(&config.data_dir, &config.socket).code("already_running")?;
+    server::ensure_private_dir(&config.data_dir).code(ErrorCode::DataDir)?;
+    let lock =
+        InstanceLock::acquire(&config.data_dir, &config.socket).code(ErrorCode::AlreadyRunning)?;
 
     let manifest = Manifest::builtin();
     let entry = manifest
         .chat_model(config.model.as_deref())
-        .code("unknown_model")?
+        .code(ErrorCode::UnknownModel)?
         .clone();
-    models::precheck(&config.models_dir, &entry).code("model_missing")?;
+    models::precheck(&config.models_dir, &entry).code(ErrorCode::ModelMissing)?;
 
     let store = Store::open(&config.data_dir.join("db"), config.cache_bytes)
         .with_context(|| format!("{}: cannot open the store", config.data_dir.display()))
-        .code("store_failed")?;
+        .code(ErrorCode::StoreUnavailable)?;
     // A socket handed over by systemd is used as is (it owns the file); otherwise bind our own.
     let roots = crate::library::Library::open_roots(&config.library)
         .map_err(anyhow::Error::msg)
-        .code("watch_failed")?;
+        .code(ErrorCode::WatchFailed)?;
     let (local, socket_path, owns_socket) =
-        match server::activated_listener().code("bind_failed")? {
+        match server::activated_listener().code(ErrorCode::BindFailed)? {
             Some(listener) => {
                 let path = listener
                     .local_addr()
@@ -107,7 +109,7 @@ pub async fn run(config: Config, life: Lifecycle, started: Instant) -> Result<()
                 (listener, path, false)
             }
             None => (
-                server::bind(&config.socket).code("bind_failed")?,
+                server::bind(&config.socket).code(ErrorCode::BindFailed)?,
                 config.socket.clone(),
                 true,
             ),
@@ -118,10 +120,10 @@ pub async fn run(config: Config, life: Lifecycle, started: Instant) -> Result<()
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("tcp: cannot bind {addr}"))
-                .code("bind_failed")?;
-            let bound = listener.local_addr().code("bind_failed")?;
+                .code(ErrorCode::BindFailed)?;
+            let bound = listener.local_addr().code(ErrorCode::BindFailed)?;
             let policy = TcpPolicy::load(bound, &config.data_dir, config.allowed_origins.clone())
-                .code("tcp_token")?;
+                .code(ErrorCode::TcpToken)?;
             (Some(listener), Some(policy))
         }
     };
@@ -133,7 +135,7 @@ pub async fn run(config: Config, life: Lifecycle, started: Instant) -> Result<()
         "accepting connections"
     );
     if life.sidecar {
-        ready_line(&socket_path, tcp_policy.as_ref()).code("stdout_closed")?;
+        ready_line(&socket_path, tcp_policy.as_ref()).code(ErrorCode::StdoutClosed)?;
     }
     // systemd Type=notify; a no-op when NOTIFY_SOCKET is unset.
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
@@ -212,7 +214,7 @@ pub async fn run(config: Config, life: Lifecycle, started: Instant) -> Result<()
         shutdown.clone(),
     )
     .map_err(anyhow::Error::msg)
-    .code("watch_failed")?;
+    .code(ErrorCode::WatchFailed)?;
     let app = Arc::new(App {
         store: store.clone(),
         llm: llm.clone(),
@@ -256,7 +258,7 @@ pub async fn run(config: Config, life: Lifecycle, started: Instant) -> Result<()
     store
         .flush_now()
         .context("final store flush failed")
-        .code("shutdown_failed")?;
+        .code(ErrorCode::ShutdownFailed)?;
     if owns_socket {
         if let Err(err) = std::fs::remove_file(&socket_path) {
             tracing::warn!(error = %err, "cannot remove the socket file");

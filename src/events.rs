@@ -35,7 +35,7 @@ pub enum Event {
     FileFailed {
         path: String,
         state: &'static str,
-        reason: String,
+        reason: crate::error_code::ErrorCode,
         message: String,
     },
     /// A watched file is gone from the folder, and from search.

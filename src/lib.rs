@@ -14,6 +14,7 @@
 //! - [`library`]: the drop folder: watched folders kept in sync with the `library` scope.
 //! - [`memory`]: long-term memories (dedup, recall, extraction prompt and grammar) and titles.
 //! - [`jobs`]: the background scheduler (titles, memory extraction) below chat priority.
+//! - [`error_code`]: the one closed vocabulary of error codes.
 //! - [`events`]: notifications of background work for UIs (`/api/v1/events`).
 //! - [`server`]: HTTP + SSE on a Unix socket; the only module that knows HTTP.
 //! - [`daemon`]: start-up order, instance lock and the one shutdown path.
@@ -33,6 +34,7 @@ pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod embed;
+pub mod error_code;
 pub mod events;
 pub mod index;
 pub mod ingest;

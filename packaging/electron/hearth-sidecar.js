@@ -517,7 +517,7 @@ class Hearth extends EventEmitter {
    *   (`start`, `token`, `done`, `error`) with `data` parsed from JSON. If it throws, the stream is
    *   cancelled and the promise rejects with that error.
    * @returns {Promise<object>} the `done` event's data. Rejects with a HearthError whose `code` is
-   *   the `error` event's code (`inference_failed`, `store_failed`, `shutting_down`), or the JSON
+   *   the `error` event's code (`inference_failed`, `store_unavailable`, `shutting_down`), or the JSON
    *   error body's code for a non-2xx answer (`model_loading` with `retryAfter`, `chat_not_found`,
    *   `generation_in_progress`, `queue_full`, ...), or `stream_ended` if the connection dropped;
    *   with an AbortError when `signal` fires.

@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::error_code::ErrorCode;
 use crate::jobs::Jobs;
 use crate::llm::{
     CancelFlag, Finish, GenEvent, Generation, Llm, LlmError, Outcome, Priority, Sampling,
@@ -117,7 +118,7 @@ pub enum ChatEvent {
     Token(String),
     Done(Done),
     Error {
-        code: &'static str,
+        code: ErrorCode,
         message: String,
     },
 }
@@ -514,17 +515,17 @@ impl Turn {
         let event = if let Err(err) = stored {
             tracing::error!(chat = %self.chat_id, error = %err, "cannot store the reply");
             ChatEvent::Error {
-                code: "store_failed",
+                code: ErrorCode::StoreUnavailable,
                 message: format!("the reply could not be saved: {err}"),
             }
         } else if shutting_down {
             ChatEvent::Error {
-                code: "shutting_down",
+                code: ErrorCode::ShuttingDown,
                 message: "the daemon is shutting down; the partial reply was saved".into(),
             }
         } else if outcome.finish == Finish::Error {
             ChatEvent::Error {
-                code: "inference_failed",
+                code: ErrorCode::InferenceFailed,
                 message: outcome.error.clone().unwrap_or_default(),
             }
         } else {

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use http::Method;
 
 use super::{connect, ClientArgs};
+use crate::error_code::ErrorCode;
 
 #[derive(clap::Args)]
 pub(super) struct IngestArgs {
@@ -112,14 +113,6 @@ fn collect(paths: &[PathBuf], rules: &crate::library::rules::Rules) -> Vec<Found
     found
 }
 
-/// Error codes of uploads that are "not a document" rather than a failure.
-const SKIP_CODES: &[&str] = &[
-    "unsupported_format",
-    "empty_document",
-    "file_too_large",
-    "payload_too_large",
-];
-
 pub(super) async fn ingest(config_file: Option<&Path>, args: IngestArgs) -> anyhow::Result<()> {
     let client = connect(config_file, &args.client)?;
     client.request(Method::GET, "/api/v1/health", None).await?;
@@ -162,9 +155,10 @@ pub(super) async fn ingest(config_file: Option<&Path>, args: IngestArgs) -> anyh
         match result {
             Ok((status, _)) if status.is_success() => indexed += 1,
             Ok((_, body)) => {
-                let code = body["error"]["code"].as_str().unwrap_or("?").to_string();
+                let code = body["error"]["code"].as_str().and_then(ErrorCode::parse);
                 let text = crate::client::error_text(&body);
-                if SKIP_CODES.contains(&code.as_str()) {
+                // "Not a document" (unsupported, empty, too large) is a skip, not a failure.
+                if code.is_some_and(ErrorCode::is_skip) {
                     skipped.push((path, text));
                 } else {
                     failed.push((path, text));

@@ -33,6 +33,7 @@ use serde_json::json;
 use crate::client::{Client, ClientError};
 use crate::config::{self, RawConfig};
 use crate::daemon::StartError;
+use crate::error_code::ErrorCode;
 
 /// The exit codes, as `--help` documents them.
 const EXIT_CODES_HELP: &str = "\
@@ -289,7 +290,7 @@ fn serve(config_file: Option<&Path>, args: ServeArgs, started: Instant) -> anyho
     }
     let result = config::load(config_file, args.config)
         .map_err(|error| StartError {
-            code: "invalid_config",
+            code: ErrorCode::InvalidConfig,
             error,
         })
         .and_then(|config| {
@@ -301,7 +302,7 @@ fn serve(config_file: Option<&Path>, args: ServeArgs, started: Instant) -> anyho
                 !args.detached_child,
             );
             let rt = runtime().map_err(|error| StartError {
-                code: "runtime",
+                code: ErrorCode::RuntimeFailed,
                 error,
             })?;
             let result = rt.block_on(crate::daemon::run(config, life, started));

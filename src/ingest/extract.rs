@@ -20,6 +20,7 @@ use std::collections::{HashMap, HashSet};
 use std::io::{self, BufReader, Cursor, Read};
 use std::panic::{self, AssertUnwindSafe};
 
+use crate::error_code::ErrorCode;
 use pdf_extract::{Dictionary, Document, Object, ObjectId};
 use pulldown_cmark::{Event as MdEvent, Options as MdOptions, Parser as MdParser, Tag, TagEnd};
 use quick_xml::events::{BytesStart, Event as XmlEvent};
@@ -108,15 +109,15 @@ pub enum ExtractError {
 impl ExtractError {
     /// A stable machine-readable code. Every size limit shares `file_too_large` so that callers
     /// map one code to one response; the message says which limit it was.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         match self {
-            ExtractError::Unsupported(_) => "unsupported_format",
-            ExtractError::Empty => "empty_document",
-            ExtractError::Corrupt(_) => "corrupt_document",
+            ExtractError::Unsupported(_) => ErrorCode::UnsupportedFormat,
+            ExtractError::Empty => ErrorCode::EmptyDocument,
+            ExtractError::Corrupt(_) => ErrorCode::CorruptDocument,
             ExtractError::TooLarge { .. }
             | ExtractError::TooManyPages { .. }
             | ExtractError::TextTooLarge { .. }
-            | ExtractError::UnpackedTooLarge { .. } => "file_too_large",
+            | ExtractError::UnpackedTooLarge { .. } => ErrorCode::FileTooLarge,
         }
     }
 }
@@ -2194,7 +2195,7 @@ heading &amp; more&nbsp;text &#8212; &#x41;&copy; &bogus; AT&T</p>
     fn pdf_name_on_other_bytes_is_corrupt() {
         let e = err("fake.pdf", b"just some text pretending");
         assert!(matches!(e, ExtractError::Corrupt(_)), "{e}");
-        assert_eq!(e.code(), "corrupt_document");
+        assert_eq!(e.code().as_str(), "corrupt_document");
     }
 
     #[test]
@@ -2311,7 +2312,7 @@ heading &amp; more&nbsp;text &#8212; &#x41;&copy; &bogus; AT&T</p>
             matches!(e, ExtractError::TooManyPages { pages: 3, limit: 2 }),
             "{e}"
         );
-        assert_eq!(e.code(), "file_too_large");
+        assert_eq!(e.code().as_str(), "file_too_large");
     }
 
     #[test]
@@ -2440,7 +2441,7 @@ heading &amp; more&nbsp;text &#8212; &#x41;&copy; &bogus; AT&T</p>
         };
         let e = err_with("bomb.docx", &bytes, &limits);
         assert!(matches!(e, ExtractError::UnpackedTooLarge { .. }), "{e}");
-        assert_eq!(e.code(), "file_too_large");
+        assert_eq!(e.code().as_str(), "file_too_large");
     }
 
     #[test]
@@ -2455,7 +2456,7 @@ heading &amp; more&nbsp;text &#8212; &#x41;&copy; &bogus; AT&T</p>
         for name in ["archive.zip", "renamed.docx", "notes.txt"] {
             let e = err(name, &zip_of(&[("readme.txt", "hello")]));
             assert!(matches!(e, ExtractError::Unsupported(_)), "{name}: {e}");
-            assert_eq!(e.code(), "unsupported_format");
+            assert_eq!(e.code().as_str(), "unsupported_format");
         }
         let e = err("book.xlsx", &zip_of(&[("xl/workbook.xml", "<workbook/>")]));
         assert!(
@@ -2524,7 +2525,7 @@ heading &amp; more&nbsp;text &#8212; &#x41;&copy; &bogus; AT&T</p>
         ] {
             let e = err(name, bytes);
             assert!(matches!(e, ExtractError::Empty), "{name}: {e}");
-            assert_eq!(e.code(), "empty_document");
+            assert_eq!(e.code().as_str(), "empty_document");
         }
     }
 
@@ -2545,7 +2546,7 @@ heading &amp; more&nbsp;text &#8212; &#x41;&copy; &bogus; AT&T</p>
             ),
             "{e}"
         );
-        assert_eq!(e.code(), "file_too_large");
+        assert_eq!(e.code().as_str(), "file_too_large");
         assert!(extract("ok.txt", b"1234567890", &limits).is_ok());
 
         let limits = Limits {

@@ -14,6 +14,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use crate::embed::{EmbedError, Embedder, Urgency};
+use crate::error_code::ErrorCode;
 use crate::index::Index;
 use crate::store::{now_millis, ChunkRecord, Document, DocumentId, Scope, Store, StoreError};
 
@@ -37,14 +38,14 @@ pub enum IngestError {
 
 impl IngestError {
     /// Stable code for the API.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         match self {
             IngestError::Extract(err) => err.code(),
-            IngestError::Timeout(_) => "extraction_timeout",
-            IngestError::Embed(EmbedError::Unavailable(_)) => "embedder_unavailable",
-            IngestError::Embed(_) => "embedding_failed",
-            IngestError::Store(_) => "store_failed",
-            IngestError::Tokenizer(_) => "embedder_unavailable",
+            IngestError::Timeout(_) => ErrorCode::ExtractionTimeout,
+            IngestError::Embed(EmbedError::Unavailable(_)) => ErrorCode::EmbedderUnavailable,
+            IngestError::Embed(_) => ErrorCode::EmbeddingFailed,
+            IngestError::Store(_) => ErrorCode::StoreUnavailable,
+            IngestError::Tokenizer(_) => ErrorCode::EmbedderUnavailable,
         }
     }
 }

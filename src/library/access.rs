@@ -13,6 +13,7 @@ use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
+use crate::error_code::ErrorCode;
 use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 use rustix::io::Errno;
 
@@ -60,14 +61,14 @@ pub enum AccessError {
 
 impl AccessError {
     /// Stable reason code for the file's state.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         match self {
-            AccessError::Symlink => "symlink",
-            AccessError::NotRegular => "not_regular_file",
-            AccessError::Escapes => "outside_root",
-            AccessError::NotFound => "not_found",
-            AccessError::TooLarge { .. } => "too_large",
-            AccessError::Io(_) => "read_error",
+            AccessError::Symlink => ErrorCode::Symlink,
+            AccessError::NotRegular => ErrorCode::NotRegularFile,
+            AccessError::Escapes => ErrorCode::OutsideRoot,
+            AccessError::NotFound => ErrorCode::NotFound,
+            AccessError::TooLarge { .. } => ErrorCode::TooLarge,
+            AccessError::Io(_) => ErrorCode::ReadError,
         }
     }
 }

@@ -31,6 +31,7 @@ use serde::Serialize;
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
+use crate::error_code::ErrorCode;
 use crate::events::{Event, Events};
 use crate::ingest::{IngestError, Ingestor, Prepared};
 use crate::store::{
@@ -55,14 +56,6 @@ const YIELD_POLL: Duration = Duration::from_millis(20);
 /// How often an idle worker looks for orphans whose grace period ended (only while there are
 /// any; new jobs wake it at once).
 const IDLE_POLL: Duration = Duration::from_secs(1);
-/// Reasons of failures that a later scan retries (the cause was not the file).
-const TRANSIENT: &[&str] = &[
-    "embedder_unavailable",
-    "embedding_failed",
-    "store_failed",
-    "read_error",
-    "extraction_timeout",
-];
 
 /// Drop-folder settings (see `config`).
 #[derive(Debug, Clone)]
@@ -456,15 +449,21 @@ impl Library {
                 }
             }
             Kind::Symlink => {
-                self.skip(&key, 0, 0, "symlink", "symbolic links are not followed")
-                    .await
+                self.skip(
+                    &key,
+                    0,
+                    0,
+                    ErrorCode::Symlink,
+                    "symbolic links are not followed",
+                )
+                .await
             }
             Kind::Special => {
                 self.skip(
                     &key,
                     0,
                     0,
-                    "not_regular_file",
+                    ErrorCode::NotRegularFile,
                     "FIFOs, sockets and devices are not read",
                 )
                 .await
@@ -538,11 +537,19 @@ impl Library {
                 "larger than the limit of {} bytes",
                 self.inner.config.max_file_bytes
             );
-            return self.skip(key, size, mtime_ns, "too_large", &message).await;
+            return self
+                .skip(key, size, mtime_ns, ErrorCode::TooLarge, &message)
+                .await;
         }
         if size == 0 {
             return self
-                .skip(key, size, mtime_ns, "empty_file", "the file is empty")
+                .skip(
+                    key,
+                    size,
+                    mtime_ns,
+                    ErrorCode::EmptyFile,
+                    "the file is empty",
+                )
                 .await;
         }
         self.queue(key, JobKind::Upsert, size, mtime_ns);
@@ -572,10 +579,17 @@ impl Library {
 
     /// Records a file that is not ingested on purpose (no job needed; any earlier content of
     /// the file leaves the library).
-    async fn skip(&self, key: &FileKey, size: u64, mtime_ns: i128, reason: &str, message: &str) {
+    async fn skip(
+        &self,
+        key: &FileKey,
+        size: u64,
+        mtime_ns: i128,
+        reason: ErrorCode,
+        message: &str,
+    ) {
         if let Ok(Some(known)) = self.inner.store.file(key) {
             if known.state == FileState::Skipped
-                && known.reason.as_deref() == Some(reason)
+                && known.reason == Some(reason)
                 && known.size == size
                 && known.mtime_ns == mtime_ns
                 && known.job.is_none()
@@ -910,7 +924,7 @@ impl Library {
                     FileState::Failed,
                     job.size,
                     job.mtime_ns,
-                    "read_error",
+                    ErrorCode::ReadError,
                     &err.to_string(),
                 ));
             }
@@ -926,7 +940,7 @@ impl Library {
                 FileState::Skipped,
                 size,
                 mtime_ns,
-                "empty_file",
+                ErrorCode::EmptyFile,
                 "the file is empty",
             ));
         }
@@ -942,7 +956,7 @@ impl Library {
                         FileState::Failed,
                         size,
                         mtime_ns,
-                        "read_error",
+                        ErrorCode::ReadError,
                         &err.to_string(),
                     ))
                 }
@@ -961,7 +975,7 @@ impl Library {
                     FileState::Failed,
                     size,
                     mtime_ns,
-                    "store_failed",
+                    ErrorCode::StoreUnavailable,
                     &err.to_string(),
                 ))
             }
@@ -975,9 +989,7 @@ impl Library {
             },
             Err(err) => {
                 let state = match err.code() {
-                    "unsupported_format" | "empty_document" | "file_too_large" => {
-                        FileState::Skipped
-                    }
+                    code if code.is_skip() => FileState::Skipped,
                     _ => FileState::Failed,
                 };
                 Step::NotIndexed(not_indexed(
@@ -1057,7 +1069,7 @@ impl Library {
                 FileState::Failed | FileState::Skipped => Event::FileFailed {
                     path,
                     state: record.state.as_str(),
-                    reason: record.reason.unwrap_or_default(),
+                    reason: record.reason.unwrap_or(ErrorCode::Internal),
                     message: record.message.unwrap_or_default(),
                 },
                 FileState::Queued | FileState::Indexing => return,
@@ -1089,23 +1101,32 @@ enum Step {
 }
 
 fn job_record(job: &LibraryJob) -> FileRecord {
-    not_indexed(FileState::Queued, job.size, job.mtime_ns, "", "")
+    FileRecord {
+        reason: None,
+        message: None,
+        ..not_indexed(
+            FileState::Queued,
+            job.size,
+            job.mtime_ns,
+            ErrorCode::Internal,
+            "",
+        )
+    }
 }
 
 fn not_indexed(
     state: FileState,
     size: u64,
     mtime_ns: i128,
-    reason: &str,
+    reason: ErrorCode,
     message: &str,
 ) -> FileRecord {
-    let text = |s: &str| (!s.is_empty()).then(|| s.to_string());
     FileRecord {
         size,
         mtime_ns,
         state,
-        reason: text(reason),
-        message: text(message),
+        reason: Some(reason),
+        message: (!message.is_empty()).then(|| message.to_string()),
         content_hash: None,
         document_id: None,
         chunks: 0,
@@ -1120,10 +1141,7 @@ fn not_indexed(
 fn needs_work(record: &FileRecord) -> bool {
     match record.state {
         FileState::Queued | FileState::Indexing => record.job.is_none(),
-        FileState::Failed => record
-            .reason
-            .as_deref()
-            .is_some_and(|r| TRANSIENT.contains(&r)),
+        FileState::Failed => record.reason.is_some_and(ErrorCode::is_transient),
         FileState::Indexed | FileState::Skipped => false,
     }
 }

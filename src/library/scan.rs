@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use super::access::{AccessError, Kind, Root, MAX_DEPTH};
 use super::needs_work;
 use super::rules::Rules;
+use crate::error_code::ErrorCode;
 use crate::store::{FileKey, FileRecord, FileState, Store};
 
 /// What differs between a tree and the store.
@@ -41,11 +42,10 @@ fn unchanged(record: &FileRecord, kind: &Kind) -> bool {
             record.size == *size && record.mtime_ns == *mtime_ns && !needs_work(record)
         }
         Kind::Symlink => {
-            record.state == FileState::Skipped && record.reason.as_deref() == Some("symlink")
+            record.state == FileState::Skipped && record.reason == Some(ErrorCode::Symlink)
         }
         Kind::Special => {
-            record.state == FileState::Skipped
-                && record.reason.as_deref() == Some("not_regular_file")
+            record.state == FileState::Skipped && record.reason == Some(ErrorCode::NotRegularFile)
         }
         Kind::Dir => false,
     }

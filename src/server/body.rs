@@ -8,6 +8,7 @@ use hyper::body::Incoming;
 use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
+use crate::error_code::ErrorCode;
 
 /// Reads a JSON body of at most `limit` bytes into `T`.
 ///
@@ -22,7 +23,7 @@ pub async fn json<T: DeserializeOwned>(req: Request<Incoming>, limit: u64) -> Re
         if essence != "application/json" {
             return Err(ApiError::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
+                ErrorCode::UnsupportedMediaType,
                 "expected Content-Type: application/json",
             ));
         }
@@ -30,7 +31,7 @@ pub async fn json<T: DeserializeOwned>(req: Request<Incoming>, limit: u64) -> Re
     let too_large = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
+            ErrorCode::BodyTooLarge,
             format!("request body is larger than {limit} bytes"),
         )
     };
@@ -39,7 +40,9 @@ pub async fn json<T: DeserializeOwned>(req: Request<Incoming>, limit: u64) -> Re
             .to_str()
             .ok()
             .and_then(|v| v.parse::<u64>().ok())
-            .ok_or_else(|| ApiError::bad_request("bad_content_length", "invalid Content-Length"))?;
+            .ok_or_else(|| {
+                ApiError::bad_request(ErrorCode::BadContentLength, "invalid Content-Length")
+            })?;
         if len > limit {
             return Err(too_large());
         }
@@ -50,7 +53,7 @@ pub async fn json<T: DeserializeOwned>(req: Request<Incoming>, limit: u64) -> Re
         Err(err) if err.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
         Err(err) => {
             return Err(ApiError::bad_request(
-                "bad_body",
+                ErrorCode::BadBody,
                 format!("cannot read the request body: {err}"),
             ))
         }
@@ -61,17 +64,24 @@ pub async fn json<T: DeserializeOwned>(req: Request<Incoming>, limit: u64) -> Re
 /// Parses JSON bytes into `T` with the error mapping described on [`json`].
 pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     if bytes.is_empty() {
-        return Err(ApiError::bad_request("empty_body", "expected a JSON body"));
+        return Err(ApiError::bad_request(
+            ErrorCode::EmptyBody,
+            "expected a JSON body",
+        ));
     }
     if std::str::from_utf8(bytes).is_err() {
         return Err(ApiError::bad_request(
-            "invalid_utf8",
+            ErrorCode::InvalidUtf8,
             "request body is not valid UTF-8",
         ));
     }
     serde_json::from_slice(bytes).map_err(|err| match err.classify() {
+        // serde's `deny_unknown_fields` message: "unknown field `x`, expected one of ...".
+        serde_json::error::Category::Data if err.to_string().starts_with("unknown field `") => {
+            ApiError::bad_request(ErrorCode::UnknownField, err.to_string())
+        }
         serde_json::error::Category::Data => ApiError::invalid(err.to_string()),
-        _ => ApiError::bad_request("invalid_json", format!("malformed JSON: {err}")),
+        _ => ApiError::bad_request(ErrorCode::InvalidJson, format!("malformed JSON: {err}")),
     })
 }
 
@@ -135,13 +145,16 @@ mod tests {
 
     #[test]
     fn errors_map_to_precise_codes() {
-        let code = |b: &[u8]| parse::<Body>(b).unwrap_err().code;
+        let code = |b: &[u8]| parse::<Body>(b).unwrap_err().code.as_str();
         assert_eq!(code(b""), "empty_body");
         assert_eq!(code(b"{\"name\":\xff}"), "invalid_utf8");
         assert_eq!(code(b"{\"name\":"), "invalid_json");
         assert_eq!(code(b"{\"name\":1}"), "invalid_request");
         assert_eq!(code(b"{}"), "invalid_request");
-        assert_eq!(code(b"{\"name\":\"a\",\"x\":1}"), "invalid_request");
+        let unknown = parse::<Body>(b"{\"name\":\"a\",\"x\":1}").unwrap_err();
+        assert_eq!(unknown.code.as_str(), "unknown_field");
+        assert_eq!(unknown.status, http::StatusCode::BAD_REQUEST);
+        assert!(unknown.message.contains("`x`"), "{}", unknown.message);
         assert!(parse::<Body>(b"{\"name\":\"a\"}").is_ok());
     }
 

@@ -19,6 +19,7 @@ use super::routes::{json_response, ok, require_chat, sse_response, ResBody};
 use super::sse::SseEvent;
 use super::{body, App};
 use crate::embed::Urgency;
+use crate::error_code::ErrorCode;
 use crate::ingest::{IngestError, Progress};
 use crate::store::{Document, DocumentId, Scope};
 
@@ -152,7 +153,7 @@ async fn read_file_field(
     let too_large = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
+            ErrorCode::BodyTooLarge,
             format!("upload is larger than {limit} bytes"),
         )
     };
@@ -164,7 +165,7 @@ async fn read_file_field(
     let boundary = multer::parse_boundary(content_type).map_err(|_| {
         ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
+            ErrorCode::UnsupportedMediaType,
             "expected multipart/form-data with a `file` field",
         )
     })?;
@@ -194,7 +195,10 @@ async fn read_file_field(
         multer::Error::StreamSizeExceeded { .. } | multer::Error::FieldSizeExceeded { .. } => {
             too_large()
         }
-        err => ApiError::bad_request("bad_multipart", format!("malformed multipart body: {err}")),
+        err => ApiError::bad_request(
+            ErrorCode::BadMultipart,
+            format!("malformed multipart body: {err}"),
+        ),
     };
     let mut found = None;
     while let Some(field) = multipart.next_field().await.map_err(multipart_error)? {
@@ -227,27 +231,28 @@ pub fn list(app: &App, scope: Scope) -> Result<Response<ResBody>, ApiError> {
 
 fn document_id(text: &str) -> Result<DocumentId, ApiError> {
     text.parse().map_err(|_| {
-        ApiError::bad_request("invalid_id", format!("'{text}' is not a valid document id"))
+        ApiError::bad_request(
+            ErrorCode::InvalidId,
+            format!("'{text}' is not a valid document id"),
+        )
     })
 }
 
 /// `GET /api/v1/documents/{id}`
 pub fn get(app: &App, id: &str) -> Result<Response<ResBody>, ApiError> {
     let id = document_id(id)?;
-    let doc = app
-        .store
-        .document(id)?
-        .ok_or_else(|| ApiError::not_found("document_not_found", format!("no document {id}")))?;
+    let doc = app.store.document(id)?.ok_or_else(|| {
+        ApiError::not_found(ErrorCode::DocumentNotFound, format!("no document {id}"))
+    })?;
     ok(&DocumentOut::from(&doc))
 }
 
 /// `DELETE /api/v1/documents/{id}`: the document, its chunks, vectors and index entries.
 pub async fn delete(app: &App, id: &str) -> Result<Response<ResBody>, ApiError> {
     let id = document_id(id)?;
-    let doc =
-        app.ingestor.delete(id).await?.ok_or_else(|| {
-            ApiError::not_found("document_not_found", format!("no document {id}"))
-        })?;
+    let doc = app.ingestor.delete(id).await?.ok_or_else(|| {
+        ApiError::not_found(ErrorCode::DocumentNotFound, format!("no document {id}"))
+    })?;
     ok(&json!({"deleted": doc.id, "chunks_deleted": doc.chunk_count}))
 }
 
@@ -311,7 +316,7 @@ pub async fn search(app: &App, req: Request<Incoming>) -> Result<Response<ResBod
 }
 
 fn embed_error(err: crate::embed::EmbedError) -> ApiError {
-    ApiError::unavailable("embedder_unavailable", err.to_string(), 5)
+    ApiError::unavailable(ErrorCode::EmbedderUnavailable, err.to_string(), 5)
 }
 
 #[derive(Deserialize)]

@@ -9,6 +9,7 @@ use http::StatusCode;
 use serde_json::json;
 
 use crate::chat::ChatError;
+use crate::error_code::ErrorCode;
 use crate::llm::LlmError;
 use crate::memory::MemoryError;
 use crate::store::StoreError;
@@ -17,7 +18,7 @@ use crate::store::StoreError;
 #[derive(Debug)]
 pub struct ApiError {
     pub status: StatusCode,
-    pub code: &'static str,
+    pub code: ErrorCode,
     pub message: String,
     /// Seconds, for 503s the client should retry.
     pub retry_after: Option<u32>,
@@ -26,7 +27,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+    pub fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> ApiError {
         ApiError {
             status,
             code,
@@ -36,15 +37,19 @@ impl ApiError {
         }
     }
 
-    pub fn bad_request(code: &'static str, message: impl Into<String>) -> ApiError {
+    pub fn bad_request(code: ErrorCode, message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, code, message)
     }
 
     pub fn invalid(message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", message)
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorCode::InvalidRequest,
+            message,
+        )
     }
 
-    pub fn not_found(code: &'static str, message: impl Into<String>) -> ApiError {
+    pub fn not_found(code: ErrorCode, message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::NOT_FOUND, code, message)
     }
 
@@ -53,13 +58,13 @@ impl ApiError {
             allow: Some(allow),
             ..ApiError::new(
                 StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
+                ErrorCode::MethodNotAllowed,
                 format!("this path allows {allow}"),
             )
         }
     }
 
-    pub fn unavailable(code: &'static str, message: impl Into<String>, retry: u32) -> ApiError {
+    pub fn unavailable(code: ErrorCode, message: impl Into<String>, retry: u32) -> ApiError {
         ApiError {
             retry_after: Some(retry),
             ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, message)
@@ -70,7 +75,7 @@ impl ApiError {
         tracing::error!(error = %message, "internal error");
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
+            ErrorCode::Internal,
             "internal error; see the daemon log",
         )
     }
@@ -85,14 +90,18 @@ impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> ApiError {
         match err {
             StoreError::NotFound(what) => {
-                ApiError::not_found("not_found", format!("{what} not found"))
+                ApiError::not_found(ErrorCode::NotFound, format!("{what} not found"))
             }
             StoreError::InUse(message) => {
-                ApiError::new(StatusCode::CONFLICT, "managed_by_watch", message)
+                ApiError::new(StatusCode::CONFLICT, ErrorCode::ManagedByWatch, message)
             }
             StoreError::Flush(_) | StoreError::Sled(_) => {
                 tracing::error!(error = %err, "store failure");
-                ApiError::unavailable("store_unavailable", "the store cannot write right now", 5)
+                ApiError::unavailable(
+                    ErrorCode::StoreUnavailable,
+                    "the store cannot write right now",
+                    5,
+                )
             }
             other => ApiError::internal(other),
         }
@@ -102,11 +111,15 @@ impl From<StoreError> for ApiError {
 impl From<LlmError> for ApiError {
     fn from(err: LlmError) -> ApiError {
         match err {
-            LlmError::Loading => ApiError::unavailable("model_loading", err.to_string(), 1),
-            LlmError::QueueFull(_) => ApiError::unavailable("queue_full", err.to_string(), 2),
-            LlmError::ShuttingDown => ApiError::unavailable("shutting_down", err.to_string(), 5),
+            LlmError::Loading => ApiError::unavailable(ErrorCode::ModelLoading, err.to_string(), 1),
+            LlmError::QueueFull(_) => {
+                ApiError::unavailable(ErrorCode::QueueFull, err.to_string(), 2)
+            }
+            LlmError::ShuttingDown => {
+                ApiError::unavailable(ErrorCode::ShuttingDown, err.to_string(), 5)
+            }
             LlmError::Unavailable(_) => {
-                ApiError::unavailable("model_unavailable", err.to_string(), 30)
+                ApiError::unavailable(ErrorCode::ModelUnavailable, err.to_string(), 30)
             }
             LlmError::Template(_) => ApiError::invalid(err.to_string()),
             LlmError::Inference(_) => ApiError::internal(err),
@@ -117,23 +130,25 @@ impl From<LlmError> for ApiError {
 impl From<ChatError> for ApiError {
     fn from(err: ChatError) -> ApiError {
         match err {
-            ChatError::ChatNotFound => ApiError::not_found("chat_not_found", "chat not found"),
+            ChatError::ChatNotFound => {
+                ApiError::not_found(ErrorCode::ChatNotFound, "chat not found")
+            }
             ChatError::Invalid(msg) => ApiError::invalid(msg),
             ChatError::Busy => ApiError::new(
                 StatusCode::CONFLICT,
-                "generation_in_progress",
+                ErrorCode::GenerationInProgress,
                 "a reply is already being generated in this chat; cancel it or wait",
             ),
             ChatError::TooLong { .. } => ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
-                "message_too_long",
+                ErrorCode::MessageTooLong,
                 err.to_string(),
             ),
             ChatError::Llm(err) => err.into(),
             ChatError::Store(err) => err.into(),
             ChatError::Retrieve(crate::chat::retrieve::RetrieveError::Store(err)) => err.into(),
             ChatError::Retrieve(err) => {
-                ApiError::unavailable("embedder_unavailable", err.to_string(), 5)
+                ApiError::unavailable(ErrorCode::EmbedderUnavailable, err.to_string(), 5)
             }
         }
     }
@@ -143,10 +158,12 @@ impl From<MemoryError> for ApiError {
     fn from(err: MemoryError) -> ApiError {
         match err {
             MemoryError::Invalid(msg) => ApiError::invalid(msg),
-            MemoryError::NotFound => ApiError::not_found("memory_not_found", "memory not found"),
+            MemoryError::NotFound => {
+                ApiError::not_found(ErrorCode::MemoryNotFound, "memory not found")
+            }
             MemoryError::Store(err) => err.into(),
             MemoryError::Embed(err) => {
-                ApiError::unavailable("embedder_unavailable", err.to_string(), 5)
+                ApiError::unavailable(ErrorCode::EmbedderUnavailable, err.to_string(), 5)
             }
         }
     }

@@ -48,7 +48,7 @@ struct FileOut {
     path_is_utf8: bool,
     size: u64,
     state: &'static str,
-    reason: Option<String>,
+    reason: Option<crate::error_code::ErrorCode>,
     message: Option<String>,
     chunks: u32,
     document_id: Option<DocumentId>,

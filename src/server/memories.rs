@@ -14,6 +14,7 @@ use super::error::ApiError;
 use super::routes::{json_response, ok, ResBody};
 use super::{body, App};
 use crate::embed::Urgency;
+use crate::error_code::ErrorCode;
 use crate::memory::Change;
 use crate::store::{BgJobKind, HistoryEntry, Memory, MemoryId, MemoryOrigin, UserId};
 
@@ -54,7 +55,10 @@ impl<'a> MemoryOut<'a> {
 
 pub fn memory_id(text: &str) -> Result<MemoryId, ApiError> {
     text.parse().map_err(|_| {
-        ApiError::bad_request("invalid_id", format!("'{text}' is not a valid memory id"))
+        ApiError::bad_request(
+            ErrorCode::InvalidId,
+            format!("'{text}' is not a valid memory id"),
+        )
     })
 }
 
@@ -62,7 +66,7 @@ fn require_user(app: &App, id: UserId) -> Result<(), ApiError> {
     match app.store.user(id)? {
         Some(_) => Ok(()),
         None => Err(ApiError::not_found(
-            "user_not_found",
+            ErrorCode::UserNotFound,
             format!("no user {id}"),
         )),
     }
@@ -187,7 +191,7 @@ fn owned(app: &App, id: MemoryId, query: Option<&str>) -> Result<Memory, ApiErro
     match app.store.memory(id)? {
         Some(m) if q.user_id.is_none_or(|u| u == m.user_id) => Ok(m),
         _ => Err(ApiError::not_found(
-            "memory_not_found",
+            ErrorCode::MemoryNotFound,
             format!("no memory {id}"),
         )),
     }
@@ -228,7 +232,7 @@ pub async fn delete(
     owned(app, id, query)?;
     let memory = app.store.delete_memory(id).map_err(|err| match err {
         crate::store::StoreError::NotFound(_) => {
-            ApiError::not_found("memory_not_found", format!("no memory {id}"))
+            ApiError::not_found(ErrorCode::MemoryNotFound, format!("no memory {id}"))
         }
         other => other.into(),
     })?;
@@ -268,7 +272,7 @@ pub fn history(
     let entries = app.store.memory_history(id)?;
     if entries.is_empty() || q.user_id.is_some_and(|u| entries[0].user_id != u) {
         return Err(ApiError::not_found(
-            "memory_not_found",
+            ErrorCode::MemoryNotFound,
             format!("no memory {id}"),
         ));
     }

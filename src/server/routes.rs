@@ -31,6 +31,7 @@ use super::sse::{SseBody, SseEvent};
 use super::tcp::Verdict;
 use super::{App, Transport};
 use crate::chat::{ChatEvent, Options, SearchMode, SendRequest};
+use crate::error_code::ErrorCode;
 use crate::llm::ModelState;
 use crate::store::{Chat, ChatId, Message, Scope, Settings, User, UserId};
 
@@ -250,20 +251,26 @@ async fn route(
 
 fn no_route(path: &str) -> ApiError {
     ApiError::not_found(
-        "no_route",
+        ErrorCode::NoRoute,
         format!("no endpoint at {path}; the API lives under {API_PREFIX}"),
     )
 }
 
 fn user_id(text: &str) -> Result<UserId, ApiError> {
     text.parse().map_err(|_| {
-        ApiError::bad_request("invalid_id", format!("'{text}' is not a valid user id"))
+        ApiError::bad_request(
+            ErrorCode::InvalidId,
+            format!("'{text}' is not a valid user id"),
+        )
     })
 }
 
 fn chat_id(text: &str) -> Result<ChatId, ApiError> {
     text.parse().map_err(|_| {
-        ApiError::bad_request("invalid_id", format!("'{text}' is not a valid chat id"))
+        ApiError::bad_request(
+            ErrorCode::InvalidId,
+            format!("'{text}' is not a valid chat id"),
+        )
     })
 }
 
@@ -487,7 +494,7 @@ fn shutdown(app: &App, transport: Transport) -> Result<Response<ResBody>, ApiErr
     if transport != Transport::Local {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
-            "local_only",
+            ErrorCode::LocalOnly,
             "shutdown is only accepted on the local socket",
         ));
     }
@@ -535,13 +542,13 @@ async fn create_user(app: &App, req: Request<Incoming>) -> Result<Response<ResBo
 fn require_user(app: &App, id: UserId) -> Result<User, ApiError> {
     app.store
         .user(id)?
-        .ok_or_else(|| ApiError::not_found("user_not_found", format!("no user {id}")))
+        .ok_or_else(|| ApiError::not_found(ErrorCode::UserNotFound, format!("no user {id}")))
 }
 
 pub(super) fn require_chat(app: &App, id: ChatId) -> Result<Chat, ApiError> {
     app.store
         .chat(id)?
-        .ok_or_else(|| ApiError::not_found("chat_not_found", format!("no chat {id}")))
+        .ok_or_else(|| ApiError::not_found(ErrorCode::ChatNotFound, format!("no chat {id}")))
 }
 
 fn get_user(app: &App, id: UserId) -> Result<Response<ResBody>, ApiError> {
@@ -680,7 +687,7 @@ async fn patch_chat(
         .rename_chat(id, &title, true)
         .map_err(|err| match err {
             crate::store::StoreError::NotFound(_) => {
-                ApiError::not_found("chat_not_found", format!("no chat {id}"))
+                ApiError::not_found(ErrorCode::ChatNotFound, format!("no chat {id}"))
             }
             other => other.into(),
         })?;
@@ -694,7 +701,7 @@ async fn delete_chat(app: &App, id: ChatId) -> Result<Response<ResBody>, ApiErro
     app.chat.cancel(id);
     let deleted = app.store.delete_chat(id).map_err(|err| match err {
         crate::store::StoreError::NotFound(_) => {
-            ApiError::not_found("chat_not_found", format!("no chat {id}"))
+            ApiError::not_found(ErrorCode::ChatNotFound, format!("no chat {id}"))
         }
         other => other.into(),
     })?;

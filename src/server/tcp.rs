@@ -13,6 +13,7 @@ use http::header::{HeaderValue, AUTHORIZATION, HOST, ORIGIN};
 use http::{HeaderMap, Method, StatusCode};
 
 use super::error::ApiError;
+use crate::error_code::ErrorCode;
 
 /// File in the data dir that holds the bearer token.
 pub const TOKEN_FILE: &str = "tcp-token";
@@ -67,7 +68,7 @@ impl TcpPolicy {
             .unwrap_or("");
         if !self.host_allowed(host) {
             return Err(forbidden(
-                "bad_host",
+                ErrorCode::BadHost,
                 "Host must be a loopback address with this port",
             ));
         }
@@ -77,7 +78,7 @@ impl TcpPolicy {
                 let text = origin.to_str().unwrap_or("");
                 if !self.allowed_origins.iter().any(|o| o == text) {
                     return Err(forbidden(
-                        "origin_not_allowed",
+                        ErrorCode::OriginNotAllowed,
                         "this Origin is not allowed",
                     ));
                 }
@@ -97,7 +98,7 @@ impl TcpPolicy {
         if !constant_time_eq(presented.as_bytes(), self.token.as_bytes()) {
             return Err(ApiError::new(
                 StatusCode::UNAUTHORIZED,
-                "unauthorized",
+                ErrorCode::Unauthorized,
                 "send Authorization: Bearer <token from the tcp-token file in the data dir>",
             ));
         }
@@ -178,7 +179,7 @@ mod tests {
         let code = |m: &Method, h: &[(&'static str, &str)]| match p.check(m, &headers(h)) {
             Ok(Verdict::Allow { .. }) => "allow",
             Ok(Verdict::Preflight { .. }) => "preflight",
-            Err(e) => e.code,
+            Err(e) => e.code.as_str(),
         };
         let get = Method::GET;
         assert_eq!(

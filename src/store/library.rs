@@ -26,6 +26,7 @@ use sled::Transactional;
 use super::documents::{chunk_key, scoped, vector_bytes};
 use super::types::{ChunkRecord, Document, DocumentId, Millis, Scope};
 use super::{decode, encode, tx_get, unwrap_tx, Store, StoreError, TxResult};
+use crate::error_code::ErrorCode;
 
 /// A watched file's key: its root (as configured, canonical) and its path below the root.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -126,7 +127,7 @@ pub struct FileRecord {
     pub mtime_ns: i128,
     pub state: FileState,
     /// Stable code for `failed`/`skipped` (e.g. `symlink`, `too_large`, `corrupt_document`).
-    pub reason: Option<String>,
+    pub reason: Option<ErrorCode>,
     pub message: Option<String>,
     pub content_hash: Option<String>,
     pub document_id: Option<DocumentId>,

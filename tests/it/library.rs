@@ -647,3 +647,38 @@ async fn hearth_ingest_adds_files_once_and_hearth_library_reports_state() {
     assert_eq!(status.as_u16(), 409, "{body}");
     assert_eq!(body["error"]["code"], "managed_by_watch");
 }
+
+/// Regression (issue 12): an upload over `max_upload_bytes` is answered 413 `body_too_large`;
+/// `hearth ingest` counted that as a failure (it looked for a code nothing sends) and exited 1.
+#[tokio::test]
+async fn hearth_ingest_counts_a_file_over_the_upload_limit_as_skipped() {
+    let d = Daemon::start(Opts {
+        model: TINY_MODEL,
+        extra: vec!["--max-upload-bytes".into(), "4096".into()],
+        ..Opts::default()
+    })
+    .await;
+    let src = tempfile::tempdir().unwrap();
+    std::fs::write(
+        src.path().join("small.txt"),
+        "Small: the owl hunts at dusk.",
+    )
+    .unwrap();
+    std::fs::write(src.path().join("big.txt"), "word ".repeat(2000)).unwrap();
+    let socket = d.socket.display().to_string();
+    let out = hearth(&["ingest", "--socket", &socket, src.path().to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.starts_with("indexed 1, skipped 1, failed 0"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("big.txt") && stdout.contains("(body_too_large)"),
+        "{stdout}"
+    );
+}

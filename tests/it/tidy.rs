@@ -57,6 +57,44 @@ fn architecture_boundaries_hold() {
     });
 }
 
+/// README's error table names exactly the codes of `ErrorCode`: none missing, none invented.
+#[test]
+fn readme_error_table_matches_the_error_codes() {
+    use std::collections::BTreeSet;
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let start = readme
+        .find("### Error codes")
+        .expect("README has an error-code section");
+    let section = &readme[start..];
+    let section = &section[..section[3..].find("\n#").map_or(section.len(), |i| i + 3)];
+    let table: BTreeSet<&str> = section
+        .lines()
+        .filter(|line| line.starts_with('|'))
+        .flat_map(|line| line.split('`').skip(1).step_by(2))
+        .filter(|word| {
+            word.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+                && word.contains('_')
+                || matches!(*word, "unauthorized" | "internal" | "symlink")
+        })
+        .collect();
+    let codes: BTreeSet<&str> = hearth::error_code::ErrorCode::ALL
+        .iter()
+        .map(|c| c.as_str())
+        .collect();
+    let missing: Vec<_> = codes.difference(&table).collect();
+    let unknown: Vec<_> = table.difference(&codes).collect();
+    assert!(
+        missing.is_empty(),
+        "codes missing from README's table: {missing:?}"
+    );
+    assert!(
+        unknown.is_empty(),
+        "README's table names codes that do not exist: {unknown:?}"
+    );
+}
+
 fn visit(dir: &Path, f: &mut dyn FnMut(&Path)) {
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
