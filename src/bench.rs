@@ -62,6 +62,13 @@ pub struct BenchArgs {
     /// time-to-first-token with and without memory recall.
     #[arg(long)]
     memory: bool,
+    /// Measure `GET /api/v1/health` on a store of `--health-chunks` chunks instead: the record
+    /// counters against counting by scanning, and the request over the socket.
+    #[arg(long)]
+    health: bool,
+    /// Chunks in the `--health` store.
+    #[arg(long, default_value_t = 100_000)]
+    health_chunks: usize,
     /// Vector counts for the search part of `--rag`.
     #[arg(long, value_delimiter = ',', default_value = "10000,100000")]
     rag_sizes: Vec<usize>,
@@ -97,6 +104,13 @@ pub fn run(config_file: Option<&Path>, args: BenchArgs) -> anyhow::Result<()> {
     if args.rag {
         let threads = usize::try_from(args.threads).unwrap_or(1);
         let table = crate::bench_rag::run(&config.models_dir, threads, &args.rag_sizes, &rt)?;
+        use std::io::Write;
+        std::io::stdout().write_all(table.as_bytes())?;
+        return Ok(());
+    }
+    if args.health {
+        let table =
+            crate::bench_health::run(&rt, &config.models_dir, &entry.name, args.health_chunks)?;
         use std::io::Write;
         std::io::stdout().write_all(table.as_bytes())?;
         return Ok(());

@@ -20,11 +20,12 @@
 //! - [`daemon`]: start-up order, instance lock and the one shutdown path.
 //! - [`client`], [`cli`]: the command line and the small client it (and the tests) use.
 //! - [`bench`]: `hearth bench`, the daemon against a direct decode loop (`--rag`: documents,
-//!   `--memory`: long-term memory).
+//!   `--memory`: long-term memory, `--health`: health on a large store).
 //!
 //! See ARCHITECTURE.md for the invariants that hold these together.
 
 pub mod bench;
+pub mod bench_health;
 pub mod bench_library;
 pub mod bench_memory;
 pub mod bench_rag;

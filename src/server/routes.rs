@@ -471,7 +471,7 @@ fn health(app: &App) -> Result<Response<ResBody>, ApiError> {
         },
         "queue": {"waiting": app.llm.queued(), "capacity": app.llm.queue_capacity(), "active_turns": app.chat.active_turns()},
         "background": app.jobs.status(),
-        "store": app.store.counts(),
+        "store": app.store.counts().ok(),
     });
     let code = if state == "ready" {
         StatusCode::OK

@@ -250,8 +250,9 @@ impl Store {
         Ok(Some(doc))
     }
 
-    /// Counts of document records, for health.
-    pub fn document_counts(&self) -> (usize, usize) {
+    /// Counts of document and chunk rows, by scanning (tests check the rows themselves).
+    #[cfg(test)]
+    pub(super) fn document_counts(&self) -> (usize, usize) {
         (self.inner.documents.len(), self.inner.chunks.len())
     }
 }

@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionalTree};
 use sled::Transactional;
 
+use super::counts::{self, Counted};
 use super::documents::{chunk_key, scoped, vector_bytes};
 use super::types::{ChunkRecord, Document, DocumentId, Millis, Scope};
 use super::{decode, encode, tx_get, unwrap_tx, Store, StoreError, TxResult};
@@ -210,6 +211,7 @@ pub(super) struct Trees<'a> {
     doc_files: &'a TransactionalTree,
     jobs: &'a TransactionalTree,
     orphans: &'a TransactionalTree,
+    counts: &'a TransactionalTree,
 }
 
 fn abort(err: StoreError) -> ConflictableTransactionError<StoreError> {
@@ -260,13 +262,16 @@ impl Trees<'_> {
 
     pub(super) fn insert_document(&self, new: &NewDocument<'_>) -> TxResult<()> {
         let doc = new.document;
+        let mut chunks = 0;
         for (n, (chunk, vector)) in new.chunks.iter().zip(new.vectors).enumerate() {
             let n = u32::try_from(n).unwrap_or(u32::MAX);
-            self.chunks.insert(chunk_key(doc.id, n), encode(chunk))?;
+            chunks += counts::added(&self.chunks.insert(chunk_key(doc.id, n), encode(chunk))?);
             self.vectors
                 .insert(chunk_key(doc.id, n), vector_bytes(vector))?;
         }
-        self.documents.insert(&doc.id.as_bytes()[..], encode(doc))?;
+        counts::add(self.counts, Counted::Chunks, chunks)?;
+        let previous = self.documents.insert(&doc.id.as_bytes()[..], encode(doc))?;
+        counts::add(self.counts, Counted::Documents, counts::added(&previous))?;
         self.by_scope
             .insert(scoped(&doc.scope, doc.id.as_bytes()), &[][..])?;
         self.by_hash.insert(
@@ -277,11 +282,14 @@ impl Trees<'_> {
     }
 
     pub(super) fn remove_document(&self, doc: &Document) -> TxResult<()> {
+        let mut chunks = 0;
         for n in 0..doc.chunk_count {
-            self.chunks.remove(chunk_key(doc.id, n))?;
+            chunks += counts::removed(&self.chunks.remove(chunk_key(doc.id, n))?);
             self.vectors.remove(chunk_key(doc.id, n))?;
         }
-        self.documents.remove(&doc.id.as_bytes()[..])?;
+        counts::add(self.counts, Counted::Chunks, chunks)?;
+        let previous = self.documents.remove(&doc.id.as_bytes()[..])?;
+        counts::add(self.counts, Counted::Documents, counts::removed(&previous))?;
         self.by_scope
             .remove(scoped(&doc.scope, doc.id.as_bytes()))?;
         self.by_hash
@@ -309,6 +317,7 @@ impl Store {
             &i.doc_files,
             &i.library_jobs,
             &i.library_orphans,
+            &i.counts,
         )
             .transaction(
                 |(
@@ -321,6 +330,7 @@ impl Store {
                     doc_files,
                     jobs,
                     orphans,
+                    counts,
                 )| {
                     f(&Trees {
                         documents,
@@ -332,6 +342,7 @@ impl Store {
                         doc_files,
                         jobs,
                         orphans,
+                        counts,
                     })
                 },
             );
