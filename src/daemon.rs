@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use nix::fcntl::{Flock, FlockArg};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::chat::retrieve::Retriever;
 use crate::chat::ChatService;
@@ -147,6 +148,8 @@ pub async fn run(config: Config, life: Lifecycle, started: Instant) -> Result<()
         models::verify_with_progress(&models_dir, &entry, &verify_store, progress)
     });
     let shutdown = CancellationToken::new();
+    // Every task the daemon starts, so shutdown can wait for them before the last flush.
+    let tasks = TaskTracker::new();
     let embedder = Embedder::new(&config.models_dir, config.rag.embed_threads, store.clone());
     let index = Index::new(
         store.clone(),
@@ -172,7 +175,7 @@ pub async fn run(config: Config, life: Lifecycle, started: Instant) -> Result<()
     );
     // Documents embedded by an older model file are re-embedded in the background.
     let maintenance = ingestor.clone();
-    tokio::spawn(async move {
+    tasks.spawn(async move {
         match maintenance.reembed_stale().await {
             Ok(0) => {}
             Ok(n) => tracing::info!(
@@ -199,10 +202,11 @@ pub async fn run(config: Config, life: Lifecycle, started: Instant) -> Result<()
         memories.clone(),
         jobs.clone(),
         shutdown.clone(),
+        tasks.clone(),
     );
     // Pending jobs of an earlier run resume here; at shutdown the running one is cancelled and
     // stays queued for the next start.
-    let scheduler = tokio::spawn(jobs.clone().run(shutdown.clone()));
+    tasks.spawn(jobs.clone().run(shutdown.clone()));
     // Ingestion (uploads and the drop folder) waits while a reply is generated.
     let generating = chat.clone();
     embedder.set_pause(Arc::new(move || generating.active_turns() > 0));
@@ -212,6 +216,7 @@ pub async fn run(config: Config, life: Lifecycle, started: Instant) -> Result<()
         ingestor.clone(),
         events.clone(),
         shutdown.clone(),
+        tasks.clone(),
     )
     .map_err(anyhow::Error::msg)
     .code(ErrorCode::WatchFailed)?;
@@ -231,6 +236,7 @@ pub async fn run(config: Config, life: Lifecycle, started: Instant) -> Result<()
         started,
         tcp: tcp_policy,
         shutdown: shutdown.clone(),
+        tasks: tasks.clone(),
     });
 
     tokio::spawn(signals(shutdown.clone()));
@@ -247,12 +253,18 @@ pub async fn run(config: Config, life: Lifecycle, started: Instant) -> Result<()
     server::serve(server::Listeners { local, tcp }, app, shutdown.clone()).await;
 
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
-    // The scheduler saw the same token and cancelled its generation; wait for it to record that.
-    if tokio::time::timeout(config.server.shutdown_grace, scheduler)
+    // Turns store their partial replies, the scheduler records its cancelled job, uploads and
+    // library batches finish their transaction: wait for all of them (bounded) before the worker
+    // stops and the last flush.
+    tasks.close();
+    if tokio::time::timeout(config.server.shutdown_grace, tasks.wait())
         .await
         .is_err()
     {
-        tracing::warn!("background scheduler did not stop within the grace period");
+        tracing::warn!(
+            running = tasks.len(),
+            "tasks still running after the grace period"
+        );
     }
     llm.shutdown();
     store

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::error_code::ErrorCode;
 use crate::jobs::Jobs;
@@ -183,6 +184,8 @@ pub struct ChatService {
     active: Arc<Mutex<HashMap<ChatId, CancelFlag>>>,
     /// Fired at daemon shutdown: running turns end with `shutting_down`.
     shutdown: CancellationToken,
+    /// The daemon's tasks: shutdown waits for every turn task to store its reply.
+    tasks: TaskTracker,
 }
 
 impl ChatService {
@@ -193,6 +196,7 @@ impl ChatService {
         memories: Memories,
         jobs: Jobs,
         shutdown: CancellationToken,
+        tasks: TaskTracker,
     ) -> ChatService {
         ChatService {
             store,
@@ -202,6 +206,7 @@ impl ChatService {
             jobs,
             active: Arc::default(),
             shutdown,
+            tasks,
         }
     }
 
@@ -333,7 +338,7 @@ impl ChatService {
                 history_dropped: u32::try_from(plan.history_dropped).unwrap_or(u32::MAX),
             },
         };
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             turn.run(gen_rx, out_tx).await;
             drop(slot);
         });
@@ -349,14 +354,6 @@ impl ChatService {
                 true
             }
             None => false,
-        }
-    }
-
-    /// Cancels every running turn (shutdown, chat deletion).
-    pub fn cancel_all(&self) {
-        let active = self.active.lock().unwrap_or_else(PoisonError::into_inner);
-        for flag in active.values() {
-            flag.cancel();
         }
     }
 

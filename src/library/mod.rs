@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::error_code::ErrorCode;
 use crate::events::{Event, Events};
@@ -128,6 +129,8 @@ struct Inner {
     work: Notify,
     /// Asks the scanner for a full reconcile.
     rescan: Notify,
+    /// The daemon's tasks (scanner, worker, batch writes): shutdown waits for them.
+    tasks: TaskTracker,
 }
 
 /// Messages from the watcher thread.
@@ -168,6 +171,7 @@ impl Library {
         ingestor: Ingestor,
         events: Events,
         shutdown: CancellationToken,
+        tasks: TaskTracker,
     ) -> Result<Library, String> {
         let rules = Rules::new(&config.ignore)?;
         let library = Library {
@@ -181,18 +185,20 @@ impl Library {
                 runtime: Mutex::default(),
                 work: Notify::new(),
                 rescan: Notify::new(),
+                tasks,
             }),
         };
+        let tasks = &library.inner.tasks;
         if library.inner.roots.is_empty() {
             // Nothing to watch; uploads into the library still work, and jobs left from an
             // earlier configuration are finished (or fail as gone) by the worker.
-            tokio::spawn(library.clone().worker(shutdown));
+            tasks.spawn(library.clone().worker(shutdown));
             return Ok(library);
         }
         let (tx, rx) = mpsc::unbounded_channel();
         let watcher = library.start_watcher(tx);
-        tokio::spawn(library.clone().scanner(rx, watcher, shutdown.clone()));
-        tokio::spawn(library.clone().worker(shutdown));
+        tasks.spawn(library.clone().scanner(rx, watcher, shutdown.clone()));
+        tasks.spawn(library.clone().worker(shutdown));
         Ok(library)
     }
 
@@ -654,7 +660,11 @@ impl Library {
             if let Some(task) = writing.take() {
                 let _ = task.await;
             }
-            writing = Some(tokio::spawn(self.clone().settle_batch(current, vectors)));
+            writing = Some(
+                self.inner
+                    .tasks
+                    .spawn(self.clone().settle_batch(current, vectors)),
+            );
         }
     }
 

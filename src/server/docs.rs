@@ -89,7 +89,7 @@ pub async fn upload(
         return Ok(json_response(StatusCode::OK, &DocumentOut::from(&doc)));
     }
     let (events_tx, events_rx) = mpsc::channel(PROGRESS_BUFFER);
-    tokio::spawn(async move {
+    app.tasks.spawn(async move {
         let (progress_tx, mut progress_rx) = mpsc::channel::<Progress>(PROGRESS_BUFFER);
         let work = ingestor.ingest(scope, &filename, Arc::new(bytes), &progress_tx);
         tokio::pin!(work);

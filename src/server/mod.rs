@@ -59,6 +59,8 @@ pub struct App {
     pub tcp: Option<tcp::TcpPolicy>,
     /// The daemon's one shutdown path; `POST /api/v1/shutdown` fires it (`hearth stop`).
     pub shutdown: tokio_util::sync::CancellationToken,
+    /// Every task a request starts (uploads, event subscribers); shutdown waits for them.
+    pub tasks: tokio_util::task::TaskTracker,
 }
 
 /// Which listener a connection came from; TCP requests get the token/Host/Origin checks.

@@ -795,11 +795,15 @@ fn events(app: &App, query: Option<&str>) -> Result<Response<ResBody>, ApiError>
     });
     let mut sub = app.events.subscribe();
     let (tx, rx) = mpsc::channel::<SseEvent>(EVENTS_BUFFER);
-    tokio::spawn(async move {
+    let shutdown = app.shutdown.clone();
+    app.tasks.spawn(async move {
         use tokio::sync::broadcast::error::RecvError;
         loop {
             let event = tokio::select! {
                 () = tx.closed() => return,
+                // The stream ends at shutdown, so a subscribed UI does not hold the
+                // connection (and the daemon's exit) for the whole grace period.
+                () = shutdown.cancelled() => return,
                 event = sub.recv() => event,
             };
             let sse = match event {

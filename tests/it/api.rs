@@ -4,14 +4,7 @@
 use http::Method;
 use serde_json::json;
 
-use crate::support::{raw, request, Daemon, Opts, TINY_MODEL};
-
-fn tiny() -> Opts {
-    Opts {
-        model: TINY_MODEL,
-        ..Opts::default()
-    }
-}
+use crate::support::{chat_for, raw, request, tiny, user, Daemon};
 
 #[tokio::test]
 async fn users_settings_and_chats_round_trip() {
@@ -190,30 +183,8 @@ fn bad_requests(uid: &str, chat: &str) -> Vec<(&'static str, Vec<u8>, u16, &'sta
 #[tokio::test]
 async fn bad_requests_get_precise_4xx_and_change_nothing() {
     let d = Daemon::start(tiny()).await;
-    let uid = d
-        .client
-        .call(
-            Method::POST,
-            "/api/v1/users",
-            Some(&json!({"username": "u"})),
-        )
-        .await
-        .unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let chat = d
-        .client
-        .call(
-            Method::POST,
-            "/api/v1/chats",
-            Some(&json!({"user_id": uid})),
-        )
-        .await
-        .unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let uid = user(&d, "u").await;
+    let chat = chat_for(&d, &uid).await;
     let cases = bad_requests(&uid, &chat);
     assert!(cases.len() >= 25);
     for (name, req, status, code) in cases {

@@ -9,14 +9,7 @@ use std::process::Command;
 use http::Method;
 use serde_json::{json, Value};
 
-use crate::support::{models_dir, Daemon, Opts, TINY_MODEL};
-
-fn tiny() -> Opts {
-    Opts {
-        model: TINY_MODEL,
-        ..Opts::default()
-    }
-}
+use crate::support::{models_dir, tiny, Daemon, Opts};
 
 /// A minimal valid PDF with one page per entry of `pages` (Helvetica text), correct xref.
 fn pdf(pages: &[&str]) -> Vec<u8> {

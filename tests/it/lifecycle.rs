@@ -6,14 +6,7 @@ use std::time::Duration;
 
 use http::Method;
 
-use crate::support::{models_dir, Daemon, Opts, TINY_MODEL};
-
-fn tiny() -> Opts {
-    Opts {
-        model: TINY_MODEL,
-        ..Opts::default()
-    }
-}
+use crate::support::{models_dir, tiny, Daemon, Opts};
 
 #[tokio::test]
 async fn socket_is_0600_in_a_0700_dir_and_a_second_daemon_is_refused() {
@@ -92,30 +85,12 @@ async fn a_model_file_with_the_wrong_hash_is_never_loaded() {
     };
     let error = health["models"]["chat"]["error"].as_str().unwrap();
     assert!(error.contains("sha256"), "{error}");
-    let chat = {
-        let user = d
-            .client
-            .call(
-                Method::POST,
-                "/api/v1/users",
-                Some(&serde_json::json!({"username": "x"})),
-            )
-            .await
-            .unwrap();
-        d.client
-            .call(
-                Method::POST,
-                "/api/v1/chats",
-                Some(&serde_json::json!({"user_id": user["id"]})),
-            )
-            .await
-            .unwrap()
-    };
+    let chat = d.new_chat("x").await;
     let (status, err) = d
         .client
         .request(
             Method::POST,
-            &format!("/api/v1/chats/{}/messages", chat["id"].as_str().unwrap()),
+            &format!("/api/v1/chats/{chat}/messages"),
             Some(&serde_json::json!({"content": "hi"})),
         )
         .await
@@ -187,4 +162,21 @@ async fn a_peer_with_another_uid_is_refused_even_when_permissions_allow_it() {
         .call(Method::GET, "/api/v1/health", None)
         .await
         .unwrap();
+}
+
+/// Regression (issue 12): an `/api/v1/events` subscriber held the connection, and so the
+/// daemon's exit, for the whole grace period. Its stream now ends at shutdown.
+#[tokio::test]
+async fn an_events_subscriber_does_not_hold_shutdown() {
+    let mut d = Daemon::start(Opts {
+        // Longer than `terminate` waits: a held connection would fail the test.
+        extra: vec!["--shutdown-grace-secs".into(), "60".into()],
+        ..tiny()
+    })
+    .await;
+    let mut events = d.client.subscribe("/api/v1/events").await.unwrap();
+    let status = d.terminate();
+    assert!(status.success(), "{status}");
+    // The stream ended cleanly rather than being cut.
+    assert!(events.next().await.unwrap().is_none());
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use http::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use crate::support::{Daemon, Opts, TINY_MODEL};
+use crate::support::{chat_for, user, Daemon, Opts, TINY_MODEL};
 use hearth::client::EventStream;
 
 fn now_ms() -> u64 {
@@ -19,32 +19,6 @@ fn now_ms() -> u64 {
             .as_millis(),
     )
     .unwrap()
-}
-
-async fn user(d: &Daemon, name: &str) -> String {
-    let user = d
-        .client
-        .call(
-            Method::POST,
-            "/api/v1/users",
-            Some(&json!({ "username": name })),
-        )
-        .await
-        .unwrap();
-    user["id"].as_str().unwrap().to_string()
-}
-
-async fn chat_for(d: &Daemon, user: &str) -> String {
-    let chat = d
-        .client
-        .call(
-            Method::POST,
-            "/api/v1/chats",
-            Some(&json!({ "user_id": user })),
-        )
-        .await
-        .unwrap();
-    chat["id"].as_str().unwrap().to_string()
 }
 
 async fn remember(d: &Daemon, user: &str, text: &str) -> (StatusCode, Value) {

@@ -10,14 +10,7 @@ use std::time::{Duration, Instant};
 use http::Method;
 use serde_json::{json, Value};
 
-use crate::support::{models_dir, Daemon, Opts, TINY_MODEL};
-
-fn tiny() -> Opts {
-    Opts {
-        model: TINY_MODEL,
-        ..Opts::default()
-    }
-}
+use crate::support::{models_dir, tiny, Daemon, Opts};
 
 /// Spawns `hearth serve --sidecar` for `d`'s dirs with stdin piped; returns the child and its
 /// first stdout line.

@@ -10,6 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use hearth::client::Client;
+use http::Method;
 use serde_json::Value;
 
 /// The default chat model (real weights).
@@ -29,6 +30,14 @@ pub fn models_dir() -> PathBuf {
         );
     }
     dir
+}
+
+/// A daemon on the random-weight model, for mechanical tests.
+pub fn tiny() -> Opts {
+    Opts {
+        model: TINY_MODEL,
+        ..Opts::default()
+    }
 }
 
 /// How to start a daemon.
@@ -231,6 +240,25 @@ impl Daemon {
         }
         (text, events)
     }
+}
+
+/// The id of user `name` (created if new).
+pub async fn user(d: &Daemon, name: &str) -> String {
+    d.client.user_id(name).await.unwrap()
+}
+
+/// A new chat of `user` (an id); returns its id.
+pub async fn chat_for(d: &Daemon, user: &str) -> String {
+    let chat = d
+        .client
+        .call(
+            Method::POST,
+            "/api/v1/chats",
+            Some(&serde_json::json!({ "user_id": user })),
+        )
+        .await
+        .unwrap();
+    chat["id"].as_str().unwrap().to_string()
 }
 
 impl Drop for Daemon {
