@@ -34,9 +34,6 @@ use crate::server::tcp::TcpPolicy;
 use crate::server::{self, App};
 use crate::store::Store;
 
-/// Candidates an HNSW search walks: recall@10 ≈ 0.99 on MiniLM vectors at 100k (measured in
-/// the reference notes), ~1.5 ms per query.
-const HNSW_EF_SEARCH: usize = 100;
 /// Name of the lock file in the data dir.
 const LOCK_FILE: &str = "hearth.lock";
 /// How often a sidecar checks that its parent is alive. With the check itself this keeps the
@@ -84,21 +81,78 @@ pub async fn run(config: Config, life: Lifecycle, started: Instant) -> Result<()
     server::ensure_private_dir(&config.data_dir).code(ErrorCode::DataDir)?;
     let lock =
         InstanceLock::acquire(&config.data_dir, &config.socket).code(ErrorCode::AlreadyRunning)?;
-
-    let manifest = Manifest::builtin();
-    let entry = manifest
+    let entry = Manifest::builtin()
         .chat_model(config.model.as_deref())
         .code(ErrorCode::UnknownModel)?
         .clone();
     models::precheck(&config.models_dir, &entry).code(ErrorCode::ModelMissing)?;
-
     let store = Store::open(&config.data_dir.join("db"), config.cache_bytes)
         .with_context(|| format!("{}: cannot open the store", config.data_dir.display()))
         .code(ErrorCode::StoreUnavailable)?;
-    // A socket handed over by systemd is used as is (it owns the file); otherwise bind our own.
     let roots = crate::library::Library::open_roots(&config.library)
         .map_err(anyhow::Error::msg)
         .code(ErrorCode::WatchFailed)?;
+    let bound = bind(&config).await?;
+    tracing::info!(
+        socket = %bound.socket_path.display(),
+        tcp = ?bound.tcp_policy.as_ref().map(|p| p.addr),
+        pid = std::process::id(),
+        startup_ms = started.elapsed().as_millis(),
+        "accepting connections"
+    );
+    if life.sidecar {
+        ready_line(&bound.socket_path, bound.tcp_policy.as_ref()).code(ErrorCode::StdoutClosed)?;
+    }
+    // systemd Type=notify; a no-op when NOTIFY_SOCKET is unset.
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+
+    let shutdown = CancellationToken::new();
+    // Every task the daemon starts, so shutdown can wait for them before the last flush.
+    let tasks = TaskTracker::new();
+    let app = build_app(
+        &config,
+        entry,
+        Wiring {
+            store: store.clone(),
+            roots,
+            tcp: bound.tcp_policy,
+            shutdown: shutdown.clone(),
+            tasks: tasks.clone(),
+            started,
+        },
+    )?;
+    let llm = app.llm.clone();
+    watch_for_shutdown(life, &shutdown);
+    server::serve(bound.listeners, app, shutdown.clone()).await;
+
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    drain(&tasks, config.server.shutdown_grace).await;
+    llm.shutdown();
+    store
+        .flush_now()
+        .context("final store flush failed")
+        .code(ErrorCode::ShutdownFailed)?;
+    if bound.owns_socket {
+        if let Err(err) = std::fs::remove_file(&bound.socket_path) {
+            tracing::warn!(error = %err, "cannot remove the socket file");
+        }
+    }
+    lock.release();
+    tracing::info!(uptime_ms = started.elapsed().as_millis(), "stopped");
+    Ok(())
+}
+
+/// The listeners, bound before any model work starts so clients can connect at once.
+struct Bound {
+    listeners: server::Listeners,
+    socket_path: PathBuf,
+    /// False for a socket systemd handed over (it owns the file).
+    owns_socket: bool,
+    tcp_policy: Option<TcpPolicy>,
+}
+
+async fn bind(config: &Config) -> Result<Bound, StartError> {
+    // A socket handed over by systemd is used as is (it owns the file); otherwise bind our own.
     let (local, socket_path, owns_socket) =
         match server::activated_listener().code(ErrorCode::BindFailed)? {
             Some(listener) => {
@@ -128,28 +182,45 @@ pub async fn run(config: Config, life: Lifecycle, started: Instant) -> Result<()
             (Some(listener), Some(policy))
         }
     };
-    tracing::info!(
-        socket = %socket_path.display(),
-        tcp = ?tcp_policy.as_ref().map(|p| p.addr),
-        pid = std::process::id(),
-        startup_ms = started.elapsed().as_millis(),
-        "accepting connections"
-    );
-    if life.sidecar {
-        ready_line(&socket_path, tcp_policy.as_ref()).code(ErrorCode::StdoutClosed)?;
-    }
-    // systemd Type=notify; a no-op when NOTIFY_SOCKET is unset.
-    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    Ok(Bound {
+        listeners: server::Listeners { local, tcp },
+        socket_path,
+        owns_socket,
+        tcp_policy,
+    })
+}
 
+/// What `build_app` wires the services to.
+struct Wiring {
+    store: Store,
+    roots: Vec<crate::library::access::Root>,
+    tcp: Option<TcpPolicy>,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+    started: Instant,
+}
+
+/// Starts the services (model load, embedder, index, ingestion, memory, background jobs, chat,
+/// the drop folder) and puts them together as the server's [`App`].
+fn build_app(
+    config: &Config,
+    entry: crate::models::Entry,
+    wiring: Wiring,
+) -> Result<Arc<App>, StartError> {
+    let Wiring {
+        store,
+        roots,
+        tcp,
+        shutdown,
+        tasks,
+        started,
+    } = wiring;
     let models_dir = config.models_dir.clone();
     let verify_store = store.clone();
     let name = entry.name.clone();
     let llm = Llm::start(&name, config.llm.clone(), move |progress| {
         models::verify_with_progress(&models_dir, &entry, &verify_store, progress)
     });
-    let shutdown = CancellationToken::new();
-    // Every task the daemon starts, so shutdown can wait for them before the last flush.
-    let tasks = TaskTracker::new();
     let embedder = Embedder::new(&config.models_dir, config.rag.embed_threads, store.clone());
     let index = Index::new(
         store.clone(),
@@ -158,7 +229,7 @@ pub async fn run(config: Config, life: Lifecycle, started: Instant) -> Result<()
         IndexOptions {
             dir: Some(config.data_dir.join("index")),
             hnsw_min_rows: config.rag.hnsw_min_vectors,
-            ef_search: HNSW_EF_SEARCH,
+            ef_search: crate::index::EF_SEARCH,
         },
     );
     let ingestor = Ingestor::new(
@@ -220,12 +291,12 @@ pub async fn run(config: Config, life: Lifecycle, started: Instant) -> Result<()
     )
     .map_err(anyhow::Error::msg)
     .code(ErrorCode::WatchFailed)?;
-    let app = Arc::new(App {
-        store: store.clone(),
-        llm: llm.clone(),
+    Ok(Arc::new(App {
+        store,
+        llm,
         chat,
         ingestor,
-        embedder: embedder.clone(),
+        embedder,
         index,
         events,
         library,
@@ -234,11 +305,15 @@ pub async fn run(config: Config, life: Lifecycle, started: Instant) -> Result<()
         config: config.server.clone(),
         rag: config.rag.clone(),
         started,
-        tcp: tcp_policy,
-        shutdown: shutdown.clone(),
-        tasks: tasks.clone(),
-    });
+        tcp,
+        shutdown,
+        tasks,
+    }))
+}
 
+/// What ends the daemon besides `POST /api/v1/shutdown`: SIGINT/SIGTERM, and for a sidecar
+/// stdin EOF and its parent's death.
+fn watch_for_shutdown(life: Lifecycle, shutdown: &CancellationToken) {
     tokio::spawn(signals(shutdown.clone()));
     if life.sidecar {
         watch_stdin(shutdown.clone());
@@ -250,35 +325,19 @@ pub async fn run(config: Config, life: Lifecycle, started: Instant) -> Result<()
     if let Some(parent) = parent {
         watch_parent(parent, shutdown.clone());
     }
-    server::serve(server::Listeners { local, tcp }, app, shutdown.clone()).await;
+}
 
-    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
-    // Turns store their partial replies, the scheduler records its cancelled job, uploads and
-    // library batches finish their transaction: wait for all of them (bounded) before the worker
-    // stops and the last flush.
+/// Waits (at most `grace`) for every task: turns store their partial replies, the scheduler
+/// records its cancelled job, uploads and library batches finish their transaction. The worker
+/// stops and the store is flushed only after this.
+async fn drain(tasks: &TaskTracker, grace: Duration) {
     tasks.close();
-    if tokio::time::timeout(config.server.shutdown_grace, tasks.wait())
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
         tracing::warn!(
             running = tasks.len(),
             "tasks still running after the grace period"
         );
     }
-    llm.shutdown();
-    store
-        .flush_now()
-        .context("final store flush failed")
-        .code(ErrorCode::ShutdownFailed)?;
-    if owns_socket {
-        if let Err(err) = std::fs::remove_file(&socket_path) {
-            tracing::warn!(error = %err, "cannot remove the socket file");
-        }
-    }
-    lock.release();
-    tracing::info!(uptime_ms = started.elapsed().as_millis(), "stopped");
-    Ok(())
 }
 
 /// The one line on stdout that tells a parent app the daemon is reachable.

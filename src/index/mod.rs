@@ -21,6 +21,9 @@ use std::sync::{Arc, PoisonError, RwLock};
 use crate::store::{DocumentId, Scope, Store, StoreError};
 use hnsw::Graph;
 
+/// Candidates an HNSW search walks: recall@10 ≈ 0.99 on MiniLM vectors at 100k (measured in
+/// the reference notes), ~1.5 ms per query.
+pub const EF_SEARCH: usize = 100;
 /// One search result: a chunk and its cosine similarity to the query.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Hit {
