@@ -409,9 +409,12 @@ impl Jobs {
         priority: Priority,
         shutdown: &CancellationToken,
     ) -> Result<(String, Finish), JobError> {
-        let llm = &self.inner.llm;
-        let prompt = llm
-            .chat_prompt(messages)
+        // Rendering the template and tokenizing are CPU work: off the runtime.
+        let llm = self.inner.llm.clone();
+        let owned = messages.to_vec();
+        let prompt = tokio::task::spawn_blocking(move || llm.chat_prompt(&owned))
+            .await
+            .map_err(|err| JobError::Failed(err.to_string()))?
             .map_err(|err| JobError::Failed(err.to_string()))?;
         self.inner.generating.store(true, Ordering::Relaxed);
         let result = self

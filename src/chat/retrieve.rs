@@ -40,16 +40,17 @@ impl Retriever {
         let Some(vector) = vectors.pop() else {
             return Ok(Vec::new());
         };
-        let hits = self.index.search(scopes, &vector, self.k, self.min_score)?;
-        let mut sources = Vec::with_capacity(hits.len());
-        for hit in hits {
-            let (Some(doc), Some(chunk)) = (
-                self.store.document(hit.document)?,
-                self.store.chunk(hit.document, hit.chunk)?,
-            ) else {
-                // Deleted between search and lookup.
-                continue;
-            };
+        let found = self
+            .index
+            .find(scopes.to_vec(), vector, self.k, self.min_score)
+            .await?;
+        let mut sources = Vec::with_capacity(found.len());
+        for crate::index::Found {
+            document: doc,
+            chunk,
+            score,
+        } in found
+        {
             sources.push(Source {
                 n: u32::try_from(sources.len() + 1).unwrap_or(u32::MAX),
                 origin: SourceOrigin::Document {
@@ -59,7 +60,7 @@ impl Retriever {
                     start: chunk.start,
                     end: chunk.end,
                 },
-                score: hit.score,
+                score,
                 text: chunk.text,
             });
         }

@@ -18,12 +18,20 @@ use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, PoisonError, RwLock};
 
-use crate::store::{DocumentId, Scope, Store, StoreError};
+use crate::store::{ChunkRecord, Document, DocumentId, Scope, Store, StoreError};
 use hnsw::Graph;
 
 /// Candidates an HNSW search walks: recall@10 ≈ 0.99 on MiniLM vectors at 100k (measured in
 /// the reference notes), ~1.5 ms per query.
 pub const EF_SEARCH: usize = 100;
+/// A search result with what the store holds for it.
+#[derive(Debug, Clone)]
+pub struct Found {
+    pub document: Document,
+    pub chunk: ChunkRecord,
+    pub score: f32,
+}
+
 /// One search result: a chunk and its cosine similarity to the query.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Hit {
@@ -93,6 +101,38 @@ impl Index {
         hits.sort_by(|a, b| b.score.total_cmp(&a.score));
         hits.truncate(k);
         Ok(hits)
+    }
+
+    /// [`Index::search`] off the async runtime (the first search of a scope loads its vectors
+    /// from the store, every search scans or walks them), with each hit's document and chunk
+    /// read from the store. A hit deleted in between is left out.
+    pub async fn find(
+        &self,
+        scopes: Vec<Scope>,
+        query: Vec<f32>,
+        k: usize,
+        min_score: f32,
+    ) -> Result<Vec<Found>, StoreError> {
+        let index = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let hits = index.search(&scopes, &query, k, min_score)?;
+            let mut found = Vec::with_capacity(hits.len());
+            for hit in hits {
+                if let (Some(document), Some(chunk)) = (
+                    index.store.document(hit.document)?,
+                    index.store.chunk(hit.document, hit.chunk)?,
+                ) {
+                    found.push(Found {
+                        document,
+                        chunk,
+                        score: hit.score,
+                    });
+                }
+            }
+            Ok(found)
+        })
+        .await
+        .map_err(|err| StoreError::Corrupt(format!("search task failed: {err}")))?
     }
 
     /// Exact search only (for measuring the graph's recall).

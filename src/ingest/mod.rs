@@ -34,6 +34,9 @@ pub enum IngestError {
     Store(#[from] StoreError),
     #[error("tokenizer unavailable: {0}")]
     Tokenizer(String),
+    /// A blocking task (hashing, chunking) panicked.
+    #[error("ingestion task failed: {0}")]
+    Task(String),
 }
 
 impl IngestError {
@@ -46,8 +49,18 @@ impl IngestError {
             IngestError::Embed(_) => ErrorCode::EmbeddingFailed,
             IngestError::Store(_) => ErrorCode::StoreUnavailable,
             IngestError::Tokenizer(_) => ErrorCode::EmbedderUnavailable,
+            IngestError::Task(_) => ErrorCode::Internal,
         }
     }
+}
+
+/// Runs CPU-bound work (hashing, tokenizing, chunking) on the blocking pool, off the async runtime.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, IngestError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|err| IngestError::Task(err.to_string()))
 }
 
 /// Where an ingestion is, for progress events.
@@ -151,7 +164,8 @@ impl Ingestor {
             });
         };
         report(Stage::Received, 5, 0, 0);
-        let hash = blake3::hash(&bytes).to_hex().to_string();
+        let hashed = bytes.clone();
+        let hash = blocking(move || blake3::hash(&hashed).to_hex().to_string()).await?;
         if let Some(existing) = self.store.document_by_hash(&scope, &hash)? {
             return Ok(existing);
         }
@@ -207,17 +221,18 @@ impl Ingestor {
         .map_err(|_| IngestError::Timeout(self.limits.extract_timeout))?
         .map_err(|err| extract::ExtractError::Corrupt(format!("extractor crashed: {err}")))??;
 
-        let tokenizer = self.tokenizer()?;
         let options = chunk::ChunkOptions {
             max_tokens: crate::embed::MAX_TOKENS,
             overlap: CHUNK_OVERLAP,
         };
-        let (extracted, chunks) = tokio::task::spawn_blocking(move || {
+        // Loading the tokenizer (first use) reads and parses a file: off the runtime too.
+        let this = self.clone();
+        let (extracted, chunks) = blocking(move || {
+            let tokenizer = this.tokenizer()?;
             let chunks = chunk::chunk(&extracted, &tokenizer, &options);
-            (extracted, chunks)
+            Ok::<_, IngestError>((extracted, chunks))
         })
-        .await
-        .map_err(|err| IngestError::Tokenizer(err.to_string()))?;
+        .await??;
         if chunks.is_empty() {
             return Err(extract::ExtractError::Empty.into());
         }
@@ -272,17 +287,23 @@ impl Ingestor {
         &self.store
     }
 
-    /// Tokens each text costs the embedder (special tokens included, capped at its window).
-    pub fn count_tokens(&self, texts: &[String]) -> Result<usize, IngestError> {
-        let tokenizer = self.tokenizer()?;
-        let mut total = 0;
-        for text in texts {
-            let encoding = tokenizer
-                .encode(text.as_str(), true)
-                .map_err(|err| IngestError::Tokenizer(err.to_string()))?;
-            total += encoding.len().min(crate::embed::MAX_TOKENS);
-        }
-        Ok(total)
+    /// Tokens each text costs the embedder (special tokens included, capped at its window);
+    /// tokenized on the blocking pool.
+    pub async fn count_tokens(&self, texts: &[String]) -> Result<usize, IngestError> {
+        let this = self.clone();
+        let texts = texts.to_vec();
+        blocking(move || {
+            let tokenizer = this.tokenizer()?;
+            let mut total = 0;
+            for text in &texts {
+                let encoding = tokenizer
+                    .encode(text.as_str(), true)
+                    .map_err(|err| IngestError::Tokenizer(err.to_string()))?;
+                total += encoding.len().min(crate::embed::MAX_TOKENS);
+            }
+            Ok(total)
+        })
+        .await?
     }
 
     /// Re-embeds documents whose vectors were made by another embedding model (the model file

@@ -215,19 +215,28 @@ impl Memories {
             return Ok(Vec::new());
         }
         let vector = self.embed_one(query, Urgency::Query).await?;
-        let mut hits: Vec<(Memory, f32)> = self
-            .store
-            .memories_with_vectors(user)?
-            .into_iter()
-            .map(|(m, v)| {
-                let score = dot(&v, &vector);
-                (m, score)
-            })
-            .filter(|(_, score)| *score >= min_score)
-            .collect();
-        hits.sort_by(|a, b| b.1.total_cmp(&a.1));
-        hits.truncate(k);
-        Ok(hits)
+        // Reading every memory of the user and scoring it is blocking work: off the runtime.
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut hits: Vec<(Memory, f32)> = store
+                .memories_with_vectors(user)?
+                .into_iter()
+                .map(|(m, v)| {
+                    let score = dot(&v, &vector);
+                    (m, score)
+                })
+                .filter(|(_, score)| *score >= min_score)
+                .collect();
+            hits.sort_by(|a, b| b.1.total_cmp(&a.1));
+            hits.truncate(k);
+            Ok(hits)
+        })
+        .await
+        .map_err(|err| {
+            MemoryError::Store(crate::store::StoreError::Corrupt(format!(
+                "memory search task failed: {err}"
+            )))
+        })?
     }
 
     /// Memories for a chat turn as sources, numbered from `first_n`. A user without memories

@@ -140,6 +140,7 @@ fn ingest_error(err: IngestError) -> ApiError {
         IngestError::Extract(_) | IngestError::Timeout(_) => StatusCode::UNPROCESSABLE_ENTITY,
         IngestError::Embed(_) | IngestError::Tokenizer(_) => StatusCode::SERVICE_UNAVAILABLE,
         IngestError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+        IngestError::Task(_) => StatusCode::INTERNAL_SERVER_ERROR,
     };
     ApiError::new(status, code, err.to_string())
 }
@@ -292,26 +293,25 @@ pub async fn search(app: &App, req: Request<Incoming>) -> Result<Response<ResBod
         .map_err(embed_error)?
         .pop()
         .unwrap_or_default();
-    let hits = app.index.search(&[scope], &vector, body.k, f32::MIN)?;
-    let mut results = Vec::with_capacity(hits.len());
-    for hit in hits {
-        let (Some(doc), Some(chunk)) = (
-            app.store.document(hit.document)?,
-            app.store.chunk(hit.document, hit.chunk)?,
-        ) else {
-            continue;
-        };
-        results.push(json!({
-            "document_id": doc.id,
-            "filename": doc.filename,
-            "page": chunk.page,
-            "heading_path": chunk.heading_path,
-            "start": chunk.start,
-            "end": chunk.end,
-            "score": hit.score,
-            "text": chunk.text,
-        }));
-    }
+    let found = app
+        .index
+        .find(vec![scope], vector, body.k, f32::MIN)
+        .await?;
+    let results: Vec<_> = found
+        .into_iter()
+        .map(|f| {
+            json!({
+                "document_id": f.document.id,
+                "filename": f.document.filename,
+                "page": f.chunk.page,
+                "heading_path": f.chunk.heading_path,
+                "start": f.chunk.start,
+                "end": f.chunk.end,
+                "score": f.score,
+                "text": f.chunk.text,
+            })
+        })
+        .collect();
     ok(&json!({ "results": results }))
 }
 
@@ -359,7 +359,11 @@ pub async fn embeddings(app: &App, req: Request<Incoming>) -> Result<Response<Re
             )));
         }
     }
-    let tokens = app.ingestor.count_tokens(&inputs).map_err(ingest_error)?;
+    let tokens = app
+        .ingestor
+        .count_tokens(&inputs)
+        .await
+        .map_err(ingest_error)?;
     let vectors = app
         .embedder
         .embed(inputs, Urgency::Query)
