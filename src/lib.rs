@@ -10,7 +10,7 @@
 //!   retrieval of document chunks as cited context.
 //! - [`embed`]: ONNX sentence embeddings on a dedicated thread, loaded on first use.
 //! - [`ingest`]: a file → extracted text → chunks → vectors → one stored document.
-//! - [`index`]: exact vector search per scope.
+//! - [`index`]: vector search per scope (exact scan; an HNSW graph for large scopes).
 //! - [`library`]: the drop folder: watched folders kept in sync with the `library` scope.
 //! - [`memory`]: long-term memories (dedup, recall, extraction prompt and grammar) and titles.
 //! - [`jobs`]: the background scheduler (titles, memory extraction) below chat priority.

@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::params::LlamaModelParams;
-use llama_cpp_2::model::{LlamaChatMessage, LlamaChatTemplate, LlamaModel};
+use llama_cpp_2::model::{LlamaChatTemplate, LlamaModel};
 use llama_cpp_2::sampling::LlamaSampler;
 
-use super::{backend, tokenize, ChatMessage, LlmError};
+use super::{backend, render, ChatMessage, LlmError};
 
 /// A model loaded for direct decoding.
 pub struct DirectModel {
@@ -52,16 +52,7 @@ impl DirectModel {
         max_tokens: usize,
     ) -> Result<DirectRun, LlmError> {
         let backend = backend()?;
-        let chat = messages
-            .iter()
-            .map(|m| LlamaChatMessage::new(m.role.as_str().to_string(), m.content.clone()))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|err| LlmError::Template(err.to_string()))?;
-        let text = self
-            .model
-            .apply_chat_template(&self.template, &chat, true)
-            .map_err(|err| LlmError::Template(err.to_string()))?;
-        let prompt = tokenize(&self.model, &text);
+        let prompt = render(&self.model, &self.template, messages)?;
         let threads = i32::try_from(threads).unwrap_or(1);
         let params = LlamaContextParams::default()
             .with_n_ctx(Some(n_ctx))

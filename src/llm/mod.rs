@@ -327,17 +327,8 @@ impl Llm {
     /// opened) and tokenizes the result.
     pub fn chat_prompt(&self, messages: &[ChatMessage]) -> Result<Prompt, LlmError> {
         let loaded = self.loaded()?;
-        let chat = messages
-            .iter()
-            .map(|m| LlamaChatMessage::new(m.role.as_str().to_string(), m.content.clone()))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|err| LlmError::Template(err.to_string()))?;
-        let text = loaded
-            .model
-            .apply_chat_template(&loaded.template, &chat, true)
-            .map_err(|err| LlmError::Template(err.to_string()))?;
         Ok(Prompt {
-            tokens: tokenize(&loaded.model, &text),
+            tokens: render(&loaded.model, &loaded.template, messages)?,
         })
     }
 
@@ -378,6 +369,24 @@ impl Shared {
             };
         }
     }
+}
+
+/// Renders `messages` with `template`, ending with the assistant's turn opened, and tokenizes
+/// the text (the daemon's worker and the benchmark's direct loop share this).
+fn render(
+    model: &LlamaModel,
+    template: &LlamaChatTemplate,
+    messages: &[ChatMessage],
+) -> Result<Vec<LlamaToken>, LlmError> {
+    let chat = messages
+        .iter()
+        .map(|m| LlamaChatMessage::new(m.role.as_str().to_string(), m.content.clone()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|err| LlmError::Template(err.to_string()))?;
+    let text = model
+        .apply_chat_template(template, &chat, true)
+        .map_err(|err| LlmError::Template(err.to_string()))?;
+    Ok(tokenize(model, &text))
 }
 
 /// Tokenizes a rendered prompt: special tokens in the template text are parsed, BOS is added when

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::sync::mpsc;
 
-use super::error::ApiError;
+use super::error::{scrub_paths, ApiError};
 use super::routes::{json_response, ok, require_chat, sse_response, ResBody};
 use super::sse::SseEvent;
 use super::{body, App};
@@ -108,7 +108,10 @@ pub async fn upload(
             Ok(doc) => SseEvent::json("ready", &json!({ "document": DocumentOut::from(&doc) })),
             Err(err) => {
                 let err = ingest_error(err);
-                SseEvent::json("error", &json!({"code": err.code, "message": err.message}))
+                SseEvent::json(
+                    "error",
+                    &json!({"code": err.code, "message": scrub_paths(&err.message)}),
+                )
             }
         };
         // The terminal event must not be dropped: wait for room.

@@ -80,10 +80,53 @@ impl ApiError {
         )
     }
 
-    /// The JSON body.
+    /// The JSON body. File system paths in the message are cut to their last component.
     pub fn body(&self) -> serde_json::Value {
-        json!({"error": {"code": self.code, "message": self.message}})
+        json!({"error": {"code": self.code, "message": scrub_paths(&self.message)}})
     }
+}
+
+/// `text` with every absolute path (`/…`, `~/…`) cut to its last component: error text that
+/// reaches a client (possibly a web page on the TCP listener) does not show where the user's
+/// files live. The daemon's log keeps the whole message.
+pub fn scrub_paths(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for piece in text.split_inclusive(char::is_whitespace) {
+        let word = piece.trim_end_matches(char::is_whitespace);
+        let space = &piece[word.len()..];
+        out.push_str(&scrub_word(word));
+        out.push_str(space);
+    }
+    out
+}
+
+/// One whitespace-free word: a path starts at its beginning or after `=`, a quote, a backtick,
+/// `(` or `:`, and ends before a closing quote, backtick, `)`, `,` or `;` (or a final `.`/`:`).
+fn scrub_word(word: &str) -> String {
+    const OPENERS: &[char] = &['=', '`', '\'', '"', '(', ':'];
+    const CLOSERS: &[char] = &['`', '\'', '"', ')', ',', ';'];
+    let starts_path = |rest: &str| rest.starts_with('/') || rest.starts_with("~/");
+    let start = word.char_indices().find_map(|(i, _)| {
+        let before = word[..i].chars().next_back();
+        (starts_path(&word[i..]) && before.is_none_or(|c| OPENERS.contains(&c))).then_some(i)
+    });
+    let Some(start) = start else {
+        return word.to_string();
+    };
+    let mut end = word[start..]
+        .find(|c| CLOSERS.contains(&c))
+        .map_or(word.len(), |i| start + i);
+    while end > start + 1 && word[..end].ends_with(['.', ':']) {
+        end -= 1;
+    }
+    let path = &word[start..end];
+    let last = path
+        .trim_end_matches('/')
+        .rsplit('/')
+        .next()
+        .filter(|name| !name.is_empty() && *name != "~")
+        .unwrap_or("…");
+    format!("{}{last}{}", &word[..start], scrub_word(&word[end..]))
 }
 
 impl From<StoreError> for ApiError {
@@ -166,5 +209,33 @@ impl From<MemoryError> for ApiError {
                 ApiError::unavailable(ErrorCode::EmbedderUnavailable, err.to_string(), 5)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::scrub_paths;
+
+    #[test]
+    fn paths_are_cut_to_their_file_name() {
+        assert_eq!(
+            scrub_paths("model file /root/w/models/a.gguf is missing; fetch it with `HEARTH_MODELS_DIR=/root/w/models ./models/fetch chat`"),
+            "model file a.gguf is missing; fetch it with `HEARTH_MODELS_DIR=models ./models/fetch chat`"
+        );
+        assert_eq!(
+            scrub_paths("/tmp/x/y.pdf: cannot open (see '/var/log/z.log')."),
+            "y.pdf: cannot open (see 'z.log')."
+        );
+        assert_eq!(
+            scrub_paths("the watched file ~/notes/a.md; remove it"),
+            "the watched file a.md; remove it"
+        );
+        // Not paths: relative paths, fractions, URLs' paths stay.
+        assert_eq!(
+            scrub_paths("1/2 of ./models/fetch"),
+            "1/2 of ./models/fetch"
+        );
+        assert_eq!(scrub_paths("see /"), "see …");
+        assert_eq!(scrub_paths("no paths here"), "no paths here");
     }
 }

@@ -1,4 +1,4 @@
-//! The Windows named-pipe listener: the Windows counterpart of the Unix socket in `local.rs`.
+//! The Windows named-pipe listener: the Windows counterpart of the Unix socket in `server/mod.rs`.
 //!
 //! Kept small and on its own because it is the one piece of the server this machine cannot build
 //! as part of the daemon (the rest of the crate is Unix-only for now; see ARCHITECTURE.md). It

@@ -24,7 +24,7 @@ use tracing::Instrument;
 
 use super::body;
 use super::docs;
-use super::error::ApiError;
+use super::error::{scrub_paths, ApiError};
 use super::library;
 use super::memories;
 use super::sse::{SseBody, SseEvent};
@@ -447,7 +447,7 @@ fn health(app: &App) -> Result<Response<ResBody>, ApiError> {
             Some(json!({"stage": stage.as_str(), "progress": progress})),
         ),
         ModelState::Ready => ("ready", None, None),
-        ModelState::Failed(err) => ("failed", Some(err), None),
+        ModelState::Failed(err) => ("failed", Some(scrub_paths(&err)), None),
     };
     let status = match state {
         "ready" => "ok",
@@ -513,7 +513,7 @@ fn embed_status(embedder: &crate::embed::Embedder) -> serde_json::Value {
         EmbedState::Idle => ("idle", None),
         EmbedState::Loading => ("loading", None),
         EmbedState::Ready => ("ready", None),
-        EmbedState::Failed(err) => ("failed", Some(err)),
+        EmbedState::Failed(err) => ("failed", Some(scrub_paths(&err))),
     };
     json!({"name": embedder.model_id(), "state": state, "error": error})
 }
@@ -759,9 +759,10 @@ impl From<ChatEvent> for SseEvent {
             }
             ChatEvent::Token(text) => SseEvent::json("token", &json!({ "text": text })),
             ChatEvent::Done(done) => SseEvent::json("done", &done),
-            ChatEvent::Error { code, message } => {
-                SseEvent::json("error", &json!({"code": code, "message": message}))
-            }
+            ChatEvent::Error { code, message } => SseEvent::json(
+                "error",
+                &json!({"code": code, "message": scrub_paths(&message)}),
+            ),
         }
     }
 }

@@ -85,6 +85,12 @@ async fn a_model_file_with_the_wrong_hash_is_never_loaded() {
     };
     let error = health["models"]["chat"]["error"].as_str().unwrap();
     assert!(error.contains("sha256"), "{error}");
+    // API bodies name the file, never the directories it lives in (issue 12).
+    let dir_text = dir.path().display().to_string();
+    assert!(
+        error.contains("tiny-random.gguf") && !error.contains(&dir_text),
+        "{error}"
+    );
     let chat = d.new_chat("x").await;
     let (status, err) = d
         .client
@@ -97,6 +103,8 @@ async fn a_model_file_with_the_wrong_hash_is_never_loaded() {
         .unwrap();
     assert_eq!(status, 503);
     assert_eq!(err["error"]["code"], "model_unavailable");
+    let message = err["error"]["message"].as_str().unwrap();
+    assert!(!message.contains(&dir_text), "{message}");
     d.kill9();
 }
 
