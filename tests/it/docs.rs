@@ -11,52 +11,15 @@ use serde_json::{json, Value};
 
 use crate::support::{models_dir, tiny, Daemon, Opts};
 
-/// A minimal valid PDF with one page per entry of `pages` (Helvetica text), correct xref.
+/// The extractor's own PDF writer (one file, shared with its unit tests).
+#[path = "../../src/ingest/extract/pdf_fixture.rs"]
+mod pdf_fixture;
+
+/// A text PDF with one line per page.
 fn pdf(pages: &[&str]) -> Vec<u8> {
-    let n = pages.len();
-    let mut objects: Vec<String> = Vec::new();
-    objects.push("<< /Type /Catalog /Pages 2 0 R >>".into());
-    let kids: Vec<String> = (0..n).map(|i| format!("{} 0 R", 4 + 2 * i)).collect();
-    objects.push(format!(
-        "<< /Type /Pages /Kids [{}] /Count {n} >>",
-        kids.join(" ")
-    ));
-    objects.push("<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>".into());
-    for (i, text) in pages.iter().enumerate() {
-        let content = format!(
-            "BT /F1 12 Tf 72 720 Td ({}) Tj ET",
-            text.replace('(', "\\(").replace(')', "\\)")
-        );
-        objects.push(format!(
-            "<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents {} 0 R /Resources << /Font << /F1 3 0 R >> >> >>",
-            5 + 2 * i
-        ));
-        objects.push(format!(
-            "<< /Length {} >>\nstream\n{content}\nendstream",
-            content.len()
-        ));
-    }
-    let mut out = b"%PDF-1.4\n".to_vec();
-    let mut offsets = Vec::new();
-    for (i, object) in objects.iter().enumerate() {
-        offsets.push(out.len());
-        out.extend_from_slice(format!("{} 0 obj\n{object}\nendobj\n", i + 1).as_bytes());
-    }
-    let xref = out.len();
-    out.extend_from_slice(
-        format!("xref\n0 {}\n0000000000 65535 f \n", objects.len() + 1).as_bytes(),
-    );
-    for offset in offsets {
-        out.extend_from_slice(format!("{offset:010} 00000 n \n").as_bytes());
-    }
-    out.extend_from_slice(
-        format!(
-            "trailer\n<< /Size {} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n",
-            objects.len() + 1
-        )
-        .as_bytes(),
-    );
-    out
+    let pages: Vec<[&str; 1]> = pages.iter().map(|page| [*page]).collect();
+    let pages: Vec<&[&str]> = pages.iter().map(|page| &page[..]).collect();
+    pdf_fixture::make_pdf(&pages)
 }
 
 /// A DOCX with a heading and paragraphs.

@@ -1,0 +1,89 @@
+//! A PDF writer for tests: numbered objects with a correct xref table, so tests control every
+//! byte of a PDF without a PDF-writing dependency. Shared by the extractor's unit tests and the
+//! integration tests (`tests/it/docs.rs` includes this file), each of which uses part of it.
+
+#![allow(dead_code)]
+
+/// One PDF object's body, e.g. `<< /Type /Catalog /Pages 2 0 R >>`, or a content stream.
+pub(crate) enum Obj {
+    Dict(String),
+    Stream(String),
+    /// A stream with extra dictionary entries, e.g. a form XObject's `/Subtype /Form`.
+    StreamWith(&'static str, String),
+}
+
+/// Assembles a PDF from numbered objects (1-based, in order) with a correct xref table, so
+/// tests control every byte without a PDF-writing dependency.
+pub(crate) fn assemble_pdf(objects: &[Obj]) -> Vec<u8> {
+    let mut out = b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n".to_vec();
+    let mut offsets = Vec::new();
+    for (i, object) in objects.iter().enumerate() {
+        offsets.push(out.len());
+        let body = match object {
+            Obj::Dict(dict) => dict.clone(),
+            Obj::Stream(content) => {
+                format!(
+                    "<< /Length {} >>\nstream\n{content}\nendstream",
+                    content.len()
+                )
+            }
+            Obj::StreamWith(entries, content) => format!(
+                "<< {entries} /Length {} >>\nstream\n{content}\nendstream",
+                content.len()
+            ),
+        };
+        out.extend_from_slice(format!("{} 0 obj\n{body}\nendobj\n", i + 1).as_bytes());
+    }
+    let xref = out.len();
+    out.extend_from_slice(
+        format!("xref\n0 {}\n0000000000 65535 f \n", objects.len() + 1).as_bytes(),
+    );
+    for offset in offsets {
+        out.extend_from_slice(format!("{offset:010} 00000 n \n").as_bytes());
+    }
+    out.extend_from_slice(
+        format!(
+            "trailer\n<< /Size {} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n",
+            objects.len() + 1
+        )
+        .as_bytes(),
+    );
+    out
+}
+
+pub(crate) fn pdf_string(text: &str) -> String {
+    text.replace('\\', "\\\\")
+        .replace('(', "\\(")
+        .replace(')', "\\)")
+}
+
+/// A text PDF: one page per entry, each line drawn in Helvetica one below the other.
+pub(crate) fn make_pdf(pages: &[&[&str]]) -> Vec<u8> {
+    let n = pages.len();
+    let kids: Vec<String> = (0..n).map(|i| format!("{} 0 R", 4 + 2 * i)).collect();
+    let mut objects = vec![
+        Obj::Dict("<< /Type /Catalog /Pages 2 0 R >>".into()),
+        Obj::Dict(format!(
+            "<< /Type /Pages /Kids [{}] /Count {n} >>",
+            kids.join(" ")
+        )),
+        Obj::Dict(
+            "<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica /Encoding /WinAnsiEncoding >>"
+                .into(),
+        ),
+    ];
+    for (i, lines) in pages.iter().enumerate() {
+        objects.push(Obj::Dict(format!(
+            "<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] \
+             /Resources << /Font << /F1 3 0 R >> >> /Contents {} 0 R >>",
+            5 + 2 * i
+        )));
+        let mut content = String::from("BT /F1 12 Tf 72 720 Td 14 TL\n");
+        for line in lines.iter() {
+            content.push_str(&format!("({}) Tj T*\n", pdf_string(line)));
+        }
+        content.push_str("ET");
+        objects.push(Obj::Stream(content));
+    }
+    assemble_pdf(&objects)
+}
