@@ -128,9 +128,7 @@ fn local_name(e: &BytesStart<'_>) -> String {
 }
 
 /// An attribute's value with entities resolved; `None` if it is malformed.
-fn attribute_value(
-    attribute: &quick_xml::events::attributes::Attribute<'_>,
-) -> Option<String> {
+fn attribute_value(attribute: &quick_xml::events::attributes::Attribute<'_>) -> Option<String> {
     attribute
         .normalized_value(quick_xml::XmlVersion::Implicit1_0)
         .ok()

@@ -20,8 +20,7 @@ const HTML_BLOCK_ELEMENTS: &[&str] = &[
     "main", "nav", "ol", "p", "pre", "section", "summary", "table", "ul",
 ];
 /// Elements that start a new line but not a new paragraph.
-const HTML_LINE_ELEMENTS: &[&str] =
-    &["li", "tr", "dt", "dd", "option", "thead", "tbody", "tfoot"];
+const HTML_LINE_ELEMENTS: &[&str] = &["li", "tr", "dt", "dd", "option", "thead", "tbody", "tfoot"];
 /// The longest entity name in HTML5 is 31 characters (`&CounterClockwiseContourIntegral;`).
 const MAX_HTML_ENTITY_LEN: usize = 32;
 

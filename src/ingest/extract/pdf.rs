@@ -43,10 +43,7 @@ pub(super) fn extract_pdf(bytes: &[u8], limits: &Limits) -> Result<Vec<Section>,
     })
 }
 
-fn caught_pdf_sections(
-    bytes: &[u8],
-    limits: &Limits,
-) -> Result<Vec<Section>, ExtractError> {
+fn caught_pdf_sections(bytes: &[u8], limits: &Limits) -> Result<Vec<Section>, ExtractError> {
     match panic::catch_unwind(AssertUnwindSafe(|| pdf_sections(bytes, limits))) {
         Ok(result) => result,
         Err(payload) => Err(ExtractError::Corrupt(format!(

@@ -1,0 +1,189 @@
+//! Finding changes: the `notify` watcher, the reconcile scan (at start, after a watcher error or
+//! overflow, every `rescan` interval) and the mapping of a changed path to its root and key.
+
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::time::Instant;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::access::Kind;
+use super::*;
+use crate::store::{FileKey, JobKind};
+
+/// How often waiting files are checked for stability.
+const STABILITY_TICK: Duration = Duration::from_millis(100);
+
+impl Library {
+    pub(super) fn start_watcher(
+        &self,
+        tx: mpsc::UnboundedSender<Watched>,
+    ) -> Option<notify::RecommendedWatcher> {
+        use notify::{RecursiveMode, Watcher};
+        let sender = tx.clone();
+        let handler = move |res: notify::Result<notify::Event>| {
+            let msg = match res {
+                Ok(event) if event.need_rescan() => Watched::Rescan("event queue overflow".into()),
+                // Opens, reads and closes-without-writing change nothing; our own scans and
+                // reads cause them, so reacting would loop.
+                Ok(event) if matches!(event.kind, notify::EventKind::Access(_)) => return,
+                Ok(event) => Watched::Paths(event.paths),
+                Err(err) => Watched::Rescan(err.to_string()),
+            };
+            let _ = sender.send(msg);
+        };
+        let mut watcher = match notify::recommended_watcher(handler) {
+            Ok(w) => w,
+            Err(err) => {
+                self.watcher_failed(format!("cannot start the file watcher: {err}"));
+                return None;
+            }
+        };
+        for root in &self.inner.roots {
+            if let Err(err) = watcher.watch(&root.path, RecursiveMode::Recursive) {
+                // Typically inotify's watch limit: the periodic scan still catches everything.
+                self.watcher_failed(format!("cannot watch {}: {err}", root.name));
+                return None;
+            }
+        }
+        self.runtime().watching = true;
+        Some(watcher)
+    }
+
+    fn watcher_failed(&self, message: String) {
+        tracing::warn!(error = %message, "file watcher unavailable; relying on periodic scans");
+        let mut rt = self.runtime();
+        rt.watching = false;
+        rt.watcher_error = Some(message);
+    }
+
+    pub(super) async fn scanner(
+        self,
+        mut rx: mpsc::UnboundedReceiver<Watched>,
+        _watcher: Option<notify::RecommendedWatcher>,
+        shutdown: CancellationToken,
+    ) {
+        self.full_scan().await;
+        let mut tick = tokio::time::interval(STABILITY_TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut next_scan = tokio::time::Instant::now() + self.inner.config.rescan;
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                msg = rx.recv() => match msg {
+                    Some(Watched::Paths(paths)) => {
+                        for path in paths {
+                            self.path_changed(&path).await;
+                        }
+                    }
+                    Some(Watched::Rescan(why)) => {
+                        tracing::info!(reason = %why, "watcher asked for a rescan");
+                        self.full_scan().await;
+                    }
+                    None => {}
+                },
+                // Ticks only while files wait to become stable: an idle daemon sleeps.
+                _ = tick.tick(), if !self.runtime().waiting.is_empty() => self.check_waiting().await,
+                () = tokio::time::sleep_until(next_scan) => {
+                    self.full_scan().await;
+                    next_scan = tokio::time::Instant::now() + self.inner.config.rescan;
+                }
+                () = self.inner.rescan.notified() => self.full_scan().await,
+            }
+        }
+    }
+
+    async fn full_scan(&self) {
+        let started = Instant::now();
+        let mut files = 0;
+        for index in 0..self.inner.roots.len() {
+            files += self.scan(index, Vec::new()).await;
+        }
+        let mut rt = self.runtime();
+        rt.scans += 1;
+        rt.last_scan = Some((started.elapsed(), files));
+        tracing::debug!(files, ms = started.elapsed().as_millis(), "reconcile scan");
+    }
+
+    /// Reconciles one directory tree with the store; returns the files seen.
+    async fn scan(&self, root: usize, dir: Vec<u8>) -> usize {
+        let inner = self.inner.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            scan::reconcile(&inner.roots[root], &inner.rules, &inner.store, &dir)
+        })
+        .await;
+        let report = match result {
+            Ok(Ok(report)) => report,
+            Ok(Err(err)) => {
+                tracing::warn!(error = %err, "reconcile scan failed");
+                return 0;
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "reconcile scan panicked");
+                return 0;
+            }
+        };
+        let seen = report.files;
+        let now = Instant::now();
+        for (key, kind) in report.changed {
+            self.observe(key, kind, now, true).await;
+        }
+        for key in report.gone {
+            self.queue(&key, JobKind::Remove, 0, 0);
+        }
+        seen
+    }
+
+    /// A path the watcher reported: look at it now.
+    async fn path_changed(&self, path: &Path) {
+        let Some((root, relative)) = self.locate(path) else {
+            return;
+        };
+        tracing::trace!(path = %path.display(), "watcher event");
+        if relative.is_empty() {
+            self.scan(root, Vec::new()).await;
+            return;
+        }
+        match self.inner.roots[root].stat(&relative) {
+            Ok(Kind::Dir) => {
+                if !self.inner.rules.ignored_path(&relative, true) {
+                    self.scan(root, relative).await;
+                }
+            }
+            Ok(kind) => {
+                if !self.inner.rules.ignored_path(&relative, false) {
+                    let key = FileKey::new(&self.inner.roots[root].name, &relative);
+                    self.observe(key, kind, Instant::now(), false).await;
+                }
+            }
+            Err(_) => {
+                // Gone (or no longer reachable without a link): it and everything below it.
+                let name = &self.inner.roots[root].name;
+                let mut gone = vec![FileKey::new(name, &relative)];
+                match self
+                    .inner
+                    .store
+                    .files_with_prefix(&FileKey::prefix(name, &relative))
+                {
+                    Ok(below) => gone.extend(below.into_iter().map(|(k, _)| k)),
+                    Err(err) => {
+                        tracing::warn!(error = %err, "cannot list files below a removed path")
+                    }
+                }
+                for key in gone {
+                    self.runtime().waiting.remove(&key);
+                    self.queue(&key, JobKind::Remove, 0, 0);
+                }
+            }
+        }
+    }
+
+    /// The root a watcher path belongs to and the path below it.
+    fn locate(&self, path: &Path) -> Option<(usize, Vec<u8>)> {
+        self.inner.roots.iter().enumerate().find_map(|(i, root)| {
+            let relative = path.strip_prefix(&root.path).ok()?;
+            Some((i, relative.as_os_str().as_bytes().to_vec()))
+        })
+    }
+}
