@@ -126,6 +126,25 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Validates a user-supplied name or title: trimmed, non-empty, bounded, no control characters.
+pub(super) fn clean_text(field: &str, text: &str, max_chars: usize) -> Result<String, ApiError> {
+    let trimmed = text.trim();
+    if trimmed.is_empty() {
+        return Err(ApiError::invalid(format!("{field}: must not be empty")));
+    }
+    if trimmed.chars().count() > max_chars {
+        return Err(ApiError::invalid(format!(
+            "{field}: must be at most {max_chars} characters"
+        )));
+    }
+    if trimmed.chars().any(char::is_control) {
+        return Err(ApiError::invalid(format!(
+            "{field}: must not contain control characters"
+        )));
+    }
+    Ok(trimmed.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -14,8 +14,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::sync::mpsc;
 
+use super::chats::require_chat;
 use super::error::{scrub_paths, ApiError};
-use super::routes::{json_response, ok, require_chat, sse_response, ResBody};
+use super::respond::{json_response, ok, sse_response, ResBody};
 use super::sse::SseEvent;
 use super::{body, App};
 use crate::embed::Urgency;

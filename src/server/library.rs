@@ -8,7 +8,7 @@ use serde_json::json;
 
 use super::body;
 use super::error::ApiError;
-use super::routes::{json_response, ok, ResBody};
+use super::respond::{json_response, ok, ResBody};
 use super::App;
 use crate::store::{DocumentId, FileKey, FileRecord, FileState, Millis};
 

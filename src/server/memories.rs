@@ -11,7 +11,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::error::ApiError;
-use super::routes::{json_response, ok, ResBody};
+use super::respond::{json_response, ok, ResBody};
+use super::users::require_user;
 use super::{body, App};
 use crate::embed::Urgency;
 use crate::error_code::ErrorCode;
@@ -60,16 +61,6 @@ pub fn memory_id(text: &str) -> Result<MemoryId, ApiError> {
             format!("'{text}' is not a valid memory id"),
         )
     })
-}
-
-fn require_user(app: &App, id: UserId) -> Result<(), ApiError> {
-    match app.store.user(id)? {
-        Some(_) => Ok(()),
-        None => Err(ApiError::not_found(
-            ErrorCode::UserNotFound,
-            format!("no user {id}"),
-        )),
-    }
 }
 
 #[derive(Deserialize)]

@@ -7,14 +7,18 @@
 //! with an owner-only DACL (`pipe.rs`); both reach the same HTTP handling through `accept_local`.
 
 pub mod body;
+mod chats;
 pub mod docs;
 pub mod error;
 pub mod library;
 pub mod memories;
 pub mod pipe;
+mod respond;
 pub mod routes;
 pub mod sse;
+mod status;
 pub mod tcp;
+mod users;
 
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::Path;

@@ -1,0 +1,152 @@
+//! The daemon itself: `/health` (models, load progress, queue, store counts), `/shutdown`, and
+//! the `/events` stream of background work.
+
+use http::header::{HeaderValue, RETRY_AFTER};
+use http::{Response, StatusCode};
+use serde::Deserialize;
+use serde_json::json;
+use tokio::sync::mpsc;
+
+use super::body::{self};
+use super::error::{scrub_paths, ApiError};
+use super::respond::{json_response, sse_response, ResBody};
+use super::sse::SseEvent;
+use super::{App, Transport};
+use crate::error_code::ErrorCode;
+use crate::llm::ModelState;
+
+pub(super) fn health(app: &App) -> Result<Response<ResBody>, ApiError> {
+    let (state, error, loading) = match app.llm.state() {
+        ModelState::Loading { stage, progress } => (
+            "loading",
+            None,
+            Some(json!({"stage": stage.as_str(), "progress": progress})),
+        ),
+        ModelState::Ready => ("ready", None, None),
+        ModelState::Failed(err) => ("failed", Some(scrub_paths(&err)), None),
+    };
+    let status = match state {
+        "ready" => "ok",
+        "loading" => "loading",
+        _ => "unavailable",
+    };
+    let body = json!({
+        "status": status,
+        "version": env!("CARGO_PKG_VERSION"),
+        "pid": std::process::id(),
+        "uptime_ms": u64::try_from(app.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        "models": {
+            "chat": {
+                "name": app.llm.name(),
+                "state": state,
+                "error": error,
+                "loading": loading,
+                "n_ctx": app.llm.n_ctx(),
+            },
+            "embed": embed_status(&app.embedder),
+        },
+        "queue": {"waiting": app.llm.queued(), "capacity": app.llm.queue_capacity(), "active_turns": app.chat.active_turns()},
+        "background": app.jobs.status(),
+        "store": app.store.counts().ok(),
+    });
+    let code = if state == "ready" {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let mut response = json_response(code, &body);
+    if state == "loading" {
+        response
+            .headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    Ok(response)
+}
+
+/// Starts the graceful shutdown (`hearth stop`) and answers at once; the client waits for the
+/// process to exit. Only over the local socket: the TCP listener exists for clients that cannot
+/// reach the socket, and stopping the daemon is not something they need.
+pub(super) fn shutdown(app: &App, transport: Transport) -> Result<Response<ResBody>, ApiError> {
+    if transport != Transport::Local {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            ErrorCode::LocalOnly,
+            "shutdown is only accepted on the local socket",
+        ));
+    }
+    tracing::info!("shutdown requested over the API");
+    app.shutdown.cancel();
+    Ok(json_response(
+        StatusCode::ACCEPTED,
+        &json!({"stopping": true, "pid": std::process::id()}),
+    ))
+}
+
+/// The embedder's state: it loads on first use, so `idle` is normal.
+pub(super) fn embed_status(embedder: &crate::embed::Embedder) -> serde_json::Value {
+    use crate::embed::EmbedState;
+    let (state, error) = match embedder.state() {
+        EmbedState::Idle => ("idle", None),
+        EmbedState::Loading => ("loading", None),
+        EmbedState::Ready => ("ready", None),
+        EmbedState::Failed(err) => ("failed", Some(scrub_paths(&err))),
+    };
+    json!({"name": embedder.model_id(), "state": state, "error": error})
+}
+
+/// Subscriber buffer between the broadcast and the socket.
+pub(super) const EVENTS_BUFFER: usize = 64;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct EventsQuery {
+    /// Comma-separated event names to receive; all when absent.
+    types: Option<String>,
+}
+
+/// `GET /events[?types=a,b]`: an SSE stream of background-work notifications. A subscriber that
+/// fell behind gets `event: lagged {"missed": n}` and should re-read the state it shows.
+pub(super) fn events(app: &App, query: Option<&str>) -> Result<Response<ResBody>, ApiError> {
+    let q: EventsQuery = body::query(query)?;
+    let wanted: Option<Vec<String>> = q.types.map(|types| {
+        types
+            .split(',')
+            .filter(|t| !t.is_empty())
+            .map(str::to_string)
+            .collect()
+    });
+    let mut sub = app.events.subscribe();
+    let (tx, rx) = mpsc::channel::<SseEvent>(EVENTS_BUFFER);
+    let shutdown = app.shutdown.clone();
+    app.tasks.spawn(async move {
+        use tokio::sync::broadcast::error::RecvError;
+        loop {
+            let event = tokio::select! {
+                () = tx.closed() => return,
+                // The stream ends at shutdown, so a subscribed UI does not hold the
+                // connection (and the daemon's exit) for the whole grace period.
+                () = shutdown.cancelled() => return,
+                event = sub.recv() => event,
+            };
+            let sse = match event {
+                Ok(event) => {
+                    if wanted
+                        .as_ref()
+                        .is_some_and(|w| !w.iter().any(|t| t == event.name()))
+                    {
+                        continue;
+                    }
+                    SseEvent::json(event.name(), &event)
+                }
+                Err(RecvError::Lagged(missed)) => {
+                    SseEvent::json("lagged", &json!({"missed": missed}))
+                }
+                Err(RecvError::Closed) => return,
+            };
+            if tx.send(sse).await.is_err() {
+                return;
+            }
+        }
+    });
+    Ok(sse_response(rx))
+}
