@@ -15,9 +15,10 @@
 use sled::transaction::ConflictableTransactionError;
 use sled::Transactional;
 
+use super::codec::{decode, encode, get, tx_get, unwrap_tx, vector_bytes, vector_from};
 use super::library::NewDocument;
 use super::types::{ChunkRecord, Document, DocumentId, Scope};
-use super::{encode, get, tx_get, unwrap_tx, Store, StoreError, TxResult};
+use super::{Store, StoreError, TxResult};
 
 /// What [`Store::insert_document`] did.
 pub struct Inserted {
@@ -44,20 +45,6 @@ pub(super) fn scoped(scope: &Scope, tail: &[u8]) -> Vec<u8> {
     let mut key = scope.key_prefix();
     key.extend_from_slice(tail);
     key
-}
-
-pub(super) fn vector_bytes(vector: &[f32]) -> Vec<u8> {
-    vector.iter().flat_map(|x| x.to_le_bytes()).collect()
-}
-
-fn vector_from(bytes: &[u8]) -> Result<Vec<f32>, StoreError> {
-    if !bytes.len().is_multiple_of(4) {
-        return Err(StoreError::Corrupt("vector length".into()));
-    }
-    Ok(bytes
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect())
 }
 
 impl Store {
@@ -190,7 +177,7 @@ impl Store {
         self.inner
             .documents
             .iter()
-            .map(|entry| super::decode(&entry?.1))
+            .map(|entry| decode(&entry?.1))
             .collect()
     }
 
@@ -199,7 +186,7 @@ impl Store {
         self.inner
             .chunks
             .scan_prefix(doc.as_bytes())
-            .map(|entry| super::decode::<ChunkRecord>(&entry?.1).map(|c| c.text))
+            .map(|entry| decode::<ChunkRecord>(&entry?.1).map(|c| c.text))
             .collect()
     }
 

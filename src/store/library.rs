@@ -23,10 +23,11 @@ use serde::{Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionalTree};
 use sled::Transactional;
 
+use super::codec::{decode, encode, get, tx_get, unwrap_tx, vector_bytes};
 use super::counts::{self, Counted};
-use super::documents::{chunk_key, scoped, vector_bytes};
+use super::documents::{chunk_key, scoped};
 use super::types::{ChunkRecord, Document, DocumentId, Millis, Scope};
-use super::{decode, encode, tx_get, unwrap_tx, Store, StoreError, TxResult};
+use super::{Store, StoreError, TxResult};
 use crate::error_code::ErrorCode;
 
 /// A watched file's key: its root (as configured, canonical) and its path below the root.
@@ -350,7 +351,7 @@ impl Store {
     }
 
     pub fn file(&self, key: &FileKey) -> Result<Option<FileRecord>, StoreError> {
-        super::get(&self.inner.files, key.as_bytes())
+        get(&self.inner.files, key.as_bytes())
     }
 
     /// Files whose key starts with `prefix` (see [`FileKey::prefix`]), in key order.
@@ -598,8 +599,7 @@ impl Store {
 
     /// The watched files that refer to a library document (uploads not included).
     pub fn document_files(&self, doc: DocumentId) -> Result<Vec<FileKey>, StoreError> {
-        let refs: Vec<Vec<u8>> =
-            super::get(&self.inner.doc_files, doc.as_bytes())?.unwrap_or_default();
+        let refs: Vec<Vec<u8>> = get(&self.inner.doc_files, doc.as_bytes())?.unwrap_or_default();
         Ok(refs
             .into_iter()
             .filter(|r| r != UPLOAD_REF)

@@ -1,5 +1,4 @@
-//! Long-term memories of a user, their change history, the background job queue, and the title
-//! job's conditional write.
+//! Long-term memories of a user and their change history.
 //!
 //! ```text
 //! memories                  memory_id → Memory
@@ -9,7 +8,6 @@
 //! memory_history            user_id ‖ entry_id → HistoryEntry   (every change, chronological)
 //! memory_history_by_memory  memory_id ‖ entry_id → user_id      (one memory's entries)
 //! memory_forgets            user_id → Millis BE                  (the user's last "forget all")
-//! bg_jobs                   job_id → BgJob                       (pending background work)
 //! ```
 //!
 //! A fact inferred from something the user said before their last "forget all" is discarded,
@@ -25,15 +23,12 @@ use sled::transaction::ConflictableTransactionError;
 use sled::Transactional;
 use uuid::Uuid;
 
-use super::types::{Chat, ChatId, MessageId, Millis, UserId, DEFAULT_CHAT_TITLE};
-use super::{
-    chat_index_key, decode, encode, get, now_millis, tx_get, unwrap_tx, Store, StoreError, TxResult,
-};
+use super::codec::{decode, encode, get, tx_get, unwrap_tx, vector_bytes, vector_from};
+use super::types::{MessageId, Millis, UserId};
+use super::{now_millis, Store, StoreError, TxResult};
 
 /// A memory's id (UUIDv7, as every id in the store).
 pub type MemoryId = Uuid;
-/// A background job's id (UUIDv7: the queue runs oldest first).
-pub type JobId = Uuid;
 
 /// How a memory came to be.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -101,31 +96,6 @@ impl HistoryEntry {
     }
 }
 
-/// One unit of background work, persisted until done so a restart resumes it.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct BgJob {
-    pub id: JobId,
-    pub kind: BgJobKind,
-    /// Runs started and not finished (interrupted by shutdown or a crash, or failed).
-    pub attempts: u32,
-    pub queued_at: Millis,
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum BgJobKind {
-    /// Title a chat after its first exchange, from the user's first message.
-    Title { chat_id: ChatId, message: String },
-    /// Extract durable facts about the user from one of their messages (or from a text posted
-    /// to the memories endpoint with `infer: true`, which has no chat).
-    Memory {
-        user_id: UserId,
-        chat_id: Option<ChatId>,
-        message_id: Option<MessageId>,
-        message: String,
-    },
-}
-
 /// What [`Store::add_memory`] did.
 pub enum Added {
     Created(Memory),
@@ -144,7 +114,6 @@ pub(super) struct Trees {
     history: sled::Tree,
     history_by_memory: sled::Tree,
     forgets: sled::Tree,
-    jobs: sled::Tree,
 }
 
 impl Trees {
@@ -157,27 +126,12 @@ impl Trees {
             history: db.open_tree("memory_history")?,
             history_by_memory: db.open_tree("memory_history_by_memory")?,
             forgets: db.open_tree("memory_forgets")?,
-            jobs: db.open_tree("bg_jobs")?,
         })
     }
 }
 
 fn cat(a: &[u8], b: &[u8]) -> Vec<u8> {
     [a, b].concat()
-}
-
-fn vector_bytes(vector: &[f32]) -> Vec<u8> {
-    vector.iter().flat_map(|x| x.to_le_bytes()).collect()
-}
-
-fn vector_from(bytes: &[u8]) -> Result<Vec<f32>, StoreError> {
-    if !bytes.len().is_multiple_of(4) {
-        return Err(StoreError::Corrupt("memory vector length".into()));
-    }
-    Ok(bytes
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect())
 }
 
 type Tx<'a> = &'a sled::transaction::TransactionalTree;
@@ -479,51 +433,6 @@ impl Store {
             .map(|entry| decode(&entry?.1))
             .collect()
     }
-
-    // === background jobs ===
-
-    pub fn put_bg_job(&self, job: &BgJob) -> Result<(), StoreError> {
-        self.mem().jobs.insert(job.id.as_bytes(), encode(job))?;
-        Ok(())
-    }
-
-    pub fn remove_bg_job(&self, id: JobId) -> Result<(), StoreError> {
-        self.mem().jobs.remove(id.as_bytes())?;
-        Ok(())
-    }
-
-    /// Pending jobs, oldest first.
-    pub fn bg_jobs(&self) -> Result<Vec<BgJob>, StoreError> {
-        self.mem()
-            .jobs
-            .iter()
-            .map(|entry| decode(&entry?.1))
-            .collect()
-    }
-
-    // === titles ===
-
-    /// Sets an automatic title unless the user titled the chat (or it has a non-default
-    /// title). The check and the write are one transaction on the chat record, so a rename that
-    /// commits first always wins and one that commits later simply overwrites. `None` when
-    /// nothing was written.
-    pub fn set_auto_title(&self, id: ChatId, title: &str) -> Result<Option<Chat>, StoreError> {
-        let i = &*self.inner;
-        let res = (&i.chats, &i.chats_by_user).transaction(|(chats, by_idx)| -> TxResult<_> {
-            let Some(mut chat): Option<Chat> = tx_get(chats, id.as_bytes())? else {
-                return Ok(None);
-            };
-            if chat.title_by_user || chat.title != DEFAULT_CHAT_TITLE {
-                return Ok(None);
-            }
-            by_idx.remove(chat_index_key(&chat))?;
-            chat.title = title.to_string();
-            chats.insert(&id.as_bytes()[..], encode(&chat))?;
-            by_idx.insert(chat_index_key(&chat), &[][..])?;
-            Ok(Some(chat))
-        });
-        unwrap_tx(res)
-    }
 }
 
 fn remove_in_tx(
@@ -730,25 +639,5 @@ mod tests {
         assert_eq!(json["type"], "memory");
         assert_eq!(json.as_object().unwrap().len(), 5, "{json}");
         assert_eq!(serde_json::from_value::<Source>(json).unwrap(), memory);
-    }
-
-    #[test]
-    fn auto_title_never_replaces_a_user_title() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("db"), 8 << 20).unwrap();
-        let user = store.create_user("u").unwrap().user.id;
-        let chat = store.create_chat(user, None).unwrap();
-        store.rename_chat(chat.id, "Mine", true).unwrap();
-        assert!(store.set_auto_title(chat.id, "Auto").unwrap().is_none());
-        assert_eq!(store.chat(chat.id).unwrap().unwrap().title, "Mine");
-        let other = store.create_chat(user, None).unwrap();
-        assert_eq!(
-            store
-                .set_auto_title(other.id, "Auto")
-                .unwrap()
-                .unwrap()
-                .title,
-            "Auto"
-        );
     }
 }
