@@ -19,16 +19,13 @@
 //! - [`server`]: HTTP + SSE on a Unix socket; the only module that knows HTTP.
 //! - [`daemon`]: start-up order, instance lock and the one shutdown path.
 //! - [`client`], [`cli`]: the command line and the small client it (and the tests) use.
-//! - [`bench`]: `hearth bench`, the daemon against a direct decode loop (`--rag`: documents,
-//!   `--memory`: long-term memory, `--health`: health on a large store).
+//! - `bench` (cargo feature `bench`): `hearth bench`, the daemon against a direct decode loop
+//!   (`--rag`: documents, `--library`, `--memory`, `--health`: health on a large store).
 //!
 //! See ARCHITECTURE.md for the invariants that hold these together.
 
+#[cfg(feature = "bench")]
 pub mod bench;
-pub mod bench_health;
-pub mod bench_library;
-pub mod bench_memory;
-pub mod bench_rag;
 pub mod chat;
 pub mod cli;
 pub mod client;

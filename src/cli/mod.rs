@@ -144,7 +144,15 @@ enum Command {
     /// Show the drop folder: watched folders, file state counts and failures.
     Library(ingest::LibraryArgs),
     /// Measure the daemon (socket + SSE) against an in-process decode loop, start-up and memory.
+    #[cfg(feature = "bench")]
     Bench(crate::bench::BenchArgs),
+    /// Benchmarks (this build has none: build with `cargo build --release --features bench`).
+    #[cfg(not(feature = "bench"))]
+    #[command(disable_help_flag = true)]
+    Bench {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+        rest: Vec<String>,
+    },
     /// Print a shell completion script (`hearth completions bash > /etc/bash_completion.d/hearth`).
     Completions(CompletionsArgs),
     /// Print the man page (`hearth man > hearth.1`), or write one per command with `--dir`.
@@ -240,7 +248,12 @@ pub fn main(started: Instant) -> ExitCode {
         Some(Command::Events(args)) => in_runtime(status::events(config_file, args)),
         Some(Command::Ingest(args)) => in_runtime(ingest::ingest(config_file, args)),
         Some(Command::Library(args)) => in_runtime(ingest::library(config_file, args)),
-        Some(Command::Bench(args)) => crate::bench::run(config_file, args),
+        #[cfg(feature = "bench")]
+        Some(Command::Bench(args)) => runtime().and_then(|rt| crate::bench::run(config_file, args, &rt)),
+        #[cfg(not(feature = "bench"))]
+        Some(Command::Bench { .. }) => Err(CliExit::usage(
+            "this hearth was built without benchmarks: build it with `cargo build --release --features bench`",
+        )),
         Some(Command::Completions(args)) => completions(args.shell),
         Some(Command::Man(args)) => man(args.dir.as_deref()),
     };

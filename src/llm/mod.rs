@@ -9,6 +9,7 @@
 //! Rendering the chat template and tokenizing happen on the caller's thread: the vocabulary is
 //! read-only and llama.cpp's tokenizer is safe to call concurrently with decoding.
 
+#[cfg(feature = "bench")]
 pub mod direct;
 mod utf8;
 mod worker;

@@ -11,6 +11,10 @@ use serde_json::{json, Value};
 
 use crate::support::{models_dir, tiny, Daemon, Opts};
 
+/// The benches' sentence generator (one file, shared with `hearth bench`).
+#[path = "../../src/bench/corpus.rs"]
+mod corpus;
+
 /// The extractor's own PDF writer (one file, shared with its unit tests).
 #[path = "../../src/ingest/extract/pdf_fixture.rs"]
 mod pdf_fixture;
@@ -489,7 +493,7 @@ async fn hnsw_agrees_with_the_exact_scan_on_10k_real_embeddings() {
     })
     .await;
     // Distinct sentences, the same generator `hearth bench --rag` uses.
-    let texts = hearth::bench_rag::sentences(10_200);
+    let texts = corpus::sentences(10_200);
     let mut vectors: Vec<Vec<f32>> = Vec::with_capacity(texts.len());
     for batch in texts.chunks(256) {
         let res = d

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use http::Method;
 
-use crate::bench::{median, spawn, RemoveOnDrop};
+use super::{median, spawn, RemoveOnDrop};
 use crate::client::Client;
 use crate::store::{ChunkRecord, Document, DocumentId, Scope, Store};
 
@@ -20,7 +20,7 @@ const CHUNKS_PER_DOC: usize = 100;
 /// Health requests timed over the socket.
 const REQUESTS: usize = 200;
 
-pub(crate) fn run(
+pub(super) fn run(
     rt: &tokio::runtime::Runtime,
     models_dir: &std::path::Path,
     model: &str,

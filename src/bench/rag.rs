@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
+use super::corpus::{long_chunk, sentences};
+use super::pct;
 use crate::embed::{Embedder, Urgency, DIM};
 use crate::index::hnsw::Graph;
 use crate::index::{dot, Index, IndexOptions};
@@ -22,7 +24,7 @@ use crate::ingest::{extract, IngestLimits, Ingestor};
 use crate::store::{Scope, Store};
 
 /// Runs the RAG benchmark and returns the table.
-pub fn run(
+pub(super) fn run(
     models_dir: &Path,
     threads: usize,
     sizes: &[usize],
@@ -231,14 +233,6 @@ fn rate(n: usize, f: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<f64>
     Ok(n as f64 / started.elapsed().as_secs_f64().max(1e-9))
 }
 
-fn pct(values: &mut [f64], p: usize) -> f64 {
-    if values.is_empty() {
-        return f64::NAN;
-    }
-    values.sort_by(f64::total_cmp);
-    values[((values.len() - 1) * p) / 100]
-}
-
 /// (batch 1, batch 32, long chunks) embeddings/s from Python onnxruntime on the same files.
 fn python_rates(models_dir: &Path, threads: usize) -> anyhow::Result<(f64, f64, f64)> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/embed_bench.py");
@@ -262,87 +256,4 @@ fn python_rates(models_dir: &Path, threads: usize) -> anyhow::Result<(f64, f64, 
         [a, b, c] => Ok((*a, *b, *c)),
         _ => anyhow::bail!("python printed {v:?}"),
     }
-}
-
-/// The same inputs `scripts/embed_bench.py` builds: keep both in step.
-pub fn sentences(n: usize) -> Vec<String> {
-    let subjects = [
-        "The old fisherman",
-        "A young doctor",
-        "My neighbour",
-        "The city council",
-        "A tired student",
-        "The museum guide",
-        "Our team lead",
-        "The baker",
-        "A curious child",
-        "The night nurse",
-    ];
-    let verbs = [
-        "repaired",
-        "painted",
-        "sold",
-        "photographed",
-        "described",
-        "borrowed",
-        "cleaned",
-        "measured",
-        "delivered",
-        "studied",
-    ];
-    let objects = [
-        "a wooden boat",
-        "the broken clock",
-        "three red bicycles",
-        "an ancient map",
-        "the kitchen window",
-        "a box of apples",
-        "the village bridge",
-        "a strange telescope",
-        "the school garden",
-        "a stack of letters",
-    ];
-    let places = [
-        "near the harbour",
-        "in the mountains",
-        "before sunrise",
-        "during the storm",
-        "at the market",
-        "in Lisbon",
-        "behind the station",
-        "after the festival",
-        "on the island",
-        "in the old library",
-    ];
-    let times = [
-        "yesterday",
-        "last week",
-        "in 1998",
-        "every Sunday",
-        "twice",
-        "at noon",
-        "quietly",
-        "for hours",
-        "again",
-        "by accident",
-    ];
-    (0..n)
-        .map(|i| {
-            let c = i % 100_000;
-            format!(
-                "{} {} {} {} {} (note {}).",
-                subjects[c % 10],
-                verbs[(c / 10) % 10],
-                objects[(c / 100) % 10],
-                places[(c / 1000) % 10],
-                times[(c / 10_000) % 10],
-                i / 100_000
-            )
-        })
-        .collect()
-}
-
-/// A ~220-word paragraph (about 256 tokens).
-pub fn long_chunk(i: usize) -> String {
-    sentences(i * 17 + 20)[i * 17..].join(" ")
 }

@@ -16,8 +16,8 @@ use anyhow::{bail, Context};
 use http::Method;
 use serde_json::{json, Value};
 
-use crate::bench::{command, rss_kib, BenchDaemon, RemoveOnDrop};
-use crate::bench_rag::{long_chunk, sentences};
+use super::corpus::{long_chunk, sentences};
+use super::{command, pct, rss_kib, BenchDaemon, RemoveOnDrop};
 use crate::client::Client;
 use crate::embed::{Embedder, Urgency};
 use crate::ingest::Ingestor;
@@ -27,7 +27,7 @@ use crate::store::Store;
 const LATENCY_SAMPLES: usize = 12;
 
 /// Runs the benchmark and returns the table.
-pub fn run(
+pub(super) fn run(
     models_dir: &Path,
     model: &str,
     threads: u32,
@@ -406,7 +406,7 @@ impl Raw {
     fn new(models_dir: &Path, threads: u32, scratch: &Path) -> anyhow::Result<Raw> {
         let store = Store::open(&scratch.join("raw-db"), 64 << 20)?;
         let embedder = Embedder::new(models_dir, usize::try_from(threads)?, store.clone());
-        let ingestor = crate::bench_rag::bench_ingestor(&store, &embedder);
+        let ingestor = super::rag::bench_ingestor(&store, &embedder);
         Ok(Raw { embedder, ingestor })
     }
 
@@ -435,12 +435,4 @@ impl Raw {
             texts.len() as f64 / started.elapsed().as_secs_f64().max(1e-9),
         ))
     }
-}
-
-fn pct(values: &mut [f64], p: usize) -> f64 {
-    if values.is_empty() {
-        return f64::NAN;
-    }
-    values.sort_by(f64::total_cmp);
-    values[((values.len() - 1) * p) / 100]
 }

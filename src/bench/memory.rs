@@ -15,7 +15,7 @@ use anyhow::{bail, Context};
 use http::Method;
 use serde_json::{json, Value};
 
-use crate::bench::{median, spawn, RemoveOnDrop};
+use super::{median, spawn, RemoveOnDrop};
 use crate::client::Client;
 
 /// Memories stored before recall is timed: a user of several months.
@@ -34,7 +34,7 @@ const FACT_MESSAGES: [&str; 8] = [
 const QUESTION: &str = "What should I cook for dinner tonight?";
 
 /// Runs the memory benchmark and returns the table.
-pub fn run(
+pub(super) fn run(
     rt: &tokio::runtime::Runtime,
     models_dir: &Path,
     model: &str,

@@ -1,133 +1,38 @@
-//! `hearth bench`: measures the daemon against a plain in-process llama.cpp loop on the same model
-//! and thread count, and prints one table.
+//! The default bench: the daemon against a plain in-process llama.cpp loop on the same model and
+//! thread count.
 //!
 //! - start-up: spawn `hearth serve` on a fresh data dir → socket accepting (and RSS at that point,
 //!   before the model is loaded, and after it is ready);
 //! - decode tokens/s through socket + SSE (client-side, first to last token) vs the direct loop;
-//! - time to first token over the socket minus the prefill time the daemon reports.
+//! - time to first token over the socket minus the prefill time the daemon reports;
+//! - sidecar spawn → ready line and → first token, SIGTERM → exit with a stream open.
 //!
 //! Runs alternate (direct, socket, direct, …) so background noise hits both sides alike. The
 //! daemon is idle while the direct loop runs.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use serde_json::json;
 
+use super::{command, median, rss_kib, spawn, BenchArgs, BenchDaemon, RemoveOnDrop, N_CTX};
 use crate::client::Client;
-use crate::config::{self, RawConfig};
 use crate::llm::direct::DirectModel;
 use crate::llm::{ChatMessage, ChatRole};
-use crate::models::Manifest;
-
-#[derive(clap::Args)]
-pub struct BenchArgs {
-    /// Models dir [default: as `hearth serve` would choose].
-    #[arg(long, env = "HEARTH_MODELS_DIR", value_name = "DIR")]
-    models_dir: Option<PathBuf>,
-    /// Chat model name [default: the manifest's default].
-    #[arg(long, value_name = "NAME")]
-    model: Option<String>,
-    /// Inference threads, for both sides.
-    #[arg(long, default_value_t = 1)]
-    threads: u32,
-    /// Tokens to generate per run.
-    #[arg(long, default_value_t = 128)]
-    tokens: u32,
-    /// Measured runs per side.
-    #[arg(long, default_value_t = 5)]
-    runs: usize,
-    /// Daemon start-ups to time.
-    #[arg(long, default_value_t = 5)]
-    starts: usize,
-    /// Sidecar spawns to time (spawn → ready line).
-    #[arg(long, default_value_t = 20)]
-    sidecar_starts: usize,
-    /// Measure the document side instead: embeddings vs Python onnxruntime, ingestion, search.
-    #[arg(long)]
-    rag: bool,
-    /// Measure the drop folder instead: ingest rate vs the raw embedder, write → searchable
-    /// latency, reconcile scan time, RSS during a large ingest.
-    #[arg(long)]
-    library: bool,
-    /// Mixed files ingested by `--library`.
-    #[arg(long, default_value_t = 1000)]
-    library_files: usize,
-    /// Unchanged files the `--library` reconcile scan walks.
-    #[arg(long, default_value_t = 10000)]
-    scan_files: usize,
-    /// Measure long-term memory instead: extraction job latency, recall latency, and chat
-    /// time-to-first-token with and without memory recall.
-    #[arg(long)]
-    memory: bool,
-    /// Measure `GET /api/v1/health` on a store of `--health-chunks` chunks instead: the record
-    /// counters against counting by scanning, and the request over the socket.
-    #[arg(long)]
-    health: bool,
-    /// Chunks in the `--health` store.
-    #[arg(long, default_value_t = 100_000)]
-    health_chunks: usize,
-    /// Vector counts for the search part of `--rag`.
-    #[arg(long, value_delimiter = ',', default_value = "10000,100000")]
-    rag_sizes: Vec<usize>,
-}
+use crate::models::Entry;
 
 const PROMPT: &str = "Write a long, detailed story about a dragon who learns to bake bread.";
-const N_CTX: u32 = 2048;
 
-pub fn run(config_file: Option<&Path>, args: BenchArgs) -> anyhow::Result<()> {
-    let config = config::load(
-        config_file,
-        RawConfig {
-            models_dir: args.models_dir.clone(),
-            ..RawConfig::default()
-        },
-    )?;
-    let manifest = Manifest::builtin();
-    let entry = manifest.chat_model(args.model.as_deref())?;
-    let rt = crate::cli::runtime()?;
-    if args.library {
-        let table = crate::bench_library::run(
-            &config.models_dir,
-            &entry.name,
-            args.threads,
-            args.library_files,
-            args.scan_files,
-            &rt,
-        )?;
-        use std::io::Write;
-        std::io::stdout().write_all(table.as_bytes())?;
-        return Ok(());
-    }
-    if args.rag {
-        let threads = usize::try_from(args.threads).unwrap_or(1);
-        let table = crate::bench_rag::run(&config.models_dir, threads, &args.rag_sizes, &rt)?;
-        use std::io::Write;
-        std::io::stdout().write_all(table.as_bytes())?;
-        return Ok(());
-    }
-    if args.health {
-        let table =
-            crate::bench_health::run(&rt, &config.models_dir, &entry.name, args.health_chunks)?;
-        use std::io::Write;
-        std::io::stdout().write_all(table.as_bytes())?;
-        return Ok(());
-    }
-    if args.memory {
-        let table = crate::bench_memory::run(
-            &rt,
-            &config.models_dir,
-            &entry.name,
-            args.threads,
-            args.runs,
-        )?;
-        use std::io::Write;
-        std::io::stdout().write_all(table.as_bytes())?;
-        return Ok(());
-    }
-    let model_path = crate::models::precheck(&config.models_dir, entry)?;
+pub(super) fn run(
+    args: &BenchArgs,
+    models_dir: &Path,
+    entry: &Entry,
+    rt: &tokio::runtime::Runtime,
+) -> anyhow::Result<String> {
+    let config_models_dir = models_dir;
+    let model_path = crate::models::precheck(config_models_dir, entry)?;
     let scratch = std::env::temp_dir().join(format!("hearth-bench-{}", std::process::id()));
     let _cleanup = RemoveOnDrop(scratch.clone());
 
@@ -138,7 +43,7 @@ pub fn run(config_file: Option<&Path>, args: BenchArgs) -> anyhow::Result<()> {
     let mut ready_rss = Vec::new();
     for n in 0..args.starts {
         let dir = scratch.join(format!("start{n}"));
-        let mut daemon = spawn(&dir, &config.models_dir, &entry.name, args.threads)?;
+        let mut daemon = spawn(&dir, config_models_dir, &entry.name, args.threads)?;
         let started = Instant::now();
         let socket = dir.join("hearth.sock");
         while std::os::unix::net::UnixStream::connect(&socket).is_err() {
@@ -157,7 +62,7 @@ pub fn run(config_file: Option<&Path>, args: BenchArgs) -> anyhow::Result<()> {
 
     // Decode: one daemon, reused for all socket runs.
     let dir = scratch.join("decode");
-    let mut daemon = spawn(&dir, &config.models_dir, &entry.name, args.threads)?;
+    let mut daemon = spawn(&dir, config_models_dir, &entry.name, args.threads)?;
     let client = Client::new(&dir.join("hearth.sock"));
     rt.block_on(client.wait_ready(Duration::from_secs(60)))?;
     let direct = DirectModel::load(&model_path)?;
@@ -191,11 +96,11 @@ pub fn run(config_file: Option<&Path>, args: BenchArgs) -> anyhow::Result<()> {
     daemon.stop();
 
     let sidecar = sidecar_figures(
-        &rt,
+        rt,
         &scratch.join("sidecar"),
-        &config.models_dir,
+        config_models_dir,
         &entry.name,
-        &args,
+        args,
     )?;
 
     let direct_rate = median(&mut direct_rates);
@@ -272,9 +177,7 @@ pub fn run(config_file: Option<&Path>, args: BenchArgs) -> anyhow::Result<()> {
     for (name, value, target) in rows {
         out.push_str(&format!("{name:<38} {value:>10}  {target}\n"));
     }
-    use std::io::Write;
-    std::io::stdout().write_all(out.as_bytes())?;
-    Ok(())
+    Ok(out)
 }
 
 struct SidecarFigures {
@@ -401,96 +304,4 @@ async fn socket_run(client: &Client, tokens: u32) -> anyhow::Result<SocketRun> {
 fn rate(tokens: usize, span: Duration) -> f64 {
     // n tokens span n-1 intervals.
     (tokens.saturating_sub(1)) as f64 / span.as_secs_f64().max(1e-9)
-}
-
-pub(crate) fn median(values: &mut [f64]) -> f64 {
-    if values.is_empty() {
-        return f64::NAN;
-    }
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
-}
-
-pub(crate) struct BenchDaemon {
-    pub(crate) child: Child,
-}
-
-impl BenchDaemon {
-    fn signal_term(&self) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).unwrap_or(0)),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-    }
-
-    pub(crate) fn stop(&mut self) {
-        self.signal_term();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for BenchDaemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-pub(crate) fn spawn(
-    dir: &Path,
-    models_dir: &Path,
-    model: &str,
-    threads: u32,
-) -> anyhow::Result<BenchDaemon> {
-    let child = command(dir, models_dir, model, threads)?
-        .stdout(Stdio::null())
-        .spawn()
-        .context("cannot spawn hearth serve")?;
-    Ok(BenchDaemon { child })
-}
-
-pub(crate) fn command(
-    dir: &Path,
-    models_dir: &Path,
-    model: &str,
-    threads: u32,
-) -> anyhow::Result<Command> {
-    std::fs::create_dir_all(dir)?;
-    let mut cmd = Command::new(std::env::current_exe()?);
-    cmd.arg("serve")
-        .arg("--data-dir")
-        .arg(dir.join("data"))
-        .arg("--socket")
-        .arg(dir.join("hearth.sock"))
-        .arg("--models-dir")
-        .arg(models_dir)
-        .arg("--model")
-        .arg(model)
-        .arg("--threads")
-        .arg(threads.to_string())
-        .arg("--ctx")
-        .arg(N_CTX.to_string())
-        .env("HEARTH_CONFIG", dir.join("none.toml"))
-        .env("HEARTH_LOG", "error")
-        .stdin(Stdio::null())
-        .stderr(Stdio::null());
-    Ok(cmd)
-}
-
-pub(crate) fn rss_kib(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .context("no VmRSS")
-}
-
-pub(crate) struct RemoveOnDrop(pub(crate) PathBuf);
-
-impl Drop for RemoveOnDrop {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }

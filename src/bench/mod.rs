@@ -1,0 +1,213 @@
+//! `hearth bench` (in builds with `--features bench`): measurements that print one table each,
+//! every figure next to its reference measured in the same run (never a timed assertion in a
+//! test). One file per bench; this file has the arguments, the dispatch, and the harness they
+//! share (a daemon process on a scratch dir, RSS, medians and percentiles).
+//!
+//! - `decode.rs` (default): socket + SSE decode vs a direct llama.cpp loop, start-up, RSS, sidecar;
+//! - `rag.rs` (`--rag`): embeddings vs Python onnxruntime, ingestion, exact vs HNSW search;
+//! - `library.rs` (`--library`): the drop folder's ingest rate vs the raw embedder, write →
+//!   searchable, reconcile scan, RSS, chat decode during ingestion;
+//! - `memory.rs` (`--memory`): extraction job latency, recall, TTFT with and without memory;
+//! - `health.rs` (`--health`): health on a large store, counters vs scanning;
+//! - `corpus.rs`: the synthetic texts they ingest.
+
+mod corpus;
+mod decode;
+mod health;
+mod library;
+mod memory;
+mod rag;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use anyhow::Context;
+
+use crate::config::{self, RawConfig};
+use crate::models::Manifest;
+
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    /// Models dir [default: as `hearth serve` would choose].
+    #[arg(long, env = "HEARTH_MODELS_DIR", value_name = "DIR")]
+    models_dir: Option<PathBuf>,
+    /// Chat model name [default: the manifest's default].
+    #[arg(long, value_name = "NAME")]
+    model: Option<String>,
+    /// Inference threads, for both sides.
+    #[arg(long, default_value_t = 1)]
+    threads: u32,
+    /// Tokens to generate per run.
+    #[arg(long, default_value_t = 128)]
+    tokens: u32,
+    /// Measured runs per side.
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    /// Daemon start-ups to time.
+    #[arg(long, default_value_t = 5)]
+    starts: usize,
+    /// Sidecar spawns to time (spawn → ready line).
+    #[arg(long, default_value_t = 20)]
+    sidecar_starts: usize,
+    /// Measure the document side instead: embeddings vs Python onnxruntime, ingestion, search.
+    #[arg(long)]
+    rag: bool,
+    /// Measure the drop folder instead: ingest rate vs the raw embedder, write → searchable
+    /// latency, reconcile scan time, RSS during a large ingest.
+    #[arg(long)]
+    library: bool,
+    /// Mixed files ingested by `--library`.
+    #[arg(long, default_value_t = 1000)]
+    library_files: usize,
+    /// Unchanged files the `--library` reconcile scan walks.
+    #[arg(long, default_value_t = 10000)]
+    scan_files: usize,
+    /// Measure long-term memory instead: extraction job latency, recall latency, and chat
+    /// time-to-first-token with and without memory recall.
+    #[arg(long)]
+    memory: bool,
+    /// Measure `GET /api/v1/health` on a store of `--health-chunks` chunks instead: the record
+    /// counters against counting by scanning, and the request over the socket.
+    #[arg(long)]
+    health: bool,
+    /// Chunks in the `--health` store.
+    #[arg(long, default_value_t = 100_000)]
+    health_chunks: usize,
+    /// Vector counts for the search part of `--rag`.
+    #[arg(long, value_delimiter = ',', default_value = "10000,100000")]
+    rag_sizes: Vec<usize>,
+}
+
+/// Context size of the daemons and direct loops the benches start.
+const N_CTX: u32 = 2048;
+
+/// Runs the bench `args` selects on `rt` and prints its table.
+pub fn run(
+    config_file: Option<&Path>,
+    args: BenchArgs,
+    rt: &tokio::runtime::Runtime,
+) -> anyhow::Result<()> {
+    let config = config::load(
+        config_file,
+        RawConfig {
+            models_dir: args.models_dir.clone(),
+            ..RawConfig::default()
+        },
+    )?;
+    let manifest = Manifest::builtin();
+    let entry = manifest.chat_model(args.model.as_deref())?;
+    let models_dir = &config.models_dir;
+    let table = if args.library {
+        library::run(
+            models_dir,
+            &entry.name,
+            args.threads,
+            args.library_files,
+            args.scan_files,
+            rt,
+        )?
+    } else if args.rag {
+        let threads = usize::try_from(args.threads).unwrap_or(1);
+        rag::run(models_dir, threads, &args.rag_sizes, rt)?
+    } else if args.health {
+        health::run(rt, models_dir, &entry.name, args.health_chunks)?
+    } else if args.memory {
+        memory::run(rt, models_dir, &entry.name, args.threads, args.runs)?
+    } else {
+        decode::run(&args, models_dir, entry, rt)?
+    };
+    std::io::stdout().write_all(table.as_bytes())?;
+    Ok(())
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+struct BenchDaemon {
+    child: Child,
+}
+
+impl BenchDaemon {
+    fn signal_term(&self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).unwrap_or(0)),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+
+    fn stop(&mut self) {
+        self.signal_term();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for BenchDaemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn(dir: &Path, models_dir: &Path, model: &str, threads: u32) -> anyhow::Result<BenchDaemon> {
+    let child = command(dir, models_dir, model, threads)?
+        .stdout(Stdio::null())
+        .spawn()
+        .context("cannot spawn hearth serve")?;
+    Ok(BenchDaemon { child })
+}
+
+fn command(dir: &Path, models_dir: &Path, model: &str, threads: u32) -> anyhow::Result<Command> {
+    std::fs::create_dir_all(dir)?;
+    let mut cmd = Command::new(std::env::current_exe()?);
+    cmd.arg("serve")
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .arg("--socket")
+        .arg(dir.join("hearth.sock"))
+        .arg("--models-dir")
+        .arg(models_dir)
+        .arg("--model")
+        .arg(model)
+        .arg("--threads")
+        .arg(threads.to_string())
+        .arg("--ctx")
+        .arg(N_CTX.to_string())
+        .env("HEARTH_CONFIG", dir.join("none.toml"))
+        .env("HEARTH_LOG", "error")
+        .stdin(Stdio::null())
+        .stderr(Stdio::null());
+    Ok(cmd)
+}
+
+fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .context("no VmRSS")
+}
+
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The `p`th percentile (nearest rank below) of `values`.
+fn pct(values: &mut [f64], p: usize) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    values.sort_by(f64::total_cmp);
+    values[((values.len() - 1) * p) / 100]
+}
