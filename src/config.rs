@@ -181,10 +181,26 @@ pub struct Config {
     /// Origins allowed on the TCP listener.
     pub allowed_origins: Vec<String>,
     /// The drop folder.
-    pub library: crate::library::LibraryConfig,
+    pub library: LibraryConfig,
     pub log_filter: String,
     /// The config file that was read, if any (shown by `hearth status`).
     pub config_file: Option<PathBuf>,
+}
+
+/// Drop-folder settings.
+#[derive(Debug, Clone)]
+pub struct LibraryConfig {
+    pub roots: Vec<PathBuf>,
+    /// A file must keep its size and mtime this long before it is ingested.
+    pub stable: Duration,
+    /// Full reconcile scan interval.
+    pub rescan: Duration,
+    /// Larger files are skipped (`too_large`) without being read.
+    pub max_file_bytes: u64,
+    /// User ignore globs, on top of the built-in rules.
+    pub ignore: Vec<String>,
+    /// How long a document no file refers to any more is kept for a rename to re-link it.
+    pub orphan_grace: Duration,
 }
 
 /// Inference settings.
@@ -405,7 +421,17 @@ pub fn resolve(raw: RawConfig, runtime_dir: Option<&Path>) -> anyhow::Result<Con
         watch.push(dir);
     }
     let watch_ignore = raw.watch_ignore.unwrap_or_default();
-    crate::library::rules::Rules::new(&watch_ignore).map_err(anyhow::Error::msg)?;
+    // The same check the drop folder's rules make when they compile the globs.
+    let mut globs = globset::GlobSetBuilder::new();
+    for glob in &watch_ignore {
+        globs.add(
+            globset::Glob::new(glob)
+                .map_err(|err| anyhow::anyhow!("watch_ignore '{glob}': {err}"))?,
+        );
+    }
+    globs
+        .build()
+        .map_err(|err| anyhow::anyhow!("watch_ignore: {err}"))?;
     if let Some(model) = &raw.model {
         if model.is_empty() {
             bail!("model: must not be empty");
@@ -441,7 +467,7 @@ pub fn resolve(raw: RawConfig, runtime_dir: Option<&Path>) -> anyhow::Result<Con
         cache_bytes: cache_mb * 1024 * 1024,
         tcp,
         allowed_origins: raw.allowed_origins.unwrap_or_default(),
-        library: crate::library::LibraryConfig {
+        library: LibraryConfig {
             roots: watch,
             stable: Duration::from_millis(watch_stable),
             rescan: Duration::from_secs(watch_rescan),

@@ -6,17 +6,16 @@
 //! falls more than [`CAPACITY`] events behind is told how many it missed (`lagged`) instead of
 //! slowing the producers down: background work never waits for a UI.
 
-use serde::Serialize;
 use tokio::sync::broadcast;
 
-use crate::store::{ChatId, DocumentId, Millis};
+use crate::store::{ChatId, DocumentId, MessageId, Millis, UserId};
 
 /// Events buffered per subscriber before it counts as lagging.
 pub const CAPACITY: usize = 1024;
 
-/// One notification. `name()` is the SSE event name; the serialized variant is its data.
-#[derive(Clone, Debug, Serialize)]
-#[serde(untagged)]
+/// One notification. `name()` is the SSE event name; `server` writes its data (the wire shape
+/// lives there, with the other JSON shapes).
+#[derive(Clone, Debug)]
 pub enum Event {
     /// A watched file changed and waits for ingestion.
     FileQueued { path: String, size: u64 },
@@ -43,7 +42,29 @@ pub enum Event {
     /// A chat's title was set by the title job.
     Title { chat_id: ChatId, title: String },
     /// A memory extraction job finished (also when it stored nothing or failed).
-    MemoryExtracted(crate::jobs::ExtractReport),
+    MemoryExtracted(ExtractReport),
+}
+
+/// What a finished extraction did; sent as `event: memory_extracted`.
+#[derive(Clone, Debug)]
+pub struct ExtractReport {
+    pub user_id: UserId,
+    pub chat_id: Option<ChatId>,
+    pub message_id: Option<MessageId>,
+    /// `ok`, `skipped` (nothing about the user in the message, or the user forgot all memories
+    /// after sending it; the model was not asked) or `failed` (recorded in the memory history
+    /// with the reason).
+    pub status: &'static str,
+    pub facts: Vec<String>,
+    pub added: u32,
+    pub updated: u32,
+    pub unchanged: u32,
+    /// Facts dropped because the user forgot all memories while the job ran.
+    pub discarded: u32,
+    pub error: Option<String>,
+    pub queued_at: Millis,
+    pub started_at: Millis,
+    pub finished_at: Millis,
 }
 
 impl Event {
@@ -101,10 +122,8 @@ mod tests {
         });
         let got = rx.recv().await.unwrap();
         assert_eq!(got.name(), "file_removed");
-        assert_eq!(
-            serde_json::to_value(&got).unwrap(),
-            serde_json::json!({"path": "a.md"})
-        );
+        // The wire shape is `server`'s (and tested through the API).
+        assert!(matches!(&got, Event::FileRemoved { path } if path == "a.md"));
         for i in 0..CAPACITY + 5 {
             events.emit(Event::FileRemoved {
                 path: format!("{i}"),

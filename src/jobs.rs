@@ -18,17 +18,16 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use serde::Serialize;
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::embed::Urgency;
-use crate::events::{Event, Events};
+use crate::events::{Event, Events, ExtractReport};
 use crate::llm::{CancelFlag, Finish, GenEvent, Generation, Llm, LlmError, Priority, Sampling};
 use crate::memory::{extract, title, Change, Memories};
 use crate::store::{
     now_millis, BgJob, BgJobKind, ChatId, HistoryEntry, HistoryEvent, MemoryOrigin, MessageId,
-    Millis, Store, StoreError, UserId, DEFAULT_CHAT_TITLE,
+    Store, StoreError, UserId, DEFAULT_CHAT_TITLE,
 };
 
 /// Starts of one job before it is dropped: a job that keeps failing (or keeps being interrupted
@@ -49,26 +48,19 @@ enum JobError {
     Store(#[from] StoreError),
 }
 
-/// What a finished extraction did; sent as `event: memory_extracted`.
-#[derive(Clone, Debug, Serialize)]
-pub struct ExtractReport {
-    pub user_id: UserId,
-    pub chat_id: Option<ChatId>,
-    pub message_id: Option<MessageId>,
-    /// `ok`, `skipped` (nothing about the user in the message, or the user forgot all memories
-    /// after sending it; the model was not asked) or `failed` (recorded in the memory history
-    /// with the reason).
-    pub status: &'static str,
-    pub facts: Vec<String>,
-    pub added: u32,
-    pub updated: u32,
-    pub unchanged: u32,
-    /// Facts dropped because the user forgot all memories while the job ran.
-    pub discarded: u32,
-    pub error: Option<String>,
-    pub queued_at: Millis,
-    pub started_at: Millis,
-    pub finished_at: Millis,
+/// What the scheduler is doing, for health.
+#[derive(Clone, Copy, Debug)]
+pub struct JobsStatus {
+    /// Jobs in the store, the running one included.
+    pub pending: usize,
+    /// The running job's kind (`title`, `memory`).
+    pub running: Option<&'static str>,
+    /// A background generation is queued or running on the inference worker.
+    pub generating: bool,
+    /// Jobs finished since start.
+    pub finished: u64,
+    /// Generations a chat preempted since start.
+    pub preempted: u64,
 }
 
 /// Handle on the scheduler; cheap to clone.
@@ -124,20 +116,18 @@ impl Jobs {
 
     /// For health: pending jobs (including the running one), the running job's kind, whether it
     /// is on the inference worker now, and counts since start.
-    pub fn status(&self) -> serde_json::Value {
-        let pending = self.inner.store.bg_jobs().map(|j| j.len()).unwrap_or(0);
-        let running = *self
-            .inner
-            .running
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        serde_json::json!({
-            "pending": pending,
-            "running": running,
-            "generating": self.inner.generating.load(Ordering::Relaxed),
-            "finished": self.inner.done.load(Ordering::Relaxed),
-            "preempted": self.inner.preempted.load(Ordering::Relaxed),
-        })
+    pub fn status(&self) -> JobsStatus {
+        JobsStatus {
+            pending: self.inner.store.bg_jobs().map(|j| j.len()).unwrap_or(0),
+            running: *self
+                .inner
+                .running
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+            generating: self.inner.generating.load(Ordering::Relaxed),
+            finished: self.inner.done.load(Ordering::Relaxed),
+            preempted: self.inner.preempted.load(Ordering::Relaxed),
+        }
     }
 
     /// Runs jobs until `shutdown`; resumes jobs left by an earlier run first.

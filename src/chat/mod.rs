@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -124,10 +124,11 @@ pub enum ChatEvent {
     },
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// The end of a turn (`server/chats.rs` writes it as `event: done`).
+#[derive(Debug, Clone)]
 pub struct Done {
     pub reply_id: MessageId,
-    pub finish_reason: &'static str,
+    pub finish_reason: FinishReason,
     pub usage: Usage,
     pub timings: Timings,
     /// True when older history was left out to fit the context.
@@ -135,7 +136,7 @@ pub struct Done {
     pub context: ContextInfo,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct Timings {
     /// Request received → first token handed to the client.
     pub ttft_ms: Option<f64>,
@@ -150,7 +151,7 @@ pub struct Timings {
 }
 
 /// How the prompt was fitted into the context.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct ContextInfo {
     pub n_ctx: u32,
     pub prompt_budget: u32,
@@ -529,7 +530,7 @@ impl Turn {
             let queued = picked_up.map_or(Duration::ZERO, |t| t.duration_since(self.received));
             ChatEvent::Done(Done {
                 reply_id: self.reply_id,
-                finish_reason: finish_reason.as_str(),
+                finish_reason,
                 usage,
                 timings: timings(&outcome, self.received, first_token, queued),
                 truncated: self.context.history_dropped > 0,
@@ -540,7 +541,8 @@ impl Turn {
             })
         };
         // A complete exchange: a cancelled reply teaches nothing and is no basis for a title.
-        let done = matches!(&event, ChatEvent::Done(d) if d.finish_reason != "cancelled");
+        let done =
+            matches!(&event, ChatEvent::Done(d) if d.finish_reason != FinishReason::Cancelled);
         if !client_gone {
             let _ = out.send(event).await;
         }

@@ -30,11 +30,11 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use crate::config::LibraryConfig;
 use crate::error_code::ErrorCode;
 use crate::events::Events;
 use crate::ingest::Ingestor;
@@ -42,24 +42,8 @@ use crate::store::{now_millis, FileKey, FileRecord, FileState, LibraryJob, Store
 use access::Root;
 use rules::Rules;
 
-/// Drop-folder settings (see `config`).
+/// What `GET /api/v1/library` reports (`server/library.rs` writes it).
 #[derive(Debug, Clone)]
-pub struct LibraryConfig {
-    pub roots: Vec<PathBuf>,
-    /// A file must keep its size and mtime this long before it is ingested.
-    pub stable: Duration,
-    /// Full reconcile scan interval.
-    pub rescan: Duration,
-    /// Larger files are skipped (`too_large`) without being read.
-    pub max_file_bytes: u64,
-    /// User ignore globs, on top of the built-in rules.
-    pub ignore: Vec<String>,
-    /// How long a document no file refers to any more is kept for a rename to re-link it.
-    pub orphan_grace: Duration,
-}
-
-/// What `GET /api/v1/library` reports.
-#[derive(Debug, Clone, Serialize)]
 pub struct Status {
     pub roots: Vec<String>,
     pub watching: bool,

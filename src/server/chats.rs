@@ -232,7 +232,7 @@ impl From<ChatEvent> for SseEvent {
                 SseEvent::json("sources", &json!({ "sources": sources }))
             }
             ChatEvent::Token(text) => SseEvent::json("token", &json!({ "text": text })),
-            ChatEvent::Done(done) => SseEvent::json("done", &done),
+            ChatEvent::Done(done) => SseEvent::json("done", &done_data(&done)),
             ChatEvent::Error { code, message } => SseEvent::json(
                 "error",
                 &json!({"code": code, "message": scrub_paths(&message)}),
@@ -251,4 +251,32 @@ pub(super) fn require_chat(app: &App, id: ChatId) -> Result<Chat, ApiError> {
     app.store
         .chat(id)?
         .ok_or_else(|| ApiError::not_found(ErrorCode::ChatNotFound, format!("no chat {id}")))
+}
+
+/// `event: done`'s data.
+fn done_data(d: &crate::chat::Done) -> serde_json::Value {
+    let t = &d.timings;
+    let c = &d.context;
+    json!({
+        "reply_id": d.reply_id,
+        "finish_reason": d.finish_reason.as_str(),
+        "usage": d.usage,
+        "timings": {
+            "ttft_ms": t.ttft_ms,
+            "prompt_tokens_per_s": t.prompt_tokens_per_s,
+            "completion_tokens_per_s": t.completion_tokens_per_s,
+            "queued_ms": t.queued_ms,
+            "prefill_ms": t.prefill_ms,
+            "decode_ms": t.decode_ms,
+        },
+        "truncated": d.truncated,
+        "context": {
+            "n_ctx": c.n_ctx,
+            "prompt_budget": c.prompt_budget,
+            "prompt_tokens": c.prompt_tokens,
+            "cached_tokens": c.cached_tokens,
+            "history_messages": c.history_messages,
+            "history_dropped": c.history_dropped,
+        },
+    })
 }

@@ -18,7 +18,19 @@ const MAX_FILES_PAGE: usize = 1000;
 
 /// `GET /library`
 pub fn status(app: &App) -> Result<Response<ResBody>, ApiError> {
-    ok(&app.library.status()?)
+    let s = app.library.status()?;
+    ok(&json!({
+        "roots": s.roots,
+        "watching": s.watching,
+        "watcher_error": s.watcher_error,
+        "counts": s.counts,
+        "jobs": s.jobs,
+        "waiting": s.waiting,
+        "orphans": s.orphans,
+        "scans": s.scans,
+        "last_scan_ms": s.last_scan_ms,
+        "last_scan_files": s.last_scan_files,
+    }))
 }
 
 /// `POST /library/rescan`: a full reconcile scan now (it runs in the background).

@@ -7,12 +7,13 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::mpsc;
 
-use super::body::{self};
+use super::body;
 use super::error::{scrub_paths, ApiError};
 use super::respond::{json_response, sse_response, ResBody};
 use super::sse::SseEvent;
 use super::{App, Transport};
 use crate::error_code::ErrorCode;
+use crate::events::Event;
 use crate::llm::ModelState;
 
 pub(super) fn health(app: &App) -> Result<Response<ResBody>, ApiError> {
@@ -46,7 +47,7 @@ pub(super) fn health(app: &App) -> Result<Response<ResBody>, ApiError> {
             "embed": embed_status(&app.embedder),
         },
         "queue": {"waiting": app.llm.queued(), "capacity": app.llm.queue_capacity(), "active_turns": app.chat.active_turns()},
-        "background": app.jobs.status(),
+        "background": background(app.jobs.status()),
         "store": app.store.counts().ok(),
     });
     let code = if state == "ready" {
@@ -136,7 +137,7 @@ pub(super) fn events(app: &App, query: Option<&str>) -> Result<Response<ResBody>
                     {
                         continue;
                     }
-                    SseEvent::json(event.name(), &event)
+                    SseEvent::json(event.name(), &event_data(&event))
                 }
                 Err(RecvError::Lagged(missed)) => {
                     SseEvent::json("lagged", &json!({"missed": missed}))
@@ -149,4 +150,63 @@ pub(super) fn events(app: &App, query: Option<&str>) -> Result<Response<ResBody>
         }
     });
     Ok(sse_response(rx))
+}
+
+/// The scheduler's state, as health shows it.
+fn background(s: crate::jobs::JobsStatus) -> serde_json::Value {
+    json!({
+        "pending": s.pending,
+        "running": s.running,
+        "generating": s.generating,
+        "finished": s.finished,
+        "preempted": s.preempted,
+    })
+}
+
+/// An event's data, as `/events` sends it.
+fn event_data(event: &Event) -> serde_json::Value {
+    match event {
+        Event::FileQueued { path, size } => json!({"path": path, "size": size}),
+        Event::FileIndexed {
+            path,
+            document_id,
+            chunks,
+            reused,
+            indexed_at,
+        } => json!({
+            "path": path,
+            "document_id": document_id,
+            "chunks": chunks,
+            "reused": reused,
+            "indexed_at": indexed_at,
+        }),
+        Event::FileFailed {
+            path,
+            state,
+            reason,
+            message,
+        } => json!({
+            "path": path,
+            "state": state,
+            "reason": reason,
+            "message": scrub_paths(message),
+        }),
+        Event::FileRemoved { path } => json!({ "path": path }),
+        Event::Title { chat_id, title } => json!({"chat_id": chat_id, "title": title}),
+        Event::MemoryExtracted(r) => json!({
+            "user_id": r.user_id,
+            "chat_id": r.chat_id,
+            "message_id": r.message_id,
+            "status": r.status,
+            "facts": r.facts,
+            "added": r.added,
+            "updated": r.updated,
+            "unchanged": r.unchanged,
+            "discarded": r.discarded,
+            "error": r.error,
+            "queued_at": r.queued_at,
+            "started_at": r.started_at,
+            "finished_at": r.finished_at,
+        }),
+    }
 }

@@ -57,6 +57,143 @@ fn architecture_boundaries_hold() {
     });
 }
 
+/// The layers of ARCHITECTURE.md, enforced: which top-level module may use which. Lower layers
+/// never reach up, and the table itself is checked to have no cycle.
+#[test]
+fn modules_import_only_the_layers_below_them() {
+    use std::collections::{BTreeMap, BTreeSet};
+    let allowed: BTreeMap<&str, &[&str]> = BTreeMap::from([
+        ("error_code", &[][..]),
+        ("config", &[]),
+        ("client", &[]),
+        ("store", &["error_code"]),
+        ("models", &["store"]),
+        ("index", &["store"]),
+        ("events", &["error_code", "store"]),
+        ("llm", &["config", "models"]),
+        ("embed", &["models", "store"]),
+        ("ingest", &["embed", "error_code", "index", "store"]),
+        ("memory", &["embed", "llm", "store"]),
+        ("jobs", &["embed", "events", "llm", "memory", "store"]),
+        (
+            "chat",
+            &[
+                "embed",
+                "error_code",
+                "index",
+                "jobs",
+                "llm",
+                "memory",
+                "store",
+            ],
+        ),
+        (
+            "library",
+            &["config", "embed", "error_code", "events", "ingest", "store"],
+        ),
+        (
+            "server",
+            &[
+                "chat",
+                "config",
+                "embed",
+                "error_code",
+                "events",
+                "index",
+                "ingest",
+                "jobs",
+                "library",
+                "llm",
+                "memory",
+                "store",
+            ],
+        ),
+        (
+            "daemon",
+            &[
+                "chat",
+                "config",
+                "embed",
+                "error_code",
+                "events",
+                "index",
+                "ingest",
+                "jobs",
+                "library",
+                "llm",
+                "memory",
+                "models",
+                "server",
+                "store",
+            ],
+        ),
+        (
+            "bench",
+            &[
+                "client", "config", "embed", "index", "ingest", "llm", "models", "store",
+            ],
+        ),
+        (
+            "cli",
+            &[
+                "bench",
+                "client",
+                "config",
+                "daemon",
+                "error_code",
+                "library",
+                "models",
+                "server",
+            ],
+        ),
+    ]);
+    // The table is a DAG: every module's allowed imports come before it in some order.
+    let mut placed = BTreeSet::new();
+    while placed.len() < allowed.len() {
+        let next: Vec<&str> = allowed
+            .iter()
+            .filter(|(m, deps)| !placed.contains(*m) && deps.iter().all(|d| placed.contains(d)))
+            .map(|(m, _)| *m)
+            .collect();
+        assert!(
+            !next.is_empty(),
+            "the layer table has a cycle among {allowed:?}"
+        );
+        placed.extend(next);
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut wrong = Vec::new();
+    visit(&root, &mut |path| {
+        let rel = path
+            .strip_prefix(&root)
+            .unwrap()
+            .to_string_lossy()
+            .to_string();
+        let module = rel.split(['/', '.']).next().unwrap().to_string();
+        if module == "main" || module == "lib" {
+            return;
+        }
+        let text = std::fs::read_to_string(path).unwrap();
+        // Unit tests may reach anywhere; comments may name anything.
+        let code = text.split("#[cfg(test)]").next().unwrap();
+        let deps = allowed
+            .get(module.as_str())
+            .unwrap_or_else(|| panic!("{rel}: module {module} is not in the layer table"));
+        for line in code.lines().filter(|l| !l.trim_start().starts_with("//")) {
+            for (i, _) in line.match_indices("crate::") {
+                let used: String = line[i + 7..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                    .collect();
+                if used != module && !deps.contains(&used.as_str()) {
+                    wrong.push(format!("{rel}: {module} uses {used}"));
+                }
+            }
+        }
+    });
+    assert!(wrong.is_empty(), "imports against the layers: {wrong:#?}");
+}
+
 /// README's error table names exactly the codes of `ErrorCode`: none missing, none invented.
 #[test]
 fn readme_error_table_matches_the_error_codes() {
