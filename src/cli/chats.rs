@@ -7,7 +7,7 @@ use http::Method;
 use serde_json::json;
 
 use super::chat::resolve_chat;
-use super::{age, connect, delete_each, one_line, print_json, ClientArgs, JsonArg, UserArgs};
+use super::{age, connect, delete_each, fetch, one_line, ClientArgs, JsonArg, UserArgs};
 
 #[derive(clap::Args)]
 pub(super) struct ChatsArgs {
@@ -52,16 +52,17 @@ pub(super) async fn chats(config_file: Option<&Path>, args: ChatsArgs) -> anyhow
     let mut out = std::io::stdout().lock();
     match args.action.unwrap_or(ChatsAction::List { limit: 50 }) {
         ChatsAction::List { limit } => {
-            let list = client
-                .call(
-                    Method::GET,
-                    &format!("/api/v1/users/{user_id}/chats?limit={limit}"),
-                    None,
-                )
-                .await?;
-            if args.out.json {
-                return print_json(&list);
-            }
+            let Some(list) = fetch(
+                &client,
+                Method::GET,
+                &format!("/api/v1/users/{user_id}/chats?limit={limit}"),
+                None,
+                args.out,
+            )
+            .await?
+            else {
+                return Ok(());
+            };
             let chats = list["chats"].as_array().cloned().unwrap_or_default();
             if chats.is_empty() {
                 writeln!(out, "no chats yet (start one with `hearth chat`)")?;
@@ -81,12 +82,17 @@ pub(super) async fn chats(config_file: Option<&Path>, args: ChatsArgs) -> anyhow
         }
         ChatsAction::Show { id } => {
             let id = resolve_chat(&client, &user_id, &id).await?;
-            let chat = client
-                .call(Method::GET, &format!("/api/v1/chats/{id}"), None)
-                .await?;
-            if args.out.json {
-                return print_json(&chat);
-            }
+            let Some(chat) = fetch(
+                &client,
+                Method::GET,
+                &format!("/api/v1/chats/{id}"),
+                None,
+                args.out,
+            )
+            .await?
+            else {
+                return Ok(());
+            };
             writeln!(
                 out,
                 "{} · {} · {} messages",
@@ -111,16 +117,17 @@ pub(super) async fn chats(config_file: Option<&Path>, args: ChatsArgs) -> anyhow
         }
         ChatsAction::Rename { id, title } => {
             let id = resolve_chat(&client, &user_id, &id).await?;
-            let chat = client
-                .call(
-                    Method::PATCH,
-                    &format!("/api/v1/chats/{id}"),
-                    Some(&json!({"title": title.join(" ")})),
-                )
-                .await?;
-            if args.out.json {
-                return print_json(&chat);
-            }
+            let Some(chat) = fetch(
+                &client,
+                Method::PATCH,
+                &format!("/api/v1/chats/{id}"),
+                Some(&json!({"title": title.join(" ")})),
+                args.out,
+            )
+            .await?
+            else {
+                return Ok(());
+            };
             writeln!(
                 out,
                 "renamed {id}: {}",
@@ -139,12 +146,17 @@ pub(super) async fn chats(config_file: Option<&Path>, args: ChatsArgs) -> anyhow
         }
         ChatsAction::Cancel { id } => {
             let id = resolve_chat(&client, &user_id, &id).await?;
-            let answer = client
-                .call(Method::POST, &format!("/api/v1/chats/{id}/cancel"), None)
-                .await?;
-            if args.out.json {
-                return print_json(&answer);
-            }
+            let Some(answer) = fetch(
+                &client,
+                Method::POST,
+                &format!("/api/v1/chats/{id}/cancel"),
+                None,
+                args.out,
+            )
+            .await?
+            else {
+                return Ok(());
+            };
             if answer["cancelled"] == true {
                 writeln!(out, "cancelled the reply in {id}")?;
             } else {

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 
 use super::chat::resolve_chat;
 use super::{
-    age, connect, delete_each, one_line, print_json, CliExit, ClientArgs, JsonArg, UserArgs,
+    age, connect, delete_each, fetch, one_line, print_json, CliExit, ClientArgs, JsonArg, UserArgs,
 };
 use crate::client::{Client, ClientError};
 
@@ -66,10 +66,9 @@ pub(super) async fn docs(config_file: Option<&Path>, args: DocsArgs) -> anyhow::
     match args.action.unwrap_or(DocsAction::List { chat: None }) {
         DocsAction::List { chat } => {
             let path = docs_path(&client, &args.user, chat.as_deref()).await?;
-            let list = client.call(Method::GET, &path, None).await?;
-            if args.out.json {
-                return print_json(&list);
-            }
+            let Some(list) = fetch(&client, Method::GET, &path, None, args.out).await? else {
+                return Ok(());
+            };
             let mut out = std::io::stdout().lock();
             let docs = list["documents"].as_array().cloned().unwrap_or_default();
             if docs.is_empty() {
@@ -216,12 +215,17 @@ pub(super) async fn search(config_file: Option<&Path>, args: SearchArgs) -> anyh
         }
     };
     let body = json!({"scope": scope, "query": args.query.join(" "), "k": args.k});
-    let answer = client
-        .call(Method::POST, "/api/v1/search", Some(&body))
-        .await?;
-    if args.out.json {
-        return print_json(&answer);
-    }
+    let Some(answer) = fetch(
+        &client,
+        Method::POST,
+        "/api/v1/search",
+        Some(&body),
+        args.out,
+    )
+    .await?
+    else {
+        return Ok(());
+    };
     let mut out = std::io::stdout().lock();
     let results = answer["results"].as_array().cloned().unwrap_or_default();
     if results.is_empty() {

@@ -8,8 +8,8 @@ use http::Method;
 use serde_json::{json, Value};
 
 use super::{
-    age, connect, delete_each, one_line, percent_encode, print_json, CliExit, ClientArgs, JsonArg,
-    UserArgs,
+    age, connect, delete_each, fetch, one_line, percent_encode, print_json, CliExit, ClientArgs,
+    JsonArg, UserArgs,
 };
 
 #[derive(clap::Args)]
@@ -72,10 +72,9 @@ pub(super) async fn memories(config_file: Option<&Path>, args: MemoriesArgs) -> 
                 path.push_str("&query=");
                 path.push_str(&percent_encode(q));
             }
-            let list = client.call(Method::GET, &path, None).await?;
-            if args.out.json {
-                return print_json(&list);
-            }
+            let Some(list) = fetch(&client, Method::GET, &path, None, args.out).await? else {
+                return Ok(());
+            };
             let memories = list["memories"].as_array().cloned().unwrap_or_default();
             if memories.is_empty() {
                 writeln!(out, "no memories")?;
@@ -95,16 +94,17 @@ pub(super) async fn memories(config_file: Option<&Path>, args: MemoriesArgs) -> 
             }
         }
         MemoriesAction::Add { infer, text } => {
-            let answer = client
-                .call(
-                    Method::POST,
-                    &format!("/api/v1/users/{user_id}/memories"),
-                    Some(&json!({"text": text.join(" "), "infer": infer})),
-                )
-                .await?;
-            if args.out.json {
-                return print_json(&answer);
-            }
+            let Some(answer) = fetch(
+                &client,
+                Method::POST,
+                &format!("/api/v1/users/{user_id}/memories"),
+                Some(&json!({"text": text.join(" "), "infer": infer})),
+                args.out,
+            )
+            .await?
+            else {
+                return Ok(());
+            };
             if answer["queued"] == true {
                 writeln!(
                     out,
@@ -121,29 +121,30 @@ pub(super) async fn memories(config_file: Option<&Path>, args: MemoriesArgs) -> 
             }
         }
         MemoriesAction::Edit { id, text } => {
-            let answer = client
-                .call(
-                    Method::PATCH,
-                    &format!("/api/v1/memories/{id}?user_id={user_id}"),
-                    Some(&json!({"text": text.join(" ")})),
-                )
-                .await?;
-            if args.out.json {
-                return print_json(&answer);
+            let edited = fetch(
+                &client,
+                Method::PATCH,
+                &format!("/api/v1/memories/{id}?user_id={user_id}"),
+                Some(&json!({"text": text.join(" ")})),
+                args.out,
+            )
+            .await?;
+            if edited.is_some() {
+                writeln!(out, "edited {id}")?;
             }
-            writeln!(out, "edited {id}")?;
         }
         MemoriesAction::Forget { all: true, .. } => {
-            let answer = client
-                .call(
-                    Method::DELETE,
-                    &format!("/api/v1/users/{user_id}/memories"),
-                    None,
-                )
-                .await?;
-            if args.out.json {
-                return print_json(&answer);
-            }
+            let Some(answer) = fetch(
+                &client,
+                Method::DELETE,
+                &format!("/api/v1/users/{user_id}/memories"),
+                None,
+                args.out,
+            )
+            .await?
+            else {
+                return Ok(());
+            };
             writeln!(out, "forgot {} memories", answer["deleted"])?;
         }
         MemoriesAction::Forget { ids, .. } => {
@@ -164,10 +165,9 @@ pub(super) async fn memories(config_file: Option<&Path>, args: MemoriesArgs) -> 
                 Some(id) => format!("/api/v1/memories/{id}/history?user_id={user_id}"),
                 None => format!("/api/v1/users/{user_id}/memories/history"),
             };
-            let answer = client.call(Method::GET, &path, None).await?;
-            if args.out.json {
-                return print_json(&answer);
-            }
+            let Some(answer) = fetch(&client, Method::GET, &path, None, args.out).await? else {
+                return Ok(());
+            };
             for e in answer["history"].as_array().into_iter().flatten() {
                 let text = match (e["old_text"].as_str(), e["new_text"].as_str()) {
                     (Some(old), Some(new)) => format!("{old} → {new}"),

@@ -450,6 +450,23 @@ pub(crate) fn init_logging(
     guard
 }
 
+/// Calls the API; with `--json` prints its answer and returns `None` (nothing left to show),
+/// else returns the answer for a table.
+pub(crate) async fn fetch(
+    client: &Client,
+    method: http::Method,
+    path: &str,
+    body: Option<&serde_json::Value>,
+    out: JsonArg,
+) -> anyhow::Result<Option<serde_json::Value>> {
+    let answer = client.call(method, path, body).await?;
+    if out.json {
+        print_json(&answer)?;
+        return Ok(None);
+    }
+    Ok(Some(answer))
+}
+
 /// Prints `value` as pretty JSON on stdout (`--json`).
 pub(crate) fn print_json(value: &serde_json::Value) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
