@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use http::Method;
 use serde_json::{json, Value};
 
-use crate::support::{Daemon, Opts, TINY_MODEL};
+use crate::support::{Daemon, Opts, ASSISTANT_MODEL, TINY_MODEL};
 
 fn greedy(content: &str) -> Value {
     json!({"content": content, "options": {"temperature": 0, "max_tokens": 64}})
@@ -421,4 +421,30 @@ async fn disconnect_during_a_long_prompt_evaluation_stops_it_between_micro_batch
     assert!(total > 2000, "{line}");
     assert!(evaluated < total, "{line}");
     assert_eq!(evaluated % 256, 0, "stopped between micro-batches: {line}");
+}
+
+/// The pinned assistant model (Qwen2.5-Coder-1.5B-Instruct) keeps a name from the turn before,
+/// over the socket, greedy: the two-turn recall SmolLM2-135M fails. The daemon's system prompt
+/// replaces the one Qwen's template would insert by itself ("You are Qwen, …").
+#[tokio::test]
+async fn the_assistant_model_recalls_a_name_from_the_turn_before() {
+    let d = Daemon::start(Opts {
+        model: ASSISTANT_MODEL,
+        ..Opts::default()
+    })
+    .await;
+    let chat = d.new_chat("ada").await;
+    let ask = |content: &str| json!({"content": content, "options": {"temperature": 0, "max_tokens": 32}});
+    let (first, _) = d
+        .ask(&chat, ask("My name is Ada and I have a dog named Rex."))
+        .await;
+    let (second, events) = d.ask(&chat, ask("What is my name?")).await;
+    assert!(second.contains("Ada"), "first: {first:?}, then: {second:?}");
+    let done = &events.last().unwrap().data;
+    assert_eq!(done["finish_reason"], "stop", "{done}");
+    // The second turn's prompt holds the first exchange.
+    assert!(
+        done["context"]["history_messages"].as_u64().unwrap() >= 2,
+        "{done}"
+    );
 }

@@ -17,15 +17,21 @@ use serde_json::Value;
 pub const REAL_MODEL: &str = "smollm2-135m-instruct-q4_1";
 /// Random weights, for fast mechanical tests.
 pub const TINY_MODEL: &str = "tiny-random";
+/// The real assistant model (Qwen2.5-Coder-1.5B-Instruct, 1.1 GB), for answer quality.
+pub const ASSISTANT_MODEL: &str = "qwen2.5-coder-1.5b-instruct";
 
 pub fn models_dir() -> PathBuf {
     let dir = std::env::var_os("HEARTH_TEST_MODELS_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("models"));
-    for file in ["SmolLM2-135M-Instruct.Q4_1.gguf", "tiny-random.gguf"] {
+    for (file, group) in [
+        ("SmolLM2-135M-Instruct.Q4_1.gguf", "chat"),
+        ("tiny-random.gguf", "test"),
+        ("Qwen2.5-Coder-1.5B-Instruct.Q4_K_M.gguf", "assistant"),
+    ] {
         assert!(
             dir.join(file).exists(),
-            "{} is missing: run ./models/fetch first",
+            "{} is missing: run ./models/fetch {group}",
             dir.join(file).display()
         );
     }

@@ -9,6 +9,8 @@
 //! On Linux the verified file is passed to the loader as `/proc/self/fd/N` of the descriptor that
 //! was checked, so swapping the file between check and load changes nothing.
 
+pub mod gguf;
+
 use std::fs::File;
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
@@ -20,7 +22,7 @@ use sha2::{Digest, Sha256};
 use crate::store::{Store, VerifiedFile};
 
 /// The manifest as built into this binary.
-const MANIFEST_TOML: &str = include_str!("../models/manifest.toml");
+const MANIFEST_TOML: &str = include_str!("../../models/manifest.toml");
 
 /// The script that fetches pinned model files, run from a hearth source checkout.
 pub const FETCH_SCRIPT: &str = "./models/fetch";
