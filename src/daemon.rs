@@ -304,6 +304,7 @@ fn build_app(
         jobs,
         config: config.server.clone(),
         rag: config.rag.clone(),
+        models_dir: config.models_dir.clone(),
         started,
         tcp,
         shutdown,

@@ -175,6 +175,71 @@ pub fn precheck(models_dir: &Path, entry: &Entry) -> Result<PathBuf, ModelError>
     Ok(path)
 }
 
+/// A manifest model as the model list shows it.
+#[derive(Debug)]
+pub struct Listing {
+    pub entry: Entry,
+    pub file: FileCheck,
+    /// The GGUF header of a verified chat model (never read from an unverified file).
+    pub info: Option<gguf::GgufInfo>,
+    /// Why the header of a verified file could not be read.
+    pub info_error: Option<String>,
+}
+
+/// What the model list knows of a model's file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FileCheck {
+    /// Present with the pinned size and sha256.
+    Verified,
+    /// Not in the models dir.
+    Missing,
+    /// Present but not the pinned bytes (size or sha256 differ): never loaded.
+    Changed(String),
+}
+
+/// Every manifest model (chat, test and embedding roles; the embedder's tokenizer and runtime
+/// files belong to it and are not listed) with its file's state and, for a verified GGUF file,
+/// its header. A file whose verification is not cached is hashed now, once (the store remembers
+/// it). Blocking: run it off the async runtime.
+pub fn list(models_dir: &Path, store: &Store) -> Vec<Listing> {
+    Manifest::builtin()
+        .entries
+        .into_iter()
+        .filter(|e| matches!(e.role, Role::Chat | Role::Test | Role::Embed))
+        .map(|entry| match verify(models_dir, &entry, store) {
+            Ok(verified) => {
+                let (info, info_error) = if entry.role == Role::Embed {
+                    (None, None)
+                } else {
+                    // The descriptor that was hashed, so the header read is of verified bytes.
+                    match gguf::read(&verified.load_path) {
+                        Ok(info) => (Some(info), None),
+                        Err(err) => (None, Some(err.to_string())),
+                    }
+                };
+                Listing {
+                    entry,
+                    file: FileCheck::Verified,
+                    info,
+                    info_error,
+                }
+            }
+            Err(ModelError::Missing { .. }) => Listing {
+                entry,
+                file: FileCheck::Missing,
+                info: None,
+                info_error: None,
+            },
+            Err(err) => Listing {
+                entry,
+                file: FileCheck::Changed(err.to_string()),
+                info: None,
+                info_error: None,
+            },
+        })
+        .collect()
+}
+
 /// The exact command that fetches `entry`'s group into `models_dir` (the script's own default
 /// directory is the checkout's `models/`, which need not be the one in use).
 pub fn fetch_command(models_dir: &Path, entry: &Entry) -> String {

@@ -12,6 +12,7 @@ pub mod docs;
 pub mod error;
 pub mod library;
 pub mod memories;
+mod models;
 pub mod pipe;
 mod respond;
 pub mod routes;
@@ -58,6 +59,8 @@ pub struct App {
     pub jobs: crate::jobs::Jobs,
     pub config: ServerConfig,
     pub rag: crate::config::RagConfig,
+    /// Where model files live (the model list stats and verifies them).
+    pub models_dir: std::path::PathBuf,
     pub started: Instant,
     /// Set when the loopback TCP listener is on.
     pub tcp: Option<tcp::TcpPolicy>,

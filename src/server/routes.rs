@@ -21,7 +21,7 @@ use tracing::Instrument;
 use super::error::ApiError;
 use super::respond::{error_response, ResBody};
 use super::tcp::Verdict;
-use super::{chats, docs, library, memories, status, users, App, Transport};
+use super::{chats, docs, library, memories, models, status, users, App, Transport};
 use crate::error_code::ErrorCode;
 use crate::store::{ChatId, Scope, UserId};
 
@@ -122,6 +122,10 @@ async fn route(
     match segments.as_slice() {
         ["health"] => match method {
             Method::GET => status::health(app),
+            _ => Err(ApiError::method_not_allowed("GET")),
+        },
+        ["models"] => match method {
+            Method::GET => models::list(app).await,
             _ => Err(ApiError::method_not_allowed("GET")),
         },
         ["shutdown"] => match method {

@@ -8,6 +8,7 @@ mod docs;
 mod library;
 mod lifecycle;
 mod memory;
+mod models;
 mod setup;
 mod sidecar;
 mod support;

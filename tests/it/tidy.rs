@@ -105,6 +105,7 @@ fn modules_import_only_the_layers_below_them() {
                 "library",
                 "llm",
                 "memory",
+                "models",
                 "store",
             ],
         ),
