@@ -79,7 +79,8 @@ pub(super) async fn ps(config_file: Option<&Path>, args: PsArgs) -> anyhow::Resu
 pub(super) struct ModelsArgs {
     #[command(flatten)]
     client: ClientArgs,
-    /// Models dir to look in [default: as `hearth serve` would use].
+    /// Models dir to look in when no daemon runs (a running daemon lists its own)
+    /// [default: as `hearth serve` would use].
     #[arg(long, env = "HEARTH_MODELS_DIR", value_name = "DIR")]
     models_dir: Option<PathBuf>,
     #[command(flatten)]
@@ -88,82 +89,107 @@ pub(super) struct ModelsArgs {
 
 pub(super) async fn models(config_file: Option<&Path>, args: ModelsArgs) -> anyhow::Result<()> {
     let target = target(config_file, &args.client)?;
+    // A running daemon knows more (verified headers, what is loaded): ask it first.
+    if let Ok((status, list)) = Client::new(&target.socket)
+        .request(Method::GET, "/api/v1/models", None)
+        .await
+    {
+        if status.is_success() {
+            if args.out.json {
+                return print_json(&list);
+            }
+            return models_table(list["models"].as_array().map_or(&[][..], Vec::as_slice));
+        }
+    }
     let dir = match &args.models_dir {
         Some(dir) => std::path::absolute(dir)?,
         None => target.models_dir.clone(),
     };
-    // The running daemon, if any, says which chat model it serves.
-    let loaded = Client::new(&target.socket)
-        .request(Method::GET, "/api/v1/health", None)
-        .await
-        .ok()
-        .and_then(|(_, h)| h["models"]["chat"]["name"].as_str().map(str::to_string));
+    // No daemon: what the files in the models dir look like, by size (hashing every file would
+    // take seconds; the daemon verifies each before it reads it).
     let rows: Vec<Value> = Manifest::builtin()
         .entries
         .iter()
+        .filter(|e| e.role.as_str() != "tokenizer" && e.role.as_str() != "runtime")
         .map(|e| {
-            // Size only: hashing every file would take seconds; the daemon hashes before loading.
-            let file = match std::fs::metadata(dir.join(&e.file)) {
+            let state = match std::fs::metadata(dir.join(&e.file)) {
                 Ok(meta) if meta.len() == e.size => "present",
-                Ok(_) => "wrong_size",
+                Ok(_) => "changed",
                 Err(_) => "missing",
             };
             json!({
                 "name": e.name,
+                "source": "manifest",
                 "role": e.role.as_str(),
                 "file": e.file,
                 "size": e.size,
                 "sha256": e.sha256,
                 "group": e.group,
                 "default": e.default,
-                "file_state": file,
-                "loaded": loaded.as_deref() == Some(e.name.as_str()),
+                "state": state,
+                "metadata": null,
+                "fetch": (state != "present")
+                    .then(|| e.group.as_ref().map(|g| format!("./models/fetch {g}"))),
             })
         })
         .collect();
     if args.out.json {
         return print_json(&json!({"models_dir": dir, "models": rows}));
     }
+    writeln!(
+        std::io::stdout().lock(),
+        "models dir: {} (no daemon running: start one to see each file verified, with its metadata)",
+        dir.display()
+    )?;
+    models_table(&rows)
+}
+
+/// The model list as a table.
+fn models_table(rows: &[Value]) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
-    writeln!(out, "models dir: {}", dir.display())?;
     writeln!(
         out,
-        "{:<36} {:<9} {:>9}  {:<10} NOTE",
-        "NAME", "ROLE", "SIZE", "FILE"
+        "{:<30} {:<5} {:>8} {:>7} {:<7} {:>6}  {:<9} NOTE",
+        "NAME", "ROLE", "SIZE", "PARAMS", "QUANT", "CTX", "STATE"
     )?;
-    let mut missing_groups = Vec::new();
-    for row in &rows {
+    let mut fetch = Vec::new();
+    for row in rows {
+        let meta = &row["metadata"];
+        let params = meta["parameters"]
+            .as_u64()
+            .map(|p| format!("{:.2}B", p as f64 / 1e9))
+            .unwrap_or_else(|| "-".into());
+        let ctx = meta["context_length"]
+            .as_u64()
+            .map(|c| format!("{}k", c / 1024))
+            .unwrap_or_else(|| "-".into());
         let mut note = Vec::new();
         if row["default"] == true {
-            note.push("default");
+            note.push("default".to_string());
         }
-        if row["loaded"] == true {
-            note.push("loaded");
+        if let Some(family) = meta["template_family"].as_str() {
+            note.push(format!("{family} template"));
         }
-        if row["file_state"] != "present" {
-            if let Some(group) = row["group"].as_str() {
-                if !missing_groups.contains(&group) {
-                    missing_groups.push(group);
-                }
+        if let Some(command) = row["fetch"].as_str() {
+            if !fetch.contains(&command) {
+                fetch.push(command);
             }
         }
         writeln!(
             out,
-            "{:<36} {:<9} {:>6} MB  {:<10} {}",
-            row["name"].as_str().unwrap_or("?"),
+            "{:<30} {:<5} {:>5} MB {:>7} {:<7} {:>6}  {:<9} {}",
+            one_line(row["name"].as_str().unwrap_or("?"), 30),
             row["role"].as_str().unwrap_or("?"),
             row["size"].as_u64().unwrap_or(0) / 1_000_000,
-            row["file_state"].as_str().unwrap_or("?"),
+            params,
+            meta["quantization"].as_str().unwrap_or("-"),
+            ctx,
+            row["state"].as_str().unwrap_or("?"),
             note.join(", ")
         )?;
     }
-    if !missing_groups.is_empty() {
-        writeln!(
-            out,
-            "fetch what is missing: HEARTH_MODELS_DIR={} ./models/fetch {}",
-            dir.display(),
-            missing_groups.join(" ")
-        )?;
+    for command in fetch {
+        writeln!(out, "to fetch: {command}")?;
     }
     Ok(())
 }

@@ -313,7 +313,8 @@ async fn management_commands_work_against_a_live_daemon_with_json_and_exit_codes
     let ps = json(&d, &["ps", "--json"]);
     assert_eq!(ps["models"]["chat"]["name"], REAL_MODEL);
     assert_eq!(ps["models"]["chat"]["state"], "ready");
-    let models = json(
+    // Without a daemon: the files in a models dir, by size.
+    let out = hearth(
         &d,
         &[
             "models",
@@ -321,16 +322,32 @@ async fn management_commands_work_against_a_live_daemon_with_json_and_exit_codes
             "--models-dir",
             models_dir().to_str().unwrap(),
         ],
-    );
+    )
+    .env("HEARTH_SOCKET", d.dir.path().join("nothing.sock"))
+    .output()
+    .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let models: Value = serde_json::from_slice(&out.stdout).unwrap();
     let smol = models["models"]
         .as_array()
         .unwrap()
         .iter()
         .find(|m| m["name"] == REAL_MODEL)
         .unwrap();
-    assert_eq!(smol["file_state"], "present");
-    assert_eq!(smol["loaded"], true);
+    assert_eq!(smol["state"], "present");
     assert_eq!(smol["default"], true);
+    // With a daemon running, its own list: verified files with their metadata.
+    let models = json(&d, &["models", "--json"]);
+    let smol = models["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == REAL_MODEL)
+        .unwrap();
+    assert_eq!(smol["state"], "loaded");
+    assert_eq!(smol["metadata"]["quantization"], "Q4_1");
+    let text = stdout(&run(&d, &["models"]));
+    assert!(text.contains("Q4_1") && text.contains("loaded"), "{text}");
 
     // Chats: one from a message, then list, rename, show, rm.
     let answer = json(&d, &["chat", "--json", "--max-tokens", "8", "Hello there"]);
