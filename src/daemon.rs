@@ -34,6 +34,8 @@ use crate::server::tcp::TcpPolicy;
 use crate::server::{self, App};
 use crate::store::Store;
 
+/// How long a start waits for a just-stopped daemon's process to release the store's files.
+const STORE_LOCK_WAIT: Duration = Duration::from_secs(10);
 /// Name of the lock file in the data dir.
 const LOCK_FILE: &str = "hearth.lock";
 /// How often a sidecar checks that its parent is alive. With the check itself this keeps the
@@ -86,9 +88,13 @@ pub async fn run(config: Config, life: Lifecycle, started: Instant) -> Result<()
         .code(ErrorCode::UnknownModel)?
         .clone();
     models::precheck(&config.models_dir, &entry).code(ErrorCode::ModelMissing)?;
-    let store = Store::open(&config.data_dir.join("db"), config.cache_bytes)
-        .with_context(|| format!("{}: cannot open the store", config.data_dir.display()))
-        .code(ErrorCode::StoreUnavailable)?;
+    let store = Store::open_waiting(
+        &config.data_dir.join("db"),
+        config.cache_bytes,
+        STORE_LOCK_WAIT,
+    )
+    .with_context(|| format!("{}: cannot open the store", config.data_dir.display()))
+    .code(ErrorCode::StoreUnavailable)?;
     let roots = crate::library::Library::open_roots(&config.library)
         .map_err(anyhow::Error::msg)
         .code(ErrorCode::WatchFailed)?;

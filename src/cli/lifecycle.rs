@@ -235,7 +235,9 @@ fn kill(pid: u32) -> anyhow::Result<()> {
 }
 
 /// True once `pid` has exited: no such process, or (on Linux) a zombie its parent has not
-/// reaped yet.
+/// reaped yet *and* no thread of it is still running. While a multi-threaded process exits, its
+/// first thread shows `Z` as soon as it is done, but the others (sled's I/O threads finishing a
+/// write) still hold its files and locks: a new daemon started then finds its store locked.
 fn process_gone(pid: u32) -> bool {
     let Ok(nix_pid) = pid_of(pid) else {
         return true;
@@ -251,7 +253,10 @@ fn process_gone(pid: u32) -> bool {
         // /proc/PID/stat: "pid (comm) S ..."; comm may hold spaces and parentheses.
         if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
             if let Some((_, rest)) = stat.rsplit_once(')') {
-                return rest.trim_start().starts_with('Z');
+                let threads = std::fs::read_dir(format!("/proc/{pid}/task"))
+                    .map(|dir| dir.count())
+                    .unwrap_or(0);
+                return rest.trim_start().starts_with('Z') && threads <= 1;
             }
         }
     }

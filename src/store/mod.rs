@@ -46,6 +46,7 @@ pub use users::CreatedUser;
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use sled::transaction::ConflictableTransactionError;
@@ -162,6 +163,26 @@ impl Store {
         Ok(Store {
             inner: Arc::new(inner),
         })
+    }
+
+    /// [`Store::open`], waiting up to `wait` while another process holds the store's file lock.
+    /// The caller holds the instance lock already, so that process is a daemon on its way out: a
+    /// stopped daemon's I/O threads may still be finishing (and holding the files) when the next
+    /// one starts (`hearth stop && hearth start`, a service restart).
+    pub fn open_waiting(dir: &Path, cache_bytes: u64, wait: Duration) -> Result<Store, StoreError> {
+        let deadline = Instant::now() + wait;
+        loop {
+            match Store::open(dir, cache_bytes) {
+                // sled 0.34 reports a held lock as `Other` with this text (its config.rs).
+                Err(StoreError::Sled(sled::Error::Io(err)))
+                    if err.to_string().starts_with("could not acquire lock")
+                        && Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                other => return other,
+            }
+        }
     }
 
     /// Waits until every write applied before this call is on disk (fsync). Concurrent callers

@@ -188,3 +188,35 @@ async fn an_events_subscriber_does_not_hold_shutdown() {
     // The stream ended cleanly rather than being cut.
     assert!(events.next().await.unwrap().is_none());
 }
+
+/// Regression: `hearth stop && hearth start` failed with "could not acquire lock" when the
+/// stopped daemon's I/O threads were still finishing its exit. A start now waits (bounded) for
+/// the store's file lock. Here another process holds that lock for a moment, as an exiting
+/// daemon would.
+#[tokio::test]
+async fn a_start_waits_for_the_store_lock_of_a_daemon_still_exiting() {
+    let mut d = Daemon::start(tiny()).await;
+    let status = d.terminate();
+    assert!(status.success());
+    let db_lock = d.data_dir().join("db").join("db");
+    assert!(db_lock.exists());
+    let mut holder = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import fcntl, sys, time; f = open(sys.argv[1], 'rb+'); fcntl.flock(f, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(1.5)",
+        ])
+        .arg(&db_lock)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(holder.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), "locked");
+    d.child = Some(d.command().spawn().unwrap());
+    d.wait_ready().await;
+    holder.wait().unwrap();
+}
