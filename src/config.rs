@@ -31,9 +31,20 @@ pub struct RawConfig {
     /// Directory holding the model files listed in models/manifest.toml [default: DATA_DIR/models].
     #[arg(long, env = "HEARTH_MODELS_DIR", value_name = "DIR")]
     pub models_dir: Option<PathBuf>,
-    /// Chat model name from the manifest [default: the manifest's default chat model].
+    /// Chat model name: from the manifest or one added with `hearth models add` [default: the
+    /// manifest's default chat model].
     #[arg(long, env = "HEARTH_MODEL", value_name = "NAME")]
     pub model: Option<String>,
+    /// Seconds an idle chat model stays loaded; 0 keeps models loaded [default: 1800].
+    #[arg(long, env = "HEARTH_MODEL_TTL_SECS", value_name = "SECS")]
+    pub model_ttl_secs: Option<u64>,
+    /// Chat models loaded at once; loading another unloads the least recently used idle one
+    /// [default: 1].
+    #[arg(long, env = "HEARTH_MAX_LOADED_MODELS", value_name = "N")]
+    pub max_loaded_models: Option<u32>,
+    /// The model titles and memory extraction run on [default: the model the chat used].
+    #[arg(long, env = "HEARTH_BACKGROUND_MODEL", value_name = "NAME")]
+    pub background_model: Option<String>,
     /// Threads for inference [default: available cores, at most 8].
     #[arg(long, env = "HEARTH_THREADS", value_name = "N")]
     pub threads: Option<u32>,
@@ -132,6 +143,9 @@ impl RawConfig {
             socket: over.socket.or(self.socket),
             models_dir: over.models_dir.or(self.models_dir),
             model: over.model.or(self.model),
+            model_ttl_secs: over.model_ttl_secs.or(self.model_ttl_secs),
+            max_loaded_models: over.max_loaded_models.or(self.max_loaded_models),
+            background_model: over.background_model.or(self.background_model),
             threads: over.threads.or(self.threads),
             ctx: over.ctx.or(self.ctx),
             batch: over.batch.or(self.batch),
@@ -171,6 +185,7 @@ pub struct Config {
     pub models_dir: PathBuf,
     /// Chat model name; `None` means the manifest's default.
     pub model: Option<String>,
+    pub pool: PoolConfig,
     pub llm: LlmConfig,
     pub server: ServerConfig,
     pub rag: RagConfig,
@@ -201,6 +216,16 @@ pub struct LibraryConfig {
     pub ignore: Vec<String>,
     /// How long a document no file refers to any more is kept for a rename to re-link it.
     pub orphan_grace: Duration,
+}
+
+/// How many chat models stay loaded, and for how long.
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    /// Idle time after which a model is unloaded; `None` keeps models loaded.
+    pub ttl: Option<Duration>,
+    pub max_loaded: usize,
+    /// The model background jobs run on; `None` means the model of the chat.
+    pub background_model: Option<String>,
 }
 
 /// Inference settings.
@@ -280,6 +305,11 @@ const DEFAULT_HNSW_MIN_VECTORS: u64 = 20_000;
 /// sled's cache; RSS is known to run several times over it, so keep it small.
 const DEFAULT_CACHE_MB: u64 = 64;
 const DEFAULT_LOG: &str = "warn,hearth=info";
+/// Half an hour: a desktop app keeps its model warm across a working session, and a machine left
+/// alone gets its memory back (Ollama's 5 minutes reloads too often on a slow disk).
+const DEFAULT_MODEL_TTL_SECS: u64 = 1800;
+/// One model: on a desktop, RAM is the limit (a 7B Q4 model needs ~5 GB with its cache).
+const DEFAULT_MAX_LOADED_MODELS: u32 = 1;
 
 /// Where the default config file and dirs live.
 pub fn project_dirs() -> anyhow::Result<directories::ProjectDirs> {
@@ -432,17 +462,29 @@ pub fn resolve(raw: RawConfig, runtime_dir: Option<&Path>) -> anyhow::Result<Con
     globs
         .build()
         .map_err(|err| anyhow::anyhow!("watch_ignore: {err}"))?;
-    if let Some(model) = &raw.model {
-        if model.is_empty() {
-            bail!("model: must not be empty");
+    for (key, model) in [
+        ("model", &raw.model),
+        ("background_model", &raw.background_model),
+    ] {
+        if model.as_deref() == Some("") {
+            bail!("{key}: must not be empty");
         }
     }
+    let ttl = raw.model_ttl_secs.unwrap_or(DEFAULT_MODEL_TTL_SECS);
+    check_range("model_ttl_secs", ttl, 0, 365 * 24 * 3600)?;
+    let max_loaded = raw.max_loaded_models.unwrap_or(DEFAULT_MAX_LOADED_MODELS);
+    check_range("max_loaded_models", u64::from(max_loaded), 1, 64)?;
 
     Ok(Config {
         data_dir,
         socket,
         models_dir,
         model: raw.model,
+        pool: PoolConfig {
+            ttl: (ttl > 0).then(|| Duration::from_secs(ttl)),
+            max_loaded: usize::try_from(max_loaded)?,
+            background_model: raw.background_model,
+        },
         llm: LlmConfig {
             threads,
             n_ctx: NonZeroU32::new(ctx).context("ctx: must be positive")?,

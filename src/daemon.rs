@@ -28,8 +28,8 @@ use crate::embed::Embedder;
 use crate::error_code::ErrorCode;
 use crate::index::{Index, IndexOptions};
 use crate::ingest::{IngestLimits, Ingestor};
-use crate::llm::Llm;
 use crate::models::{self, Manifest};
+use crate::pool::Pool;
 use crate::server::tcp::TcpPolicy;
 use crate::server::{self, App};
 use crate::store::Store;
@@ -83,11 +83,15 @@ pub async fn run(config: Config, life: Lifecycle, started: Instant) -> Result<()
     server::ensure_private_dir(&config.data_dir).code(ErrorCode::DataDir)?;
     let lock =
         InstanceLock::acquire(&config.data_dir, &config.socket).code(ErrorCode::AlreadyRunning)?;
-    let entry = Manifest::builtin()
+    // A manifest model is checked before the store opens (a missing file is a one-line error
+    // at once); a name the manifest does not know may be one the user added (pinned in the store).
+    let shipped = Manifest::builtin()
         .chat_model(config.model.as_deref())
-        .code(ErrorCode::UnknownModel)?
-        .clone();
-    models::precheck(&config.models_dir, &entry).code(ErrorCode::ModelMissing)?;
+        .ok()
+        .cloned();
+    if let Some(entry) = &shipped {
+        models::precheck(&config.models_dir, entry).code(ErrorCode::ModelMissing)?;
+    }
     let store = Store::open_waiting(
         &config.data_dir.join("db"),
         config.cache_bytes,
@@ -95,6 +99,20 @@ pub async fn run(config: Config, life: Lifecycle, started: Instant) -> Result<()
     )
     .with_context(|| format!("{}: cannot open the store", config.data_dir.display()))
     .code(ErrorCode::StoreUnavailable)?;
+    let entry = match shipped {
+        Some(entry) => entry,
+        None => {
+            let name = config.model.as_deref().unwrap_or_default();
+            let entry = models::resolve(&store, name).code(ErrorCode::UnknownModel)?;
+            models::precheck(&config.models_dir, &entry).code(ErrorCode::ModelMissing)?;
+            entry
+        }
+    };
+    if let Some(name) = &config.pool.background_model {
+        models::resolve(&store, name)
+            .context("background_model")
+            .code(ErrorCode::UnknownModel)?;
+    }
     let roots = crate::library::Library::open_roots(&config.library)
         .map_err(anyhow::Error::msg)
         .code(ErrorCode::WatchFailed)?;
@@ -127,13 +145,13 @@ pub async fn run(config: Config, life: Lifecycle, started: Instant) -> Result<()
             started,
         },
     )?;
-    let llm = app.llm.clone();
+    let pool = app.pool.clone();
     watch_for_shutdown(life, &shutdown);
     server::serve(bound.listeners, app, shutdown.clone()).await;
 
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     drain(&tasks, config.server.shutdown_grace).await;
-    llm.shutdown();
+    pool.shutdown();
     store
         .flush_now()
         .context("final store flush failed")
@@ -221,12 +239,17 @@ fn build_app(
         tasks,
         started,
     } = wiring;
-    let models_dir = config.models_dir.clone();
-    let verify_store = store.clone();
-    let name = entry.name.clone();
-    let llm = Llm::start(&name, config.llm.clone(), move |progress| {
-        models::verify_with_progress(&models_dir, &entry, &verify_store, progress)
-    });
+    let pool = Pool::new(
+        config.pool.clone(),
+        config.llm.clone(),
+        entry.name.clone(),
+        config.models_dir.clone(),
+        store.clone(),
+        shutdown.clone(),
+    );
+    // The default model loads at start, so the first chat does not wait for it.
+    pool.preload(entry);
+    tasks.spawn(pool.clone().reap());
     let embedder = Embedder::new(&config.models_dir, config.rag.embed_threads, store.clone());
     let index = Index::new(
         store.clone(),
@@ -271,10 +294,15 @@ fn build_app(
     };
     let events = crate::events::Events::new();
     let memories = crate::memory::Memories::new(store.clone(), embedder.clone());
-    let jobs = crate::jobs::Jobs::new(store.clone(), llm.clone(), memories.clone(), events.clone());
+    let jobs = crate::jobs::Jobs::new(
+        store.clone(),
+        pool.clone(),
+        memories.clone(),
+        events.clone(),
+    );
     let chat = ChatService::new(
         store.clone(),
-        llm.clone(),
+        pool.clone(),
         retriever,
         memories.clone(),
         jobs.clone(),
@@ -299,7 +327,8 @@ fn build_app(
     .code(ErrorCode::WatchFailed)?;
     Ok(Arc::new(App {
         store,
-        llm,
+        pool,
+        adding: crate::server::models::Adding::default(),
         chat,
         ingestor,
         embedder,

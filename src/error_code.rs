@@ -60,11 +60,19 @@ error_codes! {
     MessageTooLong = "message_too_long",
     UnsupportedMediaType = "unsupported_media_type",
     InvalidRequest = "invalid_request",
+    /// A file added as a model is not a usable GGUF (no magic, a hostile or truncated header).
+    InvalidModel = "invalid_model",
+    /// A model name that one of the models hearth ships already has.
+    ModelExists = "model_exists",
+    /// A pinned model file whose bytes changed since it was added: refused, never parsed.
+    ModelChanged = "model_changed",
     // --- the daemon's state (500, 503)
     Internal = "internal",
     ModelLoading = "model_loading",
     QueueFull = "queue_full",
     ModelUnavailable = "model_unavailable",
+    /// Every loaded model is generating and no more may be loaded (`max_loaded_models`).
+    ModelBusy = "model_busy",
     EmbedderUnavailable = "embedder_unavailable",
     StoreUnavailable = "store_unavailable",
     ShuttingDown = "shutting_down",
@@ -132,6 +140,7 @@ impl ErrorCode {
         matches!(
             self,
             ErrorCode::ModelLoading
+                | ErrorCode::ModelBusy
                 | ErrorCode::QueueFull
                 | ErrorCode::EmbedderUnavailable
                 | ErrorCode::EmbeddingFailed

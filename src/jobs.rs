@@ -23,8 +23,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::embed::Urgency;
 use crate::events::{Event, Events, ExtractReport};
-use crate::llm::{CancelFlag, Finish, GenEvent, Generation, Llm, LlmError, Priority, Sampling};
+use crate::llm::{CancelFlag, Finish, GenEvent, Generation, LlmError, Priority, Sampling};
 use crate::memory::{extract, title, Change, Memories};
+use crate::pool::{Pool, PoolError};
 use crate::store::{
     now_millis, BgJob, BgJobKind, ChatId, HistoryEntry, HistoryEvent, MemoryOrigin, MessageId,
     Store, StoreError, UserId, DEFAULT_CHAT_TITLE,
@@ -71,7 +72,7 @@ pub struct Jobs {
 
 struct Inner {
     store: Store,
-    llm: Llm,
+    pool: Pool,
     memories: Memories,
     events: Events,
     wake: Notify,
@@ -85,11 +86,11 @@ struct Inner {
 }
 
 impl Jobs {
-    pub fn new(store: Store, llm: Llm, memories: Memories, events: Events) -> Jobs {
+    pub fn new(store: Store, pool: Pool, memories: Memories, events: Events) -> Jobs {
         Jobs {
             inner: Arc::new(Inner {
                 store,
-                llm,
+                pool,
                 memories,
                 events,
                 wake: Notify::new(),
@@ -103,12 +104,15 @@ impl Jobs {
 
     /// Persists a job and wakes the scheduler. Not flushed here: the job is a consequence of a
     /// turn that is already durable, and the background flush writes it within half a second.
-    pub fn enqueue(&self, kind: BgJobKind) -> Result<(), StoreError> {
+    /// `model` is the chat model the work came from (it runs there unless `background_model`
+    /// is configured).
+    pub fn enqueue(&self, kind: BgJobKind, model: Option<&str>) -> Result<(), StoreError> {
         self.inner.store.put_bg_job(&BgJob {
             id: uuid::Uuid::now_v7(),
             kind,
             attempts: 0,
             queued_at: now_millis(),
+            model: model.map(str::to_string),
         })?;
         self.inner.wake.notify_one();
         Ok(())
@@ -162,13 +166,6 @@ impl Jobs {
                     () = shutdown.cancelled() => return,
                 }
             };
-            if inner.llm.ready().is_err() {
-                // Loading (or failed): jobs wait; they are persisted.
-                tokio::select! {
-                    () = tokio::time::sleep(RETRY_PAUSE * 5) => continue,
-                    () = shutdown.cancelled() => return,
-                }
-            }
             if job.attempts >= MAX_ATTEMPTS {
                 self.drop_job(&job, &format!("dropped after {} attempts", job.attempts));
                 continue;
@@ -227,7 +224,9 @@ impl Jobs {
 
     async fn run_job(&self, job: &BgJob, shutdown: &CancellationToken) -> Result<(), JobError> {
         match &job.kind {
-            BgJobKind::Title { chat_id, message } => self.title(*chat_id, message, shutdown).await,
+            BgJobKind::Title { chat_id, message } => {
+                self.title(job, *chat_id, message, shutdown).await
+            }
             BgJobKind::Memory {
                 user_id,
                 chat_id,
@@ -242,6 +241,7 @@ impl Jobs {
 
     async fn title(
         &self,
+        job: &BgJob,
         chat_id: ChatId,
         message: &str,
         shutdown: &CancellationToken,
@@ -254,6 +254,7 @@ impl Jobs {
         }
         let raw = self
             .generate(
+                job,
                 &title::messages(message),
                 title::grammar(),
                 title::MAX_TOKENS,
@@ -318,6 +319,7 @@ impl Jobs {
         if !forgotten && extract::worth_extracting(message) {
             let output = self
                 .generate(
+                    job,
                     &extract::messages(message),
                     extract::grammar(),
                     extract::MAX_TOKENS,
@@ -393,14 +395,26 @@ impl Jobs {
     /// time a chat preempts it. Returns the text and how it ended.
     async fn generate(
         &self,
+        job: &BgJob,
         messages: &[crate::llm::ChatMessage],
         grammar: String,
         max_tokens: u32,
         priority: Priority,
         shutdown: &CancellationToken,
     ) -> Result<(String, Finish), JobError> {
+        // The job's model, loaded if it is not (the lease keeps it loaded until the end).
+        let model = self.inner.pool.background_model(job.model.as_deref());
+        let lease = tokio::select! {
+            lease = self.inner.pool.get(model, None) => lease,
+            () = shutdown.cancelled() => return Err(JobError::Shutdown),
+        };
+        let lease = match lease {
+            Ok(lease) => lease,
+            Err(PoolError::ShuttingDown) => return Err(JobError::Shutdown),
+            Err(err) => return Err(JobError::Failed(err.to_string())),
+        };
         // Rendering the template and tokenizing are CPU work: off the runtime.
-        let llm = self.inner.llm.clone();
+        let llm = (*lease).clone();
         let owned = messages.to_vec();
         let prompt = tokio::task::spawn_blocking(move || llm.chat_prompt(&owned))
             .await
@@ -408,7 +422,7 @@ impl Jobs {
             .map_err(|err| JobError::Failed(err.to_string()))?;
         self.inner.generating.store(true, Ordering::Relaxed);
         let result = self
-            .generate_prompt(prompt, grammar, max_tokens, priority, shutdown)
+            .generate_prompt(&lease, prompt, grammar, max_tokens, priority, shutdown)
             .await;
         self.inner.generating.store(false, Ordering::Relaxed);
         result
@@ -416,13 +430,13 @@ impl Jobs {
 
     async fn generate_prompt(
         &self,
+        llm: &crate::llm::Llm,
         prompt: crate::llm::Prompt,
         grammar: String,
         max_tokens: u32,
         priority: Priority,
         shutdown: &CancellationToken,
     ) -> Result<(String, Finish), JobError> {
-        let llm = &self.inner.llm;
         loop {
             let (tx, mut rx) = mpsc::channel(GEN_CHANNEL_CAPACITY);
             let cancel = CancelFlag::default();

@@ -41,5 +41,6 @@ pub mod library;
 pub mod llm;
 pub mod memory;
 pub mod models;
+pub mod pool;
 pub mod server;
 pub mod store;

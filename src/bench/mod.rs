@@ -9,6 +9,8 @@
 //!   searchable, reconcile scan, RSS, chat decode during ingestion;
 //! - `memory.rs` (`--memory`): extraction job latency, recall, TTFT with and without memory;
 //! - `health.rs` (`--health`): health on a large store, counters vs scanning;
+//! - `models.rs` (`--models`): model load vs a direct load, switching, RSS with one and two
+//!   models and after the idle TTL unloaded one;
 //! - `corpus.rs`: the synthetic texts they ingest.
 
 mod corpus;
@@ -16,6 +18,7 @@ mod decode;
 mod health;
 mod library;
 mod memory;
+mod models;
 mod rag;
 
 use std::io::Write;
@@ -71,6 +74,18 @@ pub struct BenchArgs {
     /// counters against counting by scanning, and the request over the socket.
     #[arg(long)]
     health: bool,
+    /// Measure chat models instead: load time over the API vs a direct load of the same file,
+    /// switching between `--model` and `--second-model`, RSS with one and two loaded and after
+    /// the idle TTL unloads one.
+    #[arg(long)]
+    models: bool,
+    /// The other model of `--models` [default: the assistant model].
+    #[arg(
+        long,
+        value_name = "NAME",
+        default_value = "qwen2.5-coder-1.5b-instruct"
+    )]
+    second_model: String,
     /// Chunks in the `--health` store.
     #[arg(long, default_value_t = 100_000)]
     health_chunks: usize,
@@ -112,6 +127,9 @@ pub fn run(
         rag::run(models_dir, threads, &args.rag_sizes, rt)?
     } else if args.health {
         health::run(rt, models_dir, &entry.name, args.health_chunks)?
+    } else if args.models {
+        let second = manifest.chat_model(Some(&args.second_model))?;
+        models::run(rt, models_dir, entry, second, args.threads)?
     } else if args.memory {
         memory::run(rt, models_dir, &entry.name, args.threads, args.runs)?
     } else {

@@ -22,10 +22,9 @@ use tokio_util::task::TaskTracker;
 
 use crate::error_code::ErrorCode;
 use crate::jobs::Jobs;
-use crate::llm::{
-    CancelFlag, Finish, GenEvent, Generation, Llm, LlmError, Outcome, Priority, Sampling,
-};
+use crate::llm::{CancelFlag, Finish, GenEvent, Generation, LlmError, Outcome, Priority, Sampling};
 use crate::memory::Memories;
+use crate::pool::{Lease, Pool, PoolError};
 use crate::store::{
     now_millis, BgJobKind, ChatId, FinishReason, Message, MessageId, Role, Scope, Settings, Source,
     Store, StoreError, Usage,
@@ -51,6 +50,8 @@ pub enum ChatError {
     TooLong { tokens: usize, budget: usize },
     #[error(transparent)]
     Llm(#[from] LlmError),
+    #[error(transparent)]
+    Model(#[from] PoolError),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("retrieval failed: {0}")]
@@ -84,7 +85,16 @@ pub struct Options {
     pub system_prompt: Option<String>,
     /// Learn from and recall long-term memories for this message (default: the user's setting).
     pub use_memory: Option<bool>,
+    /// The chat model for this message (default: the user's setting, then the daemon's).
+    pub model: Option<String>,
+    /// Seconds the model stays loaded once idle after this request (default: `model_ttl_secs`;
+    /// 0 unloads it as soon as it is idle).
+    pub keep_alive: Option<u64>,
 }
+
+/// Longest `keep_alive` a request may ask for: a week (longer is "forever" in practice, which is
+/// the config's `model_ttl_secs = 0`).
+pub const MAX_KEEP_ALIVE_SECS: u64 = 7 * 24 * 3600;
 
 impl Options {
     /// `base` with these overrides applied (not yet validated).
@@ -102,6 +112,7 @@ impl Options {
                 .clone()
                 .unwrap_or_else(|| base.system_prompt.clone()),
             use_memory: self.use_memory.unwrap_or(base.use_memory),
+            model: self.model.clone().or_else(|| base.model.clone()),
             updated_at: base.updated_at,
         }
     }
@@ -113,6 +124,8 @@ pub enum ChatEvent {
     Start {
         message_id: MessageId,
         reply_id: MessageId,
+        /// The model answering.
+        model: String,
     },
     /// Context passages, before the first token (only when there are any).
     Sources(Vec<Source>),
@@ -128,6 +141,8 @@ pub enum ChatEvent {
 #[derive(Debug, Clone)]
 pub struct Done {
     pub reply_id: MessageId,
+    /// The model that answered.
+    pub model: String,
     pub finish_reason: FinishReason,
     pub usage: Usage,
     pub timings: Timings,
@@ -176,7 +191,7 @@ pub struct SendRequest {
 #[derive(Clone)]
 pub struct ChatService {
     store: Store,
-    llm: Llm,
+    pool: Pool,
     retriever: Retriever,
     memories: Memories,
     /// Background work scheduled after a turn (titles, memory extraction).
@@ -192,7 +207,7 @@ pub struct ChatService {
 impl ChatService {
     pub fn new(
         store: Store,
-        llm: Llm,
+        pool: Pool,
         retriever: Retriever,
         memories: Memories,
         jobs: Jobs,
@@ -201,7 +216,7 @@ impl ChatService {
     ) -> ChatService {
         ChatService {
             store,
-            llm,
+            pool,
             retriever,
             memories,
             jobs,
@@ -234,8 +249,21 @@ impl ChatService {
         settings
             .validate()
             .map_err(|(field, reason)| ChatError::Invalid(format!("options.{field}: {reason}")))?;
-        // Fail fast while the model loads, before taking the chat's slot.
-        self.llm.ready()?;
+        let keep_alive = match req.options.keep_alive {
+            Some(secs) if secs > MAX_KEEP_ALIVE_SECS => {
+                return Err(ChatError::Invalid(format!(
+                    "options.keep_alive: must be at most {MAX_KEEP_ALIVE_SECS} seconds"
+                )))
+            }
+            other => other.map(Duration::from_secs),
+        };
+        // The model, loaded now if it is not (requests for a model that is loading wait for
+        // that one load). Held until the reply is stored: it is never unloaded mid-reply.
+        let model = settings
+            .model
+            .clone()
+            .unwrap_or_else(|| self.pool.default_model().to_string());
+        let llm = self.pool.get(&model, keep_alive).await?;
 
         let cancel = CancelFlag::default();
         let slot = ActiveSlot::claim(&self.active, req.chat_id, cancel.clone())?;
@@ -264,12 +292,12 @@ impl ChatService {
             }
         }
         let history = prompt::history(&self.store.messages(req.chat_id)?);
-        let n_ctx = self.llm.n_ctx();
+        let n_ctx = llm.n_ctx();
         // Reserve room for the reply, but never more than half the context: a huge max_tokens
         // must not starve the prompt. Generation stops with `length` when the context is full.
         let reserve = settings.max_tokens.min(n_ctx / 2);
         let budget = (n_ctx - reserve) as usize;
-        let llm = self.llm.clone();
+        let render = (*llm).clone();
         let system = settings.system_prompt.clone();
         let content = req.content.clone();
         let plan = tokio::task::spawn_blocking(move || {
@@ -278,7 +306,9 @@ impl ChatService {
             let mut sources = sources;
             loop {
                 let system = retrieve::with_context(&system, &sources);
-                match prompt::plan(&system, &history, &content, budget, |m| llm.chat_prompt(m)) {
+                match prompt::plan(&system, &history, &content, budget, |m| {
+                    render.chat_prompt(m)
+                }) {
                     Err(prompt::PlanError::TooLong { .. }) if !sources.is_empty() => {
                         sources.pop();
                     }
@@ -296,7 +326,7 @@ impl ChatService {
 
         let (gen_tx, gen_rx) = mpsc::channel(GEN_CHANNEL_CAPACITY);
         let prompt_tokens = u32::try_from(plan.prompt.len()).unwrap_or(u32::MAX);
-        self.llm.submit(Generation {
+        llm.submit(Generation {
             prompt: plan.prompt,
             sampling: Sampling {
                 temperature: settings.temperature,
@@ -315,6 +345,8 @@ impl ChatService {
 
         let (out_tx, out_rx) = mpsc::channel(CLIENT_CHANNEL_CAPACITY);
         let turn = Turn {
+            model,
+            _lease: llm,
             store: self.store.clone(),
             jobs: self.jobs.clone(),
             user_id: chat.user_id,
@@ -402,6 +434,10 @@ impl Drop for ActiveSlot {
 
 /// One running turn: forwards tokens, stores the result.
 struct Turn {
+    /// The model's name (background jobs of this turn run on it) and the lease that keeps it
+    /// loaded until the turn ends.
+    model: String,
+    _lease: Lease,
     store: Store,
     jobs: Jobs,
     user_id: crate::store::UserId,
@@ -426,6 +462,7 @@ impl Turn {
             .send(ChatEvent::Start {
                 message_id: self.message_id,
                 reply_id: self.reply_id,
+                model: self.model.clone(),
             })
             .await
             .is_err();
@@ -530,6 +567,7 @@ impl Turn {
             let queued = picked_up.map_or(Duration::ZERO, |t| t.duration_since(self.received));
             ChatEvent::Done(Done {
                 reply_id: self.reply_id,
+                model: self.model.clone(),
                 finish_reason,
                 usage,
                 timings: timings(&outcome, self.received, first_token, queued),
@@ -569,7 +607,7 @@ impl Turn {
             });
         }
         for job in jobs {
-            if let Err(err) = self.jobs.enqueue(job) {
+            if let Err(err) = self.jobs.enqueue(job, Some(&self.model)) {
                 tracing::error!(chat = %self.chat_id, error = %err, "cannot schedule background work");
             }
         }

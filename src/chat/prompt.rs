@@ -85,12 +85,12 @@ where
 {
     let assemble = |start: usize| -> Vec<ChatMessage> {
         let mut messages = Vec::with_capacity(history.len() - start + 2);
-        if !system.is_empty() {
-            messages.push(ChatMessage {
-                role: ChatRole::System,
-                content: system.to_string(),
-            });
-        }
+        // Always a system message, even an empty one: templates that insert their own default
+        // when there is none (Qwen2.5's "You are Qwen, created by Alibaba Cloud…") never do.
+        messages.push(ChatMessage {
+            role: ChatRole::System,
+            content: system.to_string(),
+        });
         messages.extend_from_slice(&history[start..]);
         messages.push(ChatMessage {
             role: ChatRole::User,

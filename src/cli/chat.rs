@@ -46,6 +46,10 @@ pub(super) struct TurnArgs {
     /// for up to 30 s.
     #[arg(long, value_name = "SECS")]
     wait: Option<u64>,
+    /// The model to answer with (loaded now if it is not) [default: your `model` setting, else
+    /// the daemon's default].
+    #[arg(long, value_name = "NAME")]
+    model: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -58,7 +62,7 @@ pub(super) struct ChatArgs {
     /// Most tokens to generate.
     #[arg(long, value_name = "N")]
     max_tokens: Option<u32>,
-    /// Print the answer as one JSON object (chat_id, reply, finish_reason, usage, sources)
+    /// Print the answer as one JSON object (chat_id, reply, model, finish_reason, usage, sources)
     /// instead of streaming it.
     #[arg(long)]
     json: bool,
@@ -71,8 +75,9 @@ pub(super) struct ChatArgs {
 pub(super) struct RunArgs {
     #[command(flatten)]
     turn: TurnArgs,
-    /// The model the session should use; the running daemon must serve it.
-    model: Option<String>,
+    /// The model to chat with (loaded now if it is not; `hearth models` lists them).
+    #[arg(value_name = "MODEL")]
+    run_model: Option<String>,
 }
 
 /// How long a chat waits for a loading model when `--wait` is not given.
@@ -110,25 +115,29 @@ pub(super) fn chat(config_file: Option<&Path>, args: ChatArgs) -> anyhow::Result
     }
 }
 
-pub(super) fn run(config_file: Option<&Path>, args: RunArgs) -> anyhow::Result<()> {
+pub(super) fn run(config_file: Option<&Path>, mut args: RunArgs) -> anyhow::Result<()> {
     let rt = super::runtime()?;
-    let session = rt.block_on(Session::open(config_file, &args.turn))?;
-    if let Some(want) = &args.model {
-        if *want != session.model {
-            return Err(CliExit {
-                exit: Exit::Failed,
-                message: format!(
-                    "the running daemon serves {}, not {want}: stop it (`hearth stop`) and start it with `hearth start --model {want}`",
-                    session.model
-                ),
-            }
-            .into());
-        }
+    if args.run_model.is_some() {
+        args.turn.model = args.run_model.take();
     }
+    let session = rt.block_on(Session::open(config_file, &args.turn))?;
     match stdin_message()? {
         Some(text) => rt.block_on(one_answer(session, &text, serde_json::Map::new(), false)),
         None => repl(&rt, session),
     }
+}
+
+/// Loads `model` on the daemon (a name it does not know fails with the list of known ones).
+async fn load_model(client: &Client, model: &str) -> anyhow::Result<()> {
+    if std::io::stderr().is_terminal() {
+        eprint!("loading {model}…");
+    }
+    let path = super::models::model_path(model, "/load");
+    let result = client.call(Method::POST, &path, None).await;
+    if std::io::stderr().is_terminal() {
+        eprint!("\r\x1b[K");
+    }
+    result.map(drop)
 }
 
 /// The message piped on stdin; `None` when stdin is a terminal (an interactive session).
@@ -153,7 +162,9 @@ struct Session {
     user_id: String,
     /// `None` until the first message creates the chat (no empty chats from opening a session).
     chat_id: Option<String>,
+    /// The model answering (shown); `chosen` is sent with each message when the user picked one.
     model: String,
+    chosen: Option<String>,
     docs: bool,
     /// `None` follows the user's setting.
     memory: Option<bool>,
@@ -171,6 +182,18 @@ impl Session {
             None => wait_until_ready(&client, DEFAULT_MODEL_WAIT, false).await?,
         };
         let user_id = client.user_id(&args.user.name()).await?;
+        if let Some(model) = &args.model {
+            load_model(&client, model).await?;
+        }
+        let setting = client
+            .call(
+                Method::GET,
+                &format!("/api/v1/users/{user_id}/settings"),
+                None,
+            )
+            .await
+            .ok()
+            .and_then(|s| s["model"].as_str().map(str::to_string));
         let chat_id = match &args.chat {
             Some(id) => Some(resolve_chat(&client, &user_id, id).await?),
             None => None,
@@ -180,10 +203,17 @@ impl Session {
             data_dir: target.data_dir,
             user_id,
             chat_id,
-            model: health["models"]["chat"]["name"]
-                .as_str()
-                .unwrap_or("?")
-                .to_string(),
+            model: args
+                .model
+                .clone()
+                .or(setting)
+                .or_else(|| {
+                    health["models"]["chat"]["name"]
+                        .as_str()
+                        .map(str::to_string)
+                })
+                .unwrap_or_else(|| "?".into()),
+            chosen: args.model.clone(),
             docs: args.docs,
             memory: args.memory.map(|m| m == OnOff::On),
             listed: Vec::new(),
@@ -212,6 +242,9 @@ impl Session {
     fn message_body(&self, text: &str, mut options: serde_json::Map<String, Value>) -> Value {
         if let Some(memory) = self.memory {
             options.insert("use_memory".into(), json!(memory));
+        }
+        if let Some(model) = &self.chosen {
+            options.insert("model".into(), json!(model));
         }
         json!({
             "content": text,
@@ -376,6 +409,7 @@ async fn one_answer(
             "chat_id": chat_id,
             "reply_id": d["reply_id"],
             "reply": reply.text,
+            "model": d["model"],
             "finish_reason": d["finish_reason"],
             "usage": d["usage"],
             "sources": reply.sources,
@@ -405,7 +439,7 @@ Commands:
   /docs on|off      search your documents and the library for each message
   /memory on|off    use long-term memory (default: your use_memory setting)
   /attach PATH      add a document to this chat (and turn /docs on)
-  /model [NAME]     the model answering
+  /model [NAME]     show the model answering, or switch to NAME (loaded now)
   /help             this list
 Ctrl-C stops a reply; Ctrl-D (or /quit) ends the session.";
 
@@ -652,11 +686,15 @@ async fn slash_command(session: &mut Session, command: &str) -> anyhow::Result<F
             if arg.is_empty() || arg == session.model {
                 writeln!(out, "model {}", session.model)?;
             } else {
-                writeln!(
-                    out,
-                    "the running daemon serves {}; to use {arg}, restart it: hearth stop && hearth start --model {arg}",
-                    session.model
-                )?;
+                drop(out);
+                match load_model(&session.client, arg).await {
+                    Ok(()) => {
+                        session.model = arg.to_string();
+                        session.chosen = Some(arg.to_string());
+                        writeln!(std::io::stdout(), "model {arg}")?;
+                    }
+                    Err(err) => writeln!(std::io::stdout(), "{err}")?,
+                }
             }
         }
         "attach" => {

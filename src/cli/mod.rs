@@ -19,6 +19,7 @@ mod docs;
 mod ingest;
 mod lifecycle;
 mod memories;
+mod models;
 mod status;
 
 use std::io::Write;
@@ -117,14 +118,14 @@ enum Command {
     /// Chat with the model: an interactive session, or one answer to a message given as arguments
     /// or on stdin (`echo question | hearth chat`).
     Chat(chat::ChatArgs),
-    /// Open an interactive chat (as `ollama run`), checking the daemon serves MODEL if given.
+    /// Open an interactive chat (as `ollama run`), with MODEL if given (loaded now if it is not).
     Run(chat::RunArgs),
     /// Show a running daemon's health (all of it, as JSON).
     Status(ClientArgs),
     /// Show what the running daemon has loaded and what it is doing.
     Ps(status::PsArgs),
-    /// List the pinned model files and which of them are present.
-    Models(status::ModelsArgs),
+    /// List models; add your own GGUF files, remove, load or unload them.
+    Models(models::ModelsArgs),
     /// List, show, rename or delete chats.
     Chats(chats::ChatsArgs),
     /// List, upload or delete documents (of a chat, or the library every chat can search).
@@ -238,7 +239,7 @@ pub fn main(started: Instant) -> ExitCode {
         Some(Command::Run(args)) => chat::run(config_file, args),
         Some(Command::Status(args)) => in_runtime(status(config_file, args)),
         Some(Command::Ps(args)) => in_runtime(status::ps(config_file, args)),
-        Some(Command::Models(args)) => in_runtime(status::models(config_file, args)),
+        Some(Command::Models(args)) => in_runtime(models::models(config_file, args)),
         Some(Command::Chats(args)) => in_runtime(chats::chats(config_file, args)),
         Some(Command::Docs(args)) => in_runtime(docs::docs(config_file, args)),
         Some(Command::Search(args)) => in_runtime(docs::search(config_file, args)),

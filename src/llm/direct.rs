@@ -43,6 +43,36 @@ impl DirectModel {
         Ok(DirectModel { model, template })
     }
 
+    /// Loads `path` and creates one context the way the daemon's worker does (mmap, `n_ctx`,
+    /// two sequences in a unified cache): the baseline of the daemon's model load. Returns the
+    /// time taken; everything is freed again.
+    pub fn load_like_daemon(
+        path: &Path,
+        threads: u32,
+        n_ctx: NonZeroU32,
+    ) -> Result<Duration, LlmError> {
+        let backend = backend()?;
+        let started = Instant::now();
+        let params = LlamaModelParams::default().with_use_mmap(true);
+        let model = LlamaModel::load_from_file(backend, path, &params)
+            .map_err(|err| LlmError::Unavailable(err.to_string()))?;
+        let threads = i32::try_from(threads).unwrap_or(1);
+        let ctx_params = LlamaContextParams::default()
+            .with_n_ctx(Some(n_ctx))
+            .with_n_threads(threads)
+            .with_n_threads_batch(threads)
+            .with_n_seq_max(2)
+            .with_kv_unified(true)
+            .with_no_perf(true);
+        let ctx = model
+            .new_context(backend, ctx_params)
+            .map_err(|err| LlmError::Inference(err.to_string()))?;
+        let took = started.elapsed();
+        drop(ctx);
+        drop(model);
+        Ok(took)
+    }
+
     /// Greedy decoding of up to `max_tokens` tokens for `messages`, one thread count, fresh context.
     pub fn run(
         &self,

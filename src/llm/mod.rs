@@ -180,6 +180,17 @@ pub enum ModelState {
     },
     Ready,
     Failed(String),
+    /// Unloaded (by the pool: idle TTL, eviction or a request); the worker has ended.
+    Unloaded,
+}
+
+/// Why verification refused a model file (the load never reached llama.cpp).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// The file is not there.
+    Missing,
+    /// The file's bytes are not the pinned ones.
+    Changed,
 }
 
 /// What a loading model is doing: hashing the file (skipped when the verification is cached),
@@ -209,6 +220,8 @@ struct Shared {
     name: String,
     config: LlmConfig,
     state: RwLock<LoadState>,
+    /// Set when verification refused the file.
+    refusal: Mutex<Option<Refusal>>,
     queue: Queue,
 }
 
@@ -216,6 +229,7 @@ enum LoadState {
     Loading { stage: LoadStage, progress: f32 },
     Ready(Arc<Loaded>),
     Failed(String),
+    Unloaded,
 }
 
 /// The loaded model and what callers need to build prompts for it.
@@ -223,6 +237,8 @@ struct Loaded {
     model: Arc<LlamaModel>,
     template: LlamaChatTemplate,
     n_ctx: u32,
+    /// Memory the model holds: weights plus KV cache.
+    bytes: u64,
 }
 
 /// llama.cpp's backend may be initialised once per process.
@@ -255,6 +271,7 @@ impl Llm {
                 stage: LoadStage::Verifying,
                 progress: 0.0,
             }),
+            refusal: Mutex::new(None),
         });
         let thread_shared = shared.clone();
         let spawned = std::thread::Builder::new()
@@ -272,6 +289,20 @@ impl Llm {
         &self.shared.name
     }
 
+    /// True when both handles are on the same worker (a name can be unloaded and loaded again).
+    pub fn same(&self, other: &Llm) -> bool {
+        Arc::ptr_eq(&self.shared, &other.shared)
+    }
+
+    /// Why the file was refused, when the load failed in verification.
+    pub fn refusal(&self) -> Option<Refusal> {
+        *self
+            .shared
+            .refusal
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
     pub fn state(&self) -> ModelState {
         match &*self
             .shared
@@ -285,7 +316,13 @@ impl Llm {
             },
             LoadState::Ready(_) => ModelState::Ready,
             LoadState::Failed(err) => ModelState::Failed(err.clone()),
+            LoadState::Unloaded => ModelState::Unloaded,
         }
+    }
+
+    /// Memory the loaded model holds (weights + KV cache), 0 while not loaded.
+    pub fn memory_bytes(&self) -> u64 {
+        self.loaded().map(|l| l.bytes).unwrap_or(0)
     }
 
     /// The context size in tokens (prompt + reply must fit): the context's real size once
@@ -321,6 +358,10 @@ impl Llm {
             LoadState::Loading { .. } => Err(LlmError::Loading),
             LoadState::Ready(loaded) => Ok(loaded.clone()),
             LoadState::Failed(err) => Err(LlmError::Unavailable(err.clone())),
+            LoadState::Unloaded => Err(LlmError::Unavailable(format!(
+                "model '{}' was unloaded",
+                self.shared.name
+            ))),
         }
     }
 
@@ -349,7 +390,8 @@ impl Llm {
         self.shared.queue.push(job)
     }
 
-    /// Stops taking work; the worker exits after the running generation.
+    /// Stops taking work; the worker exits after the running generation (queued ones end as
+    /// cancelled) and frees the model.
     pub fn shutdown(&self) {
         self.shared.queue.close();
     }

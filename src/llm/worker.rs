@@ -26,7 +26,8 @@ use tokio::sync::mpsc;
 
 use super::utf8::Utf8Stream;
 use super::{
-    backend, Finish, GenEvent, Generation, LoadStage, LoadState, Loaded, Outcome, Sampling, Shared,
+    backend, Finish, GenEvent, Generation, LoadStage, LoadState, Loaded, Outcome, Refusal,
+    Sampling, Shared,
 };
 use crate::models::{ModelError, VerifiedModel};
 
@@ -51,7 +52,20 @@ where
     };
     let verified = match verify(&|done| shared.set_progress(LoadStage::Verifying, done)) {
         Ok(verified) => verified,
-        Err(err) => return fail(err.to_string()),
+        Err(err) => {
+            let refusal = match err {
+                ModelError::Missing { .. } | ModelError::Gone { .. } => Some(Refusal::Missing),
+                // A user's pinned file that changed; a shipped file with the wrong bytes stays
+                // "unavailable" (re-fetching fixes it).
+                ModelError::Changed { .. } => Some(Refusal::Changed),
+                _ => None,
+            };
+            *shared
+                .refusal
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = refusal;
+            return fail(err.to_string());
+        }
     };
     let hashed_in = started.elapsed();
     let backend = match backend() {
@@ -79,10 +93,13 @@ where
     // instruct format.
     let template = match model.chat_template(None) {
         Ok(template) => template,
-        Err(_) => match LlamaChatTemplate::new("chatml") {
-            Ok(template) => template,
-            Err(err) => return fail(err.to_string()),
-        },
+        Err(err) => {
+            tracing::warn!(model = %shared.name, reason = %err, "the model file has no chat template; using ChatML (a base model may answer poorly)");
+            match LlamaChatTemplate::new("chatml") {
+                Ok(template) => template,
+                Err(err) => return fail(err.to_string()),
+            }
+        }
     };
     let config = &shared.config;
     let threads = i32::try_from(config.threads).unwrap_or(1);
@@ -105,6 +122,8 @@ where
         model: model.clone(),
         template,
         n_ctx: ctx.n_ctx(),
+        // Weights (mmap'd, resident once read) plus the KV cache of the context.
+        bytes: model.size() + kv_bytes(&model, ctx.n_ctx()),
     })));
     tracing::info!(
         model = %shared.name,
@@ -166,7 +185,24 @@ where
             config.stall_timeout,
         );
     }
+    // Unloaded (or shutting down): the context goes first (it borrows the model), then the
+    // state's reference to the model, so the weights' memory is returned now, not at exit.
+    drop(ctx);
+    drop(model);
+    shared.set_state(LoadState::Unloaded);
     drop(verified);
+    tracing::info!(model = %shared.name, "chat model unloaded");
+}
+
+/// The KV cache's size: one key and one value per layer, token and embedding dimension, in f16
+/// (llama.cpp's default cache type). Grouped-query models store fewer heads; the GGUF's head
+/// counts give the ratio.
+fn kv_bytes(model: &LlamaModel, n_ctx: u32) -> u64 {
+    let layers = u64::from(model.n_layer());
+    let embd = u64::try_from(model.n_embd()).unwrap_or(0);
+    let heads = u64::from(model.n_head()).max(1);
+    let kv_heads = u64::from(model.n_head_kv()).max(1);
+    2 * layers * u64::from(n_ctx) * embd * kv_heads / heads * 2
 }
 
 /// The tokens whose keys/values are in the context, position by position.

@@ -10,6 +10,7 @@
 //! was checked, so swapping the file between check and load changes nothing.
 
 pub mod gguf;
+pub mod user;
 
 use std::fs::File;
 use std::io::Read;
@@ -46,6 +47,9 @@ pub struct Entry {
     pub group: Option<String>,
     #[serde(default)]
     pub default: bool,
+    /// A file the user added (pinned in the store), not one of the manifest's.
+    #[serde(skip)]
+    pub user: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -73,7 +77,7 @@ impl Role {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
-    #[error("unknown model '{0}' (not in models/manifest.toml); known chat models: {1}")]
+    #[error("unknown model '{0}'; known chat models: {1}")]
     Unknown(String, String),
     #[error("model file {path} is missing; fetch it with `{fetch}`", path = .path.display())]
     Missing { path: PathBuf, fetch: String },
@@ -94,6 +98,16 @@ pub enum ModelError {
     },
     #[error("model file {path}: {err}", path = .path.display())]
     Io { path: PathBuf, err: std::io::Error },
+    /// A user's pinned file is gone.
+    #[error("the file of model '{name}' is gone ({path}); put it back, or unpin it with `hearth models rm {name}`", path = .path.display())]
+    Gone { name: String, path: PathBuf },
+    /// A user's pinned file no longer has the pinned bytes: never parsed.
+    #[error("the file of model '{name}' changed since it was added ({detail}); it is not loaded. If the change is yours, add it again: `hearth models add {path} --name {name}`", path = .path.display())]
+    Changed {
+        name: String,
+        path: PathBuf,
+        detail: String,
+    },
 }
 
 impl Manifest {
@@ -134,6 +148,27 @@ impl Manifest {
     }
 }
 
+/// The chat model called `name` (a manifest chat/test model or a user's pin); `None` is
+/// `default`. An unknown name lists every known one.
+pub fn resolve(store: &Store, name: &str) -> Result<Entry, ModelError> {
+    let manifest = Manifest::builtin();
+    if let Ok(entry) = manifest.chat_model(Some(name)) {
+        return Ok(entry.clone());
+    }
+    let pinned = store.user_models().unwrap_or_default();
+    if let Some(model) = pinned.iter().find(|m| m.name == name) {
+        return Ok(Entry::from_user(model));
+    }
+    let known: Vec<String> = manifest
+        .entries
+        .iter()
+        .filter(|e| matches!(e.role, Role::Chat | Role::Test))
+        .map(|e| e.name.clone())
+        .chain(pinned.into_iter().map(|m| m.name))
+        .collect();
+    Err(ModelError::Unknown(name.to_string(), known.join(", ")))
+}
+
 /// A model file whose bytes matched the manifest. Holds the checked descriptor open.
 #[derive(Debug)]
 pub struct VerifiedModel {
@@ -150,6 +185,43 @@ pub struct VerifiedModel {
 /// Cheap checks that need no hashing: present, a regular file, the pinned size. Run before the
 /// daemon binds, so a missing model is a one-line startup error.
 pub fn precheck(models_dir: &Path, entry: &Entry) -> Result<PathBuf, ModelError> {
+    precheck_file(models_dir, entry).map_err(|err| for_user(entry, err))
+}
+
+/// A user's file has no fetch command and no manifest: its errors say "gone" and "changed".
+fn for_user(entry: &Entry, err: ModelError) -> ModelError {
+    if !entry.user {
+        return err;
+    }
+    match err {
+        ModelError::Missing { path, .. } => ModelError::Gone {
+            name: entry.name.clone(),
+            path,
+        },
+        ModelError::WrongSize {
+            path,
+            found,
+            expected,
+            ..
+        } => ModelError::Changed {
+            name: entry.name.clone(),
+            path,
+            detail: format!("size {found}, pinned {expected}"),
+        },
+        ModelError::WrongHash {
+            path,
+            found,
+            expected,
+        } => ModelError::Changed {
+            name: entry.name.clone(),
+            path,
+            detail: format!("sha256 {found}, pinned {expected}"),
+        },
+        other => other,
+    }
+}
+
+fn precheck_file(models_dir: &Path, entry: &Entry) -> Result<PathBuf, ModelError> {
     let path = models_dir.join(&entry.file);
     let meta = match std::fs::metadata(&path) {
         Ok(meta) => meta,
@@ -195,6 +267,9 @@ pub enum FileCheck {
     Missing,
     /// Present but not the pinned bytes (size or sha256 differ): never loaded.
     Changed(String),
+    /// A `.gguf` file in the models dir that nothing pins: never read; `hearth models add`
+    /// pins it.
+    Unpinned,
 }
 
 /// Every manifest model (chat, test and embedding roles; the embedder's tokenizer and runtime
@@ -202,10 +277,26 @@ pub enum FileCheck {
 /// its header. A file whose verification is not cached is hashed now, once (the store remembers
 /// it). Blocking: run it off the async runtime.
 pub fn list(models_dir: &Path, store: &Store) -> Vec<Listing> {
-    Manifest::builtin()
+    let pinned = match store.user_models() {
+        Ok(pinned) => pinned,
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot read the pinned models");
+            Vec::new()
+        }
+    };
+    let manifest = Manifest::builtin();
+    let mut known: Vec<PathBuf> = manifest
+        .entries
+        .iter()
+        .map(|e| models_dir.join(&e.file))
+        .chain(pinned.iter().map(|m| PathBuf::from(&m.path)))
+        .collect();
+    known.sort();
+    let mut listings: Vec<Listing> = manifest
         .entries
         .into_iter()
         .filter(|e| matches!(e.role, Role::Chat | Role::Test | Role::Embed))
+        .chain(pinned.iter().map(Entry::from_user))
         .map(|entry| match verify(models_dir, &entry, store) {
             Ok(verified) => {
                 let (info, info_error) = if entry.role == Role::Embed {
@@ -224,7 +315,7 @@ pub fn list(models_dir: &Path, store: &Store) -> Vec<Listing> {
                     info_error,
                 }
             }
-            Err(ModelError::Missing { .. }) => Listing {
+            Err(ModelError::Missing { .. } | ModelError::Gone { .. }) => Listing {
                 entry,
                 file: FileCheck::Missing,
                 info: None,
@@ -237,7 +328,52 @@ pub fn list(models_dir: &Path, store: &Store) -> Vec<Listing> {
                 info_error: None,
             },
         })
-        .collect()
+        .collect();
+    listings.extend(unpinned(models_dir, &known));
+    listings
+}
+
+/// Most unpinned files listed: a models dir is not a download folder, but it might be one.
+const MAX_UNPINNED: usize = 256;
+
+/// The `.gguf` files directly in `models_dir` that neither the manifest nor a pin names (by
+/// size only; nothing is read).
+fn unpinned(models_dir: &Path, known: &[PathBuf]) -> Vec<Listing> {
+    let Ok(dir) = std::fs::read_dir(models_dir) else {
+        return Vec::new();
+    };
+    let mut out: Vec<Listing> = dir
+        .filter_map(Result::ok)
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.to_ascii_lowercase().ends_with(".gguf"))
+        })
+        .filter(|e| known.binary_search(&e.path()).is_err())
+        .filter_map(|e| {
+            let meta = e.metadata().ok().filter(std::fs::Metadata::is_file)?;
+            let file = e.file_name().to_str()?.to_string();
+            Some(Listing {
+                entry: Entry {
+                    name: user::default_name(&e.path()),
+                    role: Role::Chat,
+                    file,
+                    size: meta.len(),
+                    sha256: String::new(),
+                    source: "unpinned".into(),
+                    group: None,
+                    default: false,
+                    user: true,
+                },
+                file: FileCheck::Unpinned,
+                info: None,
+                info_error: None,
+            })
+        })
+        .take(MAX_UNPINNED)
+        .collect();
+    out.sort_by(|a, b| a.entry.file.cmp(&b.entry.file));
+    out
 }
 
 /// The exact command that fetches `entry`'s group into `models_dir` (the script's own default
@@ -267,7 +403,16 @@ pub fn verify_with_progress(
     store: &Store,
     progress: &dyn Fn(f32),
 ) -> Result<VerifiedModel, ModelError> {
-    let path = precheck(models_dir, entry)?;
+    verify_file(models_dir, entry, store, progress).map_err(|err| for_user(entry, err))
+}
+
+fn verify_file(
+    models_dir: &Path,
+    entry: &Entry,
+    store: &Store,
+    progress: &dyn Fn(f32),
+) -> Result<VerifiedModel, ModelError> {
+    let path = precheck_file(models_dir, entry)?;
     let io = |err| ModelError::Io {
         path: path.clone(),
         err,
@@ -277,22 +422,11 @@ pub fn verify_with_progress(
     if !meta.is_file() {
         return Err(ModelError::NotAFile(path));
     }
-    let key = VerifiedFile {
-        size: meta.len(),
-        mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
-        inode: meta.ino(),
-        sha256: entry.sha256.clone(),
-    };
+    let key = cache_key(&meta, &entry.sha256);
     let cached = store.verified_file(&path).ok().flatten();
     let hashed = cached.as_ref() != Some(&key);
     if hashed {
-        let total = meta.len().max(1);
-        let mut hashed_bytes = 0u64;
-        let found = sha256_with(&mut file, &mut |n| {
-            hashed_bytes += n;
-            progress(hashed_bytes as f32 / total as f32);
-        })
-        .map_err(io)?;
+        let found = sha256_reporting(&mut file, meta.len(), progress).map_err(io)?;
         if found != entry.sha256 {
             return Err(ModelError::WrongHash {
                 path,
@@ -311,6 +445,26 @@ pub fn verify_with_progress(
         load_path,
         hashed,
         _file: file,
+    })
+}
+
+/// What the verification cache keys a file's hash by: size, mtime and inode.
+fn cache_key(meta: &std::fs::Metadata, sha256: &str) -> VerifiedFile {
+    VerifiedFile {
+        size: meta.len(),
+        mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
+        inode: meta.ino(),
+        sha256: sha256.to_string(),
+    }
+}
+
+/// [`sha256_of`] of a file of `len` bytes, reporting the share hashed to `progress`.
+fn sha256_reporting(file: &mut File, len: u64, progress: &dyn Fn(f32)) -> std::io::Result<String> {
+    let total = len.max(1);
+    let mut done = 0u64;
+    sha256_with(file, &mut |n| {
+        done += n;
+        progress(done as f32 / total as f32);
     })
 }
 
@@ -385,6 +539,7 @@ mod tests {
             source: "test".into(),
             group: None,
             default: false,
+            user: false,
         };
         assert!(matches!(
             verify(dir.path(), &entry, &store),

@@ -224,9 +224,10 @@ impl From<ChatEvent> for SseEvent {
             ChatEvent::Start {
                 message_id,
                 reply_id,
+                model,
             } => SseEvent::json(
                 "start",
-                &json!({"message_id": message_id, "reply_id": reply_id}),
+                &json!({"message_id": message_id, "reply_id": reply_id, "model": model}),
             ),
             ChatEvent::Sources(sources) => {
                 SseEvent::json("sources", &json!({ "sources": sources }))
@@ -259,6 +260,7 @@ fn done_data(d: &crate::chat::Done) -> serde_json::Value {
     let c = &d.context;
     json!({
         "reply_id": d.reply_id,
+        "model": d.model,
         "finish_reason": d.finish_reason.as_str(),
         "usage": d.usage,
         "timings": {

@@ -12,6 +12,8 @@ use crate::chat::ChatError;
 use crate::error_code::ErrorCode;
 use crate::llm::LlmError;
 use crate::memory::MemoryError;
+use crate::models::user::AddError;
+use crate::pool::PoolError;
 use crate::store::StoreError;
 
 /// An error on its way to becoming a response.
@@ -170,6 +172,42 @@ impl From<LlmError> for ApiError {
     }
 }
 
+impl From<PoolError> for ApiError {
+    fn from(err: PoolError) -> ApiError {
+        let message = err.to_string();
+        match err {
+            PoolError::Unknown(_) => ApiError::not_found(ErrorCode::UnknownModel, message),
+            PoolError::Changed(_) => {
+                ApiError::new(StatusCode::CONFLICT, ErrorCode::ModelChanged, message)
+            }
+            PoolError::Missing(_) => ApiError::unavailable(ErrorCode::ModelMissing, message, 30),
+            PoolError::LoadFailed(_) => {
+                ApiError::unavailable(ErrorCode::ModelUnavailable, message, 30)
+            }
+            PoolError::Busy(_) => ApiError::unavailable(ErrorCode::ModelBusy, message, 5),
+            PoolError::ShuttingDown => ApiError::unavailable(ErrorCode::ShuttingDown, message, 5),
+        }
+    }
+}
+
+impl From<AddError> for ApiError {
+    fn from(err: AddError) -> ApiError {
+        let message = err.to_string();
+        match err {
+            AddError::BadName(_) | AddError::BadPath(_) => ApiError::invalid(message),
+            AddError::NameTaken(_) => {
+                ApiError::new(StatusCode::CONFLICT, ErrorCode::ModelExists, message)
+            }
+            AddError::NotAModel { .. } => ApiError::bad_request(ErrorCode::InvalidModel, message),
+            AddError::Io { err: io, .. } if io.kind() == std::io::ErrorKind::NotFound => {
+                ApiError::not_found(ErrorCode::NotFound, message)
+            }
+            AddError::Io { .. } => ApiError::invalid(message),
+            AddError::Store(err) => err.into(),
+        }
+    }
+}
+
 impl From<ChatError> for ApiError {
     fn from(err: ChatError) -> ApiError {
         match err {
@@ -188,6 +226,7 @@ impl From<ChatError> for ApiError {
                 err.to_string(),
             ),
             ChatError::Llm(err) => err.into(),
+            ChatError::Model(err) => err.into(),
             ChatError::Store(err) => err.into(),
             ChatError::Retrieve(crate::chat::retrieve::RetrieveError::Store(err)) => err.into(),
             ChatError::Retrieve(err) => {

@@ -134,12 +134,17 @@ pub async fn add(
     let text = crate::memory::clean(&body.text)?;
     require_user(app, user)?;
     if body.infer {
-        app.jobs.enqueue(BgJobKind::Memory {
-            user_id: user,
-            chat_id: None,
-            message_id: None,
-            message: text,
-        })?;
+        // Extraction runs on the model this user chats with.
+        let model = app.store.settings(user)?.model;
+        app.jobs.enqueue(
+            BgJobKind::Memory {
+                user_id: user,
+                chat_id: None,
+                message_id: None,
+                message: text,
+            },
+            model.as_deref(),
+        )?;
         app.store.durable().await?;
         return Ok(json_response(
             StatusCode::ACCEPTED,

@@ -12,7 +12,7 @@ pub mod docs;
 pub mod error;
 pub mod library;
 pub mod memories;
-mod models;
+pub mod models;
 pub mod pipe;
 mod respond;
 pub mod routes;
@@ -39,7 +39,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::chat::ChatService;
 use crate::config::ServerConfig;
-use crate::llm::Llm;
 use crate::store::Store;
 
 /// Largest request head (request line + headers). Larger gets 431 from hyper.
@@ -48,7 +47,10 @@ const MAX_HEADER_BYTES: usize = 64 * 1024;
 /// What handlers share.
 pub struct App {
     pub store: Store,
-    pub llm: Llm,
+    /// The chat models: loaded on demand, unloaded when idle.
+    pub pool: crate::pool::Pool,
+    /// Model files being added (hashing), for the list.
+    pub adding: models::Adding,
     pub chat: ChatService,
     pub ingestor: crate::ingest::Ingestor,
     pub embedder: crate::embed::Embedder,

@@ -126,7 +126,20 @@ async fn route(
         },
         ["models"] => match method {
             Method::GET => models::list(app).await,
-            _ => Err(ApiError::method_not_allowed("GET")),
+            Method::POST => models::add(app, transport, req).await,
+            _ => Err(ApiError::method_not_allowed("GET, POST")),
+        },
+        ["models", name] => match method {
+            Method::DELETE => models::remove(app, transport, name).await,
+            _ => Err(ApiError::method_not_allowed("DELETE")),
+        },
+        ["models", name, "load"] => match method {
+            Method::POST => models::load(app, name, req).await,
+            _ => Err(ApiError::method_not_allowed("POST")),
+        },
+        ["models", name, "unload"] => match method {
+            Method::POST => models::unload(app, name),
+            _ => Err(ApiError::method_not_allowed("POST")),
         },
         ["shutdown"] => match method {
             Method::POST => status::shutdown(app, transport),

@@ -17,20 +17,28 @@ use crate::events::Event;
 use crate::llm::ModelState;
 
 pub(super) fn health(app: &App) -> Result<Response<ResBody>, ApiError> {
-    let (state, error, loading) = match app.llm.state() {
-        ModelState::Loading { stage, progress } => (
+    let loaded = app.pool.loaded();
+    let default = app.pool.default_model();
+    // The default model decides the status: `loading` while it loads (at start), `ok` once it is
+    // loaded or when it was unloaded for idleness (the next request loads it again). Another
+    // model loading never turns health unavailable.
+    let chat = loaded.iter().find(|m| m.name == default && !m.unloading);
+    let (state, error, loading) = match chat.map(|m| &m.state) {
+        Some(ModelState::Loading { stage, progress }) => (
             "loading",
             None,
             Some(json!({"stage": stage.as_str(), "progress": progress})),
         ),
-        ModelState::Ready => ("ready", None, None),
-        ModelState::Failed(err) => ("failed", Some(scrub_paths(&err)), None),
+        Some(ModelState::Ready) => ("ready", None, None),
+        Some(ModelState::Failed(err)) => ("failed", Some(scrub_paths(err)), None),
+        Some(ModelState::Unloaded) | None => ("unloaded", None, None),
     };
     let status = match state {
-        "ready" => "ok",
+        "ready" | "unloaded" => "ok",
         "loading" => "loading",
         _ => "unavailable",
     };
+    let (loads, unloads) = app.pool.counters();
     let body = json!({
         "status": status,
         "version": env!("CARGO_PKG_VERSION"),
@@ -38,19 +46,26 @@ pub(super) fn health(app: &App) -> Result<Response<ResBody>, ApiError> {
         "uptime_ms": u64::try_from(app.started.elapsed().as_millis()).unwrap_or(u64::MAX),
         "models": {
             "chat": {
-                "name": app.llm.name(),
+                "name": default,
                 "state": state,
                 "error": error,
                 "loading": loading,
-                "n_ctx": app.llm.n_ctx(),
+                "n_ctx": chat.map_or(app.pool.configured_ctx(), |m| m.n_ctx),
             },
             "embed": embed_status(&app.embedder),
+            "loaded": loaded.iter().map(super::models::loaded_out).collect::<Vec<_>>(),
+            "loads": loads,
+            "unloads": unloads,
         },
-        "queue": {"waiting": app.llm.queued(), "capacity": app.llm.queue_capacity(), "active_turns": app.chat.active_turns()},
+        "queue": {
+            "waiting": loaded.iter().map(|m| m.queued).sum::<usize>(),
+            "capacity": app.pool.queue_capacity(),
+            "active_turns": app.chat.active_turns(),
+        },
         "background": background(app.jobs.status()),
         "store": app.store.counts().ok(),
     });
-    let code = if state == "ready" {
+    let code = if status == "ok" {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE

@@ -43,6 +43,7 @@ pub(super) struct SettingsOut<'a> {
     seed: Option<u32>,
     system_prompt: &'a str,
     use_memory: bool,
+    model: Option<&'a str>,
 }
 
 impl<'a> From<&'a Settings> for SettingsOut<'a> {
@@ -57,6 +58,7 @@ impl<'a> From<&'a Settings> for SettingsOut<'a> {
             seed: s.seed,
             system_prompt: &s.system_prompt,
             use_memory: s.use_memory,
+            model: s.model.as_deref(),
         }
     }
 }
@@ -116,6 +118,9 @@ pub(super) struct SettingsPatch {
     seed: Option<Option<u32>>,
     system_prompt: Option<String>,
     use_memory: Option<bool>,
+    /// `null` goes back to the daemon's default model.
+    #[serde(default, deserialize_with = "present")]
+    model: Option<Option<String>>,
 }
 
 /// Distinguishes an absent field (`None`) from an explicit `null` (`Some(None)`).
@@ -143,10 +148,15 @@ pub(super) async fn put_settings(
         seed: patch.seed.unwrap_or(current.seed),
         system_prompt: patch.system_prompt.unwrap_or(current.system_prompt),
         use_memory: patch.use_memory.unwrap_or(current.use_memory),
+        model: patch.model.unwrap_or(current.model),
         updated_at: crate::store::now_millis(),
     };
     next.validate()
         .map_err(|(field, reason)| ApiError::invalid(format!("{field}: {reason}")))?;
+    if let Some(model) = &next.model {
+        // A model nobody can load is refused now, not at the next message.
+        app.pool.resolve(model)?;
+    }
     app.store.put_settings(id, &next)?;
     app.store.durable().await?;
     ok(&SettingsOut::from(&next))

@@ -18,6 +18,10 @@ pub struct BgJob {
     /// Runs started and not finished (interrupted by shutdown or a crash, or failed).
     pub attempts: u32,
     pub queued_at: Millis,
+    /// The chat model the work came from (absent in jobs stored before models could differ:
+    /// they run on the background or default model).
+    #[serde(default)]
+    pub model: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

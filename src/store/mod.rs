@@ -10,6 +10,7 @@
 //! chats          chat_id → Chat                 chats_by_user  user_id ‖ updated_at BE ‖ chat_id → ()
 //! messages       chat_id ‖ seq BE → Message                                           (chats.rs)
 //! model_verify   file path → VerifiedFile (sha256 cache keyed by size + mtime)
+//! user_models    name → UserModel (the user's own pinned GGUF files; models.rs)
 //! counts         record kind → u64 BE (counts.rs)
 //! bg_jobs        job_id → BgJob (jobs.rs)
 //! documents, docs_by_scope, doc_by_hash, chunks, vectors: see `documents.rs`
@@ -32,6 +33,7 @@ mod flush;
 mod jobs;
 mod library;
 mod memories;
+mod models;
 pub mod types;
 mod users;
 
@@ -42,6 +44,7 @@ pub use library::{
     FileKey, FileOutcome, FileRecord, FileState, JobKind, LibraryJob, NewDocument, Settled,
 };
 pub use memories::{Added, HistoryEntry, HistoryEvent, Memory, MemoryId, MemoryOrigin};
+pub use models::UserModel;
 pub use users::CreatedUser;
 
 use std::path::Path;
@@ -90,6 +93,8 @@ struct Inner {
     chats_by_user: sled::Tree,
     messages: sled::Tree,
     model_verify: sled::Tree,
+    /// The user's pinned model files (`models.rs`).
+    user_models: sled::Tree,
     documents: sled::Tree,
     docs_by_scope: sled::Tree,
     doc_by_hash: sled::Tree,
@@ -137,6 +142,7 @@ impl Store {
             chats_by_user: tree("chats_by_user")?,
             messages: tree("messages")?,
             model_verify: tree("model_verify")?,
+            user_models: tree("user_models")?,
             documents: tree("documents")?,
             docs_by_scope: tree("docs_by_scope")?,
             doc_by_hash: tree("doc_by_hash")?,

@@ -110,12 +110,18 @@ pub struct Settings {
     /// Off until the user turns it on (absent in settings stored before it existed).
     #[serde(default)]
     pub use_memory: bool,
+    /// The chat model this user's replies use; `None` is the daemon's default model.
+    #[serde(default)]
+    pub model: Option<String>,
     pub updated_at: Millis,
 }
 
 /// Upper bound of `max_tokens`: far beyond what the default context holds; the context size is
 /// the real limit and generation stops with `length` when it is reached.
 pub const MAX_TOKENS_LIMIT: u32 = 32768;
+/// Upper bound of a model name in settings (names are at most 64 characters; see
+/// `models::user::MAX_NAME_CHARS`).
+pub const MAX_MODEL_NAME_BYTES: usize = 256;
 /// Upper bound of the system prompt in bytes; it is sent with every request.
 pub const MAX_SYSTEM_PROMPT_BYTES: usize = 16 * 1024;
 
@@ -131,6 +137,7 @@ impl Default for Settings {
             seed: None,
             system_prompt: "You are a helpful assistant.".to_string(),
             use_memory: false,
+            model: None,
             updated_at: 0,
         }
     }
@@ -172,6 +179,14 @@ impl Settings {
         }
         if self.system_prompt.contains('\0') {
             return Err(("system_prompt", "must not contain NUL characters".into()));
+        }
+        if let Some(model) = &self.model {
+            if model.is_empty() || model.len() > MAX_MODEL_NAME_BYTES {
+                return Err((
+                    "model",
+                    format!("must be 1 to {MAX_MODEL_NAME_BYTES} bytes"),
+                ));
+            }
         }
         Ok(())
     }

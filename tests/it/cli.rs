@@ -349,6 +349,47 @@ async fn management_commands_work_against_a_live_daemon_with_json_and_exit_codes
     let text = stdout(&run(&d, &["models"]));
     assert!(text.contains("Q4_1") && text.contains("loaded"), "{text}");
 
+    // Your own model: added by a relative path (the CLI sends it absolute), used, shown, removed.
+    let files = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        models_dir().join("tiny-random.gguf"),
+        files.path().join("Mine.gguf"),
+    )
+    .unwrap();
+    let out = hearth(&d, &["models", "add", "Mine.gguf", "--json"])
+        .current_dir(files.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let added: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(added["name"], "mine");
+    let answer = json(
+        &d,
+        &[
+            "chat",
+            "--json",
+            "--user",
+            "model-tester",
+            "--model",
+            "mine",
+            "--max-tokens",
+            "4",
+            "Hi",
+        ],
+    );
+    assert_eq!(answer["model"], "mine", "{answer}");
+    let text = stdout(&run(&d, &["ps"]));
+    assert!(text.contains("mine") && text.contains("MB"), "{text}");
+    let text = stdout(&run(&d, &["models"]));
+    assert!(text.contains("mine") && text.contains("added"), "{text}");
+    let out = run(&d, &["models", "unload", "mine"]);
+    assert!(stdout(&out).contains("unloaded mine"), "{}", stderr(&out));
+    assert!(run(&d, &["models", "rm", "mine"]).status.success());
+    assert!(files.path().join("Mine.gguf").exists());
+    let out = run(&d, &["models", "rm", "mine"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("unknown_model"), "{}", stderr(&out));
+
     // Chats: one from a message, then list, rename, show, rm.
     let answer = json(&d, &["chat", "--json", "--max-tokens", "8", "Hello there"]);
     let chat_id = answer["chat_id"].as_str().unwrap().to_string();

@@ -73,8 +73,12 @@ fn modules_import_only_the_layers_below_them() {
         ("llm", &["config", "models"]),
         ("embed", &["models", "store"]),
         ("ingest", &["embed", "error_code", "index", "store"]),
+        ("pool", &["config", "llm", "models", "store"]),
         ("memory", &["embed", "llm", "store"]),
-        ("jobs", &["embed", "events", "llm", "memory", "store"]),
+        (
+            "jobs",
+            &["embed", "events", "llm", "memory", "pool", "store"],
+        ),
         (
             "chat",
             &[
@@ -84,6 +88,7 @@ fn modules_import_only_the_layers_below_them() {
                 "jobs",
                 "llm",
                 "memory",
+                "pool",
                 "store",
             ],
         ),
@@ -106,6 +111,7 @@ fn modules_import_only_the_layers_below_them() {
                 "llm",
                 "memory",
                 "models",
+                "pool",
                 "store",
             ],
         ),
@@ -124,6 +130,7 @@ fn modules_import_only_the_layers_below_them() {
                 "llm",
                 "memory",
                 "models",
+                "pool",
                 "server",
                 "store",
             ],

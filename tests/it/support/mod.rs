@@ -19,6 +19,8 @@ pub const REAL_MODEL: &str = "smollm2-135m-instruct-q4_1";
 pub const TINY_MODEL: &str = "tiny-random";
 /// The real assistant model (Qwen2.5-Coder-1.5B-Instruct, 1.1 GB), for answer quality.
 pub const ASSISTANT_MODEL: &str = "qwen2.5-coder-1.5b-instruct";
+/// A real base model without a chat template (Gemma 3 270M).
+pub const BASE_MODEL: &str = "gemma-3-270m-base";
 
 pub fn models_dir() -> PathBuf {
     let dir = std::env::var_os("HEARTH_TEST_MODELS_DIR")
@@ -28,6 +30,7 @@ pub fn models_dir() -> PathBuf {
         ("SmolLM2-135M-Instruct.Q4_1.gguf", "chat"),
         ("tiny-random.gguf", "test"),
         ("Qwen2.5-Coder-1.5B-Instruct.Q4_K_M.gguf", "assistant"),
+        ("gemma-3-270m-q4_k_m.gguf", "base"),
     ] {
         assert!(
             dir.join(file).exists(),
