@@ -448,6 +448,8 @@ impl Jobs {
                     top_p: 1.0,
                     min_p: 0.0,
                     repeat_penalty: 1.0,
+                    frequency_penalty: 0.0,
+                    presence_penalty: 0.0,
                     seed: None,
                 },
                 max_tokens,

@@ -8,6 +8,7 @@
 //!
 //! This module knows nothing of HTTP; `server` turns the events into SSE.
 
+pub mod complete;
 pub mod prompt;
 pub mod retrieve;
 
@@ -334,6 +335,8 @@ impl ChatService {
                 top_p: settings.top_p,
                 min_p: settings.min_p,
                 repeat_penalty: settings.repeat_penalty,
+                frequency_penalty: 0.0,
+                presence_penalty: 0.0,
                 seed: settings.seed,
             },
             max_tokens: settings.max_tokens,

@@ -40,8 +40,10 @@ pub const MAX_BATCH: usize = 32;
 /// speed per text (long texts are compute-bound, not batch-bound).
 const BATCH_CHARS: usize = 8 * 1024;
 
+/// The embedding model's manifest name (what `/v1/embeddings` takes as `model`).
+pub const MODEL_NAME: &str = "all-minilm-l6-v2";
 /// Manifest names of the files the embedder needs.
-const MODEL: &str = "all-minilm-l6-v2";
+const MODEL: &str = MODEL_NAME;
 const RUNTIME: &str = "onnxruntime";
 const TOKENIZER: &str = "all-minilm-l6-v2-tokenizer";
 const CONFIG: &str = "all-minilm-l6-v2-config";

@@ -103,6 +103,10 @@ pub struct Sampling {
     pub top_p: f32,
     pub min_p: f32,
     pub repeat_penalty: f32,
+    /// OpenAI's penalties (0 = off): subtracted from a token's logit per earlier occurrence
+    /// (frequency) or once if it occurred (presence), over the last 64 tokens.
+    pub frequency_penalty: f32,
+    pub presence_penalty: f32,
     pub seed: Option<u32>,
 }
 
@@ -371,6 +375,15 @@ impl Llm {
         let loaded = self.loaded()?;
         Ok(Prompt {
             tokens: render(&loaded.model, &loaded.template, messages)?,
+        })
+    }
+
+    /// Tokenizes a prompt given as text, with no template (`/v1/completions`): BOS as the model
+    /// wants it, special tokens in the text parsed.
+    pub fn raw_prompt(&self, text: &str) -> Result<Prompt, LlmError> {
+        let loaded = self.loaded()?;
+        Ok(Prompt {
+            tokens: tokenize(&loaded.model, text),
         })
     }
 

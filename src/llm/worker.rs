@@ -422,13 +422,16 @@ fn sampler(
                 .map_err(|err| format!("invalid grammar: {err}"))?,
         );
     }
-    if (s.repeat_penalty - 1.0).abs() > f32::EPSILON {
+    if (s.repeat_penalty - 1.0).abs() > f32::EPSILON
+        || s.frequency_penalty != 0.0
+        || s.presence_penalty != 0.0
+    {
         chain.push(LlamaSampler::penalties(
             model.n_vocab(),
             PENALTY_LAST_N,
             s.repeat_penalty,
-            0.0,
-            0.0,
+            s.frequency_penalty,
+            s.presence_penalty,
         ));
     }
     if s.temperature <= 0.0 {

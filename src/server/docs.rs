@@ -345,16 +345,6 @@ pub async fn embeddings(app: &App, req: Request<Incoming>) -> Result<Response<Re
         Input::One(text) => vec![text],
         Input::Many(texts) => texts,
     };
-    if inputs.is_empty() || inputs.len() > MAX_EMBED_INPUTS {
-        return Err(ApiError::invalid(format!(
-            "input: must hold 1 to {MAX_EMBED_INPUTS} texts"
-        )));
-    }
-    if let Some(n) = inputs.iter().position(|t| t.len() > MAX_EMBED_INPUT_BYTES) {
-        return Err(ApiError::invalid(format!(
-            "input[{n}]: longer than {MAX_EMBED_INPUT_BYTES} bytes"
-        )));
-    }
     let model = app.embedder.model_id().to_string();
     if let Some(asked) = &body.model {
         if !model.starts_with(asked.as_str()) {
@@ -363,16 +353,7 @@ pub async fn embeddings(app: &App, req: Request<Incoming>) -> Result<Response<Re
             )));
         }
     }
-    let tokens = app
-        .ingestor
-        .count_tokens(&inputs)
-        .await
-        .map_err(ingest_error)?;
-    let vectors = app
-        .embedder
-        .embed(inputs, Urgency::Query)
-        .await
-        .map_err(embed_error)?;
+    let (vectors, tokens) = embed_texts(app, inputs).await?;
     let data: Vec<_> = vectors
         .into_iter()
         .enumerate()
@@ -384,4 +365,33 @@ pub async fn embeddings(app: &App, req: Request<Incoming>) -> Result<Response<Re
         "model": model,
         "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
     }))
+}
+
+/// Embeds `inputs` (1 to [`MAX_EMBED_INPUTS`] texts, each at most [`MAX_EMBED_INPUT_BYTES`])
+/// at query urgency; the vectors and the tokens the model read. Shared with `/v1/embeddings`.
+pub(super) async fn embed_texts(
+    app: &App,
+    inputs: Vec<String>,
+) -> Result<(Vec<Vec<f32>>, usize), ApiError> {
+    if inputs.is_empty() || inputs.len() > MAX_EMBED_INPUTS {
+        return Err(ApiError::invalid(format!(
+            "input: must hold 1 to {MAX_EMBED_INPUTS} texts"
+        )));
+    }
+    if let Some(n) = inputs.iter().position(|t| t.len() > MAX_EMBED_INPUT_BYTES) {
+        return Err(ApiError::invalid(format!(
+            "input[{n}]: longer than {MAX_EMBED_INPUT_BYTES} bytes"
+        )));
+    }
+    let tokens = app
+        .ingestor
+        .count_tokens(&inputs)
+        .await
+        .map_err(ingest_error)?;
+    let vectors = app
+        .embedder
+        .embed(inputs, Urgency::Query)
+        .await
+        .map_err(embed_error)?;
+    Ok((vectors, tokens))
 }

@@ -13,6 +13,7 @@ pub mod error;
 pub mod library;
 pub mod memories;
 pub mod models;
+mod openai;
 pub mod pipe;
 mod respond;
 pub mod routes;

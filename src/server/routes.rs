@@ -38,17 +38,24 @@ pub async fn handle(
     let request_id = format!("{:08x}", NEXT_ID.fetch_add(1, Ordering::Relaxed));
     let span = tracing::debug_span!("request", id = %request_id, method = %req.method(), path = %req.uri().path());
     let received = Instant::now();
+    // `/v1` answers errors in OpenAI's shape, everything else in hearth's.
+    let render: fn(&ApiError) -> Response<ResBody> =
+        if req.uri().path().starts_with(super::openai::PREFIX) {
+            super::openai::error_response
+        } else {
+            error_response
+        };
     // TCP requests pass the token/Host/Origin policy first; Unix peers were checked at accept.
     let (early, cors_origin) = match (transport, &app.tcp) {
         (Transport::Local, _) => (None, None),
         (Transport::Tcp, None) => (
-            Some(error_response(&ApiError::internal(
+            Some(render(&ApiError::internal(
                 "TCP connection without a policy",
             ))),
             None,
         ),
         (Transport::Tcp, Some(policy)) => match policy.check(req.method(), req.headers()) {
-            Err(err) => (Some(error_response(&err)), None),
+            Err(err) => (Some(render(&err)), None),
             Ok(Verdict::Preflight { origin }) => (Some(preflight(origin)), None),
             Ok(Verdict::Allow { cors_origin }) => (None, cors_origin),
         },
@@ -60,7 +67,7 @@ pub async fn handle(
             .await
         {
             Ok(response) => response,
-            Err(err) => error_response(&err),
+            Err(err) => render(&err),
         },
     };
     if let Some(origin) = cors_origin {
@@ -111,6 +118,9 @@ async fn route(
     received: Instant,
 ) -> Result<Response<ResBody>, ApiError> {
     let path = req.uri().path().to_string();
+    if path.starts_with(super::openai::PREFIX) {
+        return super::openai::route(app, req, received).await;
+    }
     let Some(rest) = path
         .strip_prefix(API_PREFIX)
         .and_then(|r| r.strip_prefix('/'))

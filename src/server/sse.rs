@@ -22,6 +22,7 @@ pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(15);
 
 /// One event ready for the wire.
 pub struct SseEvent {
+    /// The `event:` name; empty for a data-only frame (no `id:` either), as OpenAI streams are.
     pub event: &'static str,
     /// One line of JSON (serde_json never writes raw newlines).
     pub data: String,
@@ -69,9 +70,14 @@ impl<T: Into<SseEvent>> Body for SseBody<T> {
                 this.keepalive
                     .as_mut()
                     .reset(Instant::now() + KEEPALIVE_INTERVAL);
-                let id = this.next_id;
-                this.next_id += 1;
-                let text = format!("id: {id}\nevent: {}\ndata: {}\n\n", event.event, event.data);
+                let text = if event.event.is_empty() {
+                    // OpenAI-style streams: data lines only.
+                    format!("data: {}\n\n", event.data)
+                } else {
+                    let id = this.next_id;
+                    this.next_id += 1;
+                    format!("id: {id}\nevent: {}\ndata: {}\n\n", event.event, event.data)
+                };
                 Poll::Ready(Some(Ok(Frame::data(Bytes::from(text)))))
             }
             Poll::Ready(None) => Poll::Ready(None),

@@ -9,6 +9,7 @@ mod library;
 mod lifecycle;
 mod memory;
 mod models;
+mod openai;
 mod setup;
 mod sidecar;
 mod support;

@@ -1,0 +1,527 @@
+//! `POST /v1/chat/completions` and `POST /v1/completions`: OpenAI requests onto
+//! `ChatService::complete`, answers as `chat.completion` / `text_completion` objects or as
+//! `data:` chunks ending with `data: [DONE]`.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+
+use super::super::body;
+use super::super::error::ApiError;
+use super::super::respond::{ok, sse_response, ResBody};
+use super::super::sse::SseEvent;
+use super::super::App;
+use crate::chat::complete::{CompleteEvent, CompleteRequest, Completed, Input, Started};
+use crate::chat::MAX_KEEP_ALIVE_SECS;
+use crate::error_code::ErrorCode;
+use crate::llm::{ChatMessage, ChatRole, Sampling};
+use crate::store::{FinishReason, Settings};
+
+/// Chunks buffered towards a streaming client (small: tokens are small, and a slow client
+/// should slow generation, not grow memory).
+const CHUNK_CHANNEL_CAPACITY: usize = 64;
+
+/// The request fields both endpoints share (OpenAI's sampling parameters, plus llama.cpp's
+/// `top_k`, `min_p`, `repeat_penalty` and hearth's `keep_alive` as extensions).
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Common {
+    model: Option<String>,
+    temperature: Option<f32>,
+    top_p: Option<f32>,
+    max_tokens: Option<u32>,
+    stop: Option<Stop>,
+    seed: Option<i64>,
+    frequency_penalty: Option<f32>,
+    presence_penalty: Option<f32>,
+    n: Option<u32>,
+    /// Accepted and ignored (OpenAI uses it for abuse monitoring).
+    #[allow(dead_code)]
+    user: Option<String>,
+    #[serde(default)]
+    stream: bool,
+    stream_options: Option<StreamOptions>,
+    top_k: Option<u32>,
+    min_p: Option<f32>,
+    repeat_penalty: Option<f32>,
+    keep_alive: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Stop {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StreamOptions {
+    #[serde(default)]
+    include_usage: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InMessage {
+    role: String,
+    content: Option<Content>,
+    /// Accepted and ignored (a participant's name).
+    #[allow(dead_code)]
+    name: Option<String>,
+    tool_calls: Option<Value>,
+    tool_call_id: Option<String>,
+    /// Accepted on assistant messages a client echoes back.
+    #[allow(dead_code)]
+    refusal: Option<Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Content {
+    Text(String),
+    Parts(Vec<Value>),
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Prompt {
+    One(String),
+    Many(Vec<Value>),
+}
+
+pub(super) async fn chat_completions(
+    app: &App,
+    req: Request<Incoming>,
+    _received: std::time::Instant,
+) -> Result<Response<ResBody>, ApiError> {
+    let mut fields = object(body::json(req, app.config.max_body_bytes).await?)?;
+    let input: Vec<InMessage> =
+        take(&mut fields, "messages")?.ok_or_else(|| missing("messages"))?;
+    let max_completion_tokens: Option<u32> = take(&mut fields, "max_completion_tokens")?;
+    for field in [
+        "response_format",
+        "tools",
+        "tool_choice",
+        "parallel_tool_calls",
+    ] {
+        if take::<Value>(&mut fields, field)?.is_some() {
+            return Err(ApiError::bad_request(
+                ErrorCode::InvalidRequest,
+                format!("{field}: not supported by this hearth yet"),
+            ));
+        }
+    }
+    let messages = messages(input)?;
+    let mut common = common(fields)?;
+    if max_completion_tokens.is_some() {
+        common.max_tokens = max_completion_tokens;
+    }
+    let (request, stream) = complete_request(common, Input::Messages(messages))?;
+    let started = app.chat.complete(request).await?;
+    let shape = Shape {
+        id: format!("chatcmpl-{}", uuid::Uuid::now_v7().simple()),
+        created: unix_now(),
+        model: started.model.clone(),
+        chat: true,
+    };
+    match stream {
+        Some(include_usage) => Ok(stream_response(app, shape, started, include_usage)),
+        None => {
+            let (text, done) = collect(started).await?;
+            ok(&shape.whole(&text, &done))
+        }
+    }
+}
+
+pub(super) async fn completions(
+    app: &App,
+    req: Request<Incoming>,
+    _received: std::time::Instant,
+) -> Result<Response<ResBody>, ApiError> {
+    let mut fields = object(body::json(req, app.config.max_body_bytes).await?)?;
+    let prompt: Prompt = take(&mut fields, "prompt")?.ok_or_else(|| missing("prompt"))?;
+    let common = common(fields)?;
+    let prompt =
+        match prompt {
+            Prompt::One(text) => text,
+            Prompt::Many(items) => match items.as_slice() {
+                [Value::String(text)] => text.clone(),
+                _ => return Err(ApiError::bad_request(
+                    ErrorCode::InvalidRequest,
+                    "prompt: one string is supported (not a batch of prompts, nor token arrays)",
+                )),
+            },
+        };
+    if prompt.is_empty() {
+        return Err(ApiError::bad_request(
+            ErrorCode::InvalidRequest,
+            "prompt: must not be empty",
+        ));
+    }
+    let (request, stream) = complete_request(common, Input::Raw(prompt))?;
+    let started = app.chat.complete(request).await?;
+    let shape = Shape {
+        id: format!("cmpl-{}", uuid::Uuid::now_v7().simple()),
+        created: unix_now(),
+        model: started.model.clone(),
+        chat: false,
+    };
+    match stream {
+        Some(include_usage) => Ok(stream_response(app, shape, started, include_usage)),
+        None => {
+            let (text, done) = collect(started).await?;
+            ok(&shape.whole(&text, &done))
+        }
+    }
+}
+
+/// The body as a JSON object (its endpoint-specific fields are taken out, the rest is
+/// [`Common`], where an unknown field is refused by name).
+fn object(body: Value) -> Result<serde_json::Map<String, Value>, ApiError> {
+    match body {
+        Value::Object(map) => Ok(map),
+        _ => Err(ApiError::bad_request(
+            ErrorCode::BadBody,
+            "the body must be a JSON object",
+        )),
+    }
+}
+
+/// Removes `key` and parses it; absent and `null` are `None`.
+fn take<T: serde::de::DeserializeOwned>(
+    fields: &mut serde_json::Map<String, Value>,
+    key: &str,
+) -> Result<Option<T>, ApiError> {
+    match fields.remove(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(value) => serde_json::from_value(value).map(Some).map_err(|err| {
+            ApiError::bad_request(ErrorCode::InvalidRequest, format!("{key}: {err}"))
+        }),
+    }
+}
+
+fn missing(key: &str) -> ApiError {
+    ApiError::bad_request(ErrorCode::InvalidRequest, format!("{key}: is required"))
+}
+
+/// The shared fields; anything left that [`Common`] does not know is a 400 naming it.
+fn common(fields: serde_json::Map<String, Value>) -> Result<Common, ApiError> {
+    let bytes = serde_json::to_vec(&Value::Object(fields)).map_err(ApiError::internal)?;
+    body::parse(&bytes)
+}
+
+/// OpenAI messages as the template sees them. Text only: other content part types are refused
+/// by name.
+fn messages(input: Vec<InMessage>) -> Result<Vec<ChatMessage>, ApiError> {
+    if input.is_empty() {
+        return Err(ApiError::bad_request(
+            ErrorCode::InvalidRequest,
+            "messages: must not be empty",
+        ));
+    }
+    let bad = |message: String| ApiError::bad_request(ErrorCode::InvalidRequest, message);
+    let mut out = Vec::with_capacity(input.len());
+    for (i, m) in input.into_iter().enumerate() {
+        let role = match m.role.as_str() {
+            "system" | "developer" => ChatRole::System,
+            "user" => ChatRole::User,
+            "assistant" => ChatRole::Assistant,
+            "tool" | "function" => {
+                return Err(bad(format!(
+                    "messages[{i}].role: '{}' messages need tools, which this hearth does not support yet",
+                    m.role
+                )))
+            }
+            other => {
+                return Err(bad(format!(
+                    "messages[{i}].role: '{other}' is not one of system, developer, user, assistant, tool"
+                )))
+            }
+        };
+        if m.tool_calls.is_some() || m.tool_call_id.is_some() {
+            return Err(bad(format!(
+                "messages[{i}].tool_calls: tools are not supported by this hearth yet"
+            )));
+        }
+        let content = match m.content {
+            None => String::new(),
+            Some(Content::Text(text)) => text,
+            Some(Content::Parts(parts)) => {
+                let mut text = String::new();
+                for (j, part) in parts.iter().enumerate() {
+                    match (part["type"].as_str(), part["text"].as_str()) {
+                        (Some("text"), Some(piece)) => text.push_str(piece),
+                        (Some(kind), _) => {
+                            return Err(bad(format!(
+                                "messages[{i}].content[{j}]: part type '{kind}' is not supported (text only)"
+                            )))
+                        }
+                        (None, _) => {
+                            return Err(bad(format!(
+                                "messages[{i}].content[{j}]: a part needs a type"
+                            )))
+                        }
+                    }
+                }
+                text
+            }
+        };
+        if content.contains('\0') {
+            return Err(bad(format!(
+                "messages[{i}].content: must not contain NUL characters"
+            )));
+        }
+        out.push(ChatMessage { role, content });
+    }
+    Ok(out)
+}
+
+/// The engine request of the shared fields, and how to stream: `None` for one JSON answer,
+/// `Some(include_usage)` for chunks.
+fn complete_request(c: Common, input: Input) -> Result<(CompleteRequest, Option<bool>), ApiError> {
+    let bad = |message: String| ApiError::bad_request(ErrorCode::InvalidRequest, message);
+    if c.n.is_some_and(|n| n != 1) {
+        return Err(bad("n: only 1 choice per request is supported".into()));
+    }
+    let defaults = Settings::default();
+    let sampling = Sampling {
+        temperature: c.temperature.unwrap_or(defaults.temperature),
+        top_p: c.top_p.unwrap_or(defaults.top_p),
+        top_k: c.top_k.unwrap_or(defaults.top_k),
+        min_p: c.min_p.unwrap_or(defaults.min_p),
+        // OpenAI has no repeat penalty (its frequency/presence penalties are the analogue).
+        repeat_penalty: c.repeat_penalty.unwrap_or(1.0),
+        frequency_penalty: c.frequency_penalty.unwrap_or(0.0),
+        presence_penalty: c.presence_penalty.unwrap_or(0.0),
+        // Any integer seeds: reduced to the sampler's 32 bits.
+        seed: c.seed.map(|s| (s as u64 & 0xffff_ffff) as u32),
+    };
+    let in_range = |name: &str, v: f32, lo: f32, hi: f32| {
+        if v.is_finite() && (lo..=hi).contains(&v) {
+            Ok(())
+        } else {
+            Err(bad(format!("{name}: must be between {lo} and {hi}")))
+        }
+    };
+    in_range("temperature", sampling.temperature, 0.0, 2.0)?;
+    in_range("top_p", sampling.top_p, 0.0, 1.0)?;
+    in_range("min_p", sampling.min_p, 0.0, 1.0)?;
+    in_range("repeat_penalty", sampling.repeat_penalty, 0.5, 2.0)?;
+    in_range("frequency_penalty", sampling.frequency_penalty, -2.0, 2.0)?;
+    in_range("presence_penalty", sampling.presence_penalty, -2.0, 2.0)?;
+    if c.max_tokens == Some(0) {
+        return Err(bad("max_tokens: must be at least 1".into()));
+    }
+    if c.keep_alive.is_some_and(|k| k > MAX_KEEP_ALIVE_SECS) {
+        return Err(bad(format!(
+            "keep_alive: must be at most {MAX_KEEP_ALIVE_SECS} seconds"
+        )));
+    }
+    let stop = match c.stop {
+        None => Vec::new(),
+        Some(Stop::One(s)) => vec![s],
+        Some(Stop::Many(list)) => list,
+    };
+    let include_usage = c.stream_options.as_ref().is_some_and(|o| o.include_usage);
+    if c.stream_options.is_some() && !c.stream {
+        return Err(bad("stream_options: only with stream: true".into()));
+    }
+    Ok((
+        CompleteRequest {
+            input,
+            model: c.model,
+            sampling,
+            max_tokens: c.max_tokens,
+            stop,
+            grammar: None,
+            keep_alive: c.keep_alive.map(Duration::from_secs),
+        },
+        c.stream.then_some(include_usage),
+    ))
+}
+
+/// Waits for the whole completion (non-streaming answers).
+async fn collect(mut started: Started) -> Result<(String, Completed), ApiError> {
+    let mut text = String::new();
+    while let Some(event) = started.events.recv().await {
+        match event {
+            CompleteEvent::Token(piece) => text.push_str(&piece),
+            CompleteEvent::Done(done) => return Ok((text, done)),
+            CompleteEvent::Error { code, message } => return Err(stream_error(code, message)),
+        }
+    }
+    Err(ApiError::internal("the completion ended without a result"))
+}
+
+fn stream_error(code: ErrorCode, message: String) -> ApiError {
+    match code {
+        ErrorCode::ShuttingDown => ApiError::unavailable(code, message, 5),
+        _ => ApiError::new(http::StatusCode::INTERNAL_SERVER_ERROR, code, message),
+    }
+}
+
+/// What every object of one answer shares.
+struct Shape {
+    id: String,
+    created: u64,
+    model: String,
+    /// `chat.completion` (messages) or `text_completion` (prompt).
+    chat: bool,
+}
+
+impl Shape {
+    fn whole(&self, text: &str, done: &Completed) -> Value {
+        let choice = if self.chat {
+            json!({
+                "index": 0,
+                "message": {"role": "assistant", "content": text, "refusal": null},
+                "logprobs": null,
+                "finish_reason": finish(done.finish_reason),
+            })
+        } else {
+            json!({
+                "index": 0,
+                "text": text,
+                "logprobs": null,
+                "finish_reason": finish(done.finish_reason),
+            })
+        };
+        json!({
+            "id": self.id,
+            "object": if self.chat { "chat.completion" } else { "text_completion" },
+            "created": self.created,
+            "model": self.model,
+            "choices": [choice],
+            "usage": usage(done),
+            "system_fingerprint": fingerprint(),
+        })
+    }
+
+    /// A streamed chunk with one choice.
+    fn chunk(&self, delta: Value, finish_reason: Option<FinishReason>) -> SseEvent {
+        let choice = if self.chat {
+            json!({"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish_reason.map(finish)})
+        } else {
+            json!({"index": 0, "text": delta["content"].as_str().unwrap_or(""), "logprobs": null, "finish_reason": finish_reason.map(finish)})
+        };
+        self.event(json!([choice]), None)
+    }
+
+    fn event(&self, choices: Value, usage: Option<Value>) -> SseEvent {
+        let mut chunk = json!({
+            "id": self.id,
+            "object": if self.chat { "chat.completion.chunk" } else { "text_completion" },
+            "created": self.created,
+            "model": self.model,
+            "system_fingerprint": fingerprint(),
+            "choices": choices,
+        });
+        if let Some(usage) = usage {
+            chunk["usage"] = usage;
+        }
+        data(&chunk)
+    }
+}
+
+/// A `data:`-only SSE frame (OpenAI's streams have no `event:` names).
+fn data(value: &Value) -> SseEvent {
+    SseEvent::json("", value)
+}
+
+/// The streaming answer: a task turns the engine's events into chunks; a client that goes away
+/// drops the channel, which ends the task and cancels the generation.
+fn stream_response(
+    app: &App,
+    shape: Shape,
+    mut started: Started,
+    include_usage: bool,
+) -> Response<ResBody> {
+    let (tx, rx) = mpsc::channel::<SseEvent>(CHUNK_CHANNEL_CAPACITY);
+    app.tasks.spawn(async move {
+        let role = if shape.chat {
+            json!({"role": "assistant", "content": ""})
+        } else {
+            json!({"content": ""})
+        };
+        if tx.send(shape.chunk(role, None)).await.is_err() {
+            return;
+        }
+        loop {
+            let event = tokio::select! {
+                event = started.events.recv() => event,
+                () = tx.closed() => return,
+            };
+            let sent = match event {
+                Some(CompleteEvent::Token(piece)) => {
+                    tx.send(shape.chunk(json!({ "content": piece }), None))
+                        .await
+                }
+                Some(CompleteEvent::Done(done)) => {
+                    let mut sent = tx
+                        .send(shape.chunk(json!({}), Some(done.finish_reason)))
+                        .await;
+                    if sent.is_ok() && include_usage {
+                        sent = tx.send(shape.event(json!([]), Some(usage(&done)))).await;
+                    }
+                    if sent.is_ok() {
+                        let _ = tx
+                            .send(SseEvent {
+                                event: "",
+                                data: "[DONE]".into(),
+                            })
+                            .await;
+                    }
+                    return;
+                }
+                Some(CompleteEvent::Error { code, message }) => {
+                    let err = stream_error(code, message);
+                    let _ = tx
+                        .send(data(&json!({"error": {
+                            "message": err.message,
+                            "type": "server_error",
+                            "param": null,
+                            "code": err.code.as_str(),
+                        }})))
+                        .await;
+                    return;
+                }
+                None => return,
+            };
+            if sent.is_err() {
+                return;
+            }
+        }
+    });
+    sse_response(rx)
+}
+
+fn finish(reason: FinishReason) -> &'static str {
+    match reason {
+        FinishReason::Length => "length",
+        _ => "stop",
+    }
+}
+
+fn usage(done: &Completed) -> Value {
+    json!({
+        "prompt_tokens": done.prompt_tokens,
+        "completion_tokens": done.completion_tokens,
+        "total_tokens": done.prompt_tokens + done.completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": done.cached_tokens},
+    })
+}
+
+fn fingerprint() -> String {
+    format!("hearth-{}", env!("CARGO_PKG_VERSION"))
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
