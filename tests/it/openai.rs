@@ -1,6 +1,7 @@
 //! The OpenAI-compatible surface (`/v1`) driven by the official `openai` Python package over the
-//! Unix socket and over loopback TCP with the token as `api_key`, against the real SmolLM2
-//! model; plus what the SDK does not show (raw SSE framing, cancel on disconnect).
+//! Unix socket and over loopback TCP with the token as `api_key`, and by the official npm
+//! package from Node over TCP, against the real SmolLM2 model; plus what the SDKs do not show
+//! (raw SSE framing, cancel on disconnect).
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -42,7 +43,7 @@ fn run_sdk(args: &[&str]) -> Value {
 }
 
 #[tokio::test]
-async fn the_official_openai_python_package_works_over_the_socket_and_over_tcp() {
+async fn the_official_openai_packages_work_over_the_socket_and_over_tcp() {
     let port = {
         let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         probe.local_addr().unwrap().port()
@@ -74,6 +75,27 @@ async fn the_official_openai_python_package_works_over_the_socket_and_over_tcp()
 
     let token = std::fs::read_to_string(d.data_dir().join("tcp-token")).unwrap();
     run_sdk(&["tcp", &addr, token.trim(), REAL_MODEL]);
+    // The official npm package from Node, as an Electron app would use it.
+    let npm = crate::support::models_dir().join(".cache/npmopenai");
+    assert!(
+        npm.join("node_modules/openai").is_dir(),
+        "{} is missing: run ./scripts/test",
+        npm.display()
+    );
+    let out = Command::new("node")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/openai_node.mjs"))
+        .args([addr.as_str(), token.trim(), REAL_MODEL])
+        .env("OPENAI_NPM_DIR", &npm)
+        .output()
+        .expect("node");
+    assert!(
+        out.status.success(),
+        "openai_node.mjs failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let node: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(node["text"].as_str().unwrap().contains("Paris"), "{node}");
+    assert_eq!(node["dims"], 384);
     // Without the token, TCP refuses in OpenAI's shape.
     let mut stream = std::net::TcpStream::connect(&addr).unwrap();
     stream
