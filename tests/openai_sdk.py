@@ -67,6 +67,28 @@ raw = base64.b64decode(b.data[0].embedding)
 decoded = list(struct.unpack(f"<{len(raw) // 4}f", raw))
 assert decoded == e.data[0].embedding, "base64 and float embeddings differ"
 
+# Structured output: the SDK's parse helper builds a strict schema from a pydantic model and
+# validates the reply into it.
+from pydantic import BaseModel
+
+
+class City(BaseModel):
+    name: str
+    country: str
+
+
+p = client.chat.completions.parse(
+    model=MODEL, temperature=0, max_tokens=64, response_format=City,
+    messages=[{"role": "user", "content": "Name the capital of France and its country."}])
+city = p.choices[0].message.parsed
+assert isinstance(city, City) and city.name and city.country, p
+try:
+    client.chat.completions.create(model=MODEL, messages=QUESTION, response_format={
+        "type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "string", "pattern": "a+"}}})
+    raise AssertionError("an unsupported schema keyword accepted")
+except openai.BadRequestError as err:
+    assert "pattern" in str(err.body), err.body
+
 # Models.
 ids = [m.id for m in client.models.list()]
 assert MODEL in ids and "all-minilm-l6-v2" in ids, ids

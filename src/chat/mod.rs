@@ -11,6 +11,7 @@
 pub mod complete;
 pub mod prompt;
 pub mod retrieve;
+pub mod schema;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};

@@ -245,6 +245,19 @@ impl Trees<'_> {
             Ok(true)
         } else {
             self.doc_files.insert(&doc.as_bytes()[..], encode(&refs))?;
+            // A move seen as "new path added" before "old path gone": the document still bears
+            // the old name; it is named after a file that has it now.
+            let gone = FileKey::from_bytes(key.to_vec()).map(|k| k.display());
+            if let Some(mut document) = tx_get::<Document>(self.documents, doc.as_bytes())? {
+                let remaining = refs.first().cloned().and_then(FileKey::from_bytes);
+                if let (Some(gone), Some(remaining)) = (gone, remaining) {
+                    if document.filename == gone {
+                        document.filename = remaining.display();
+                        self.documents
+                            .insert(&doc.as_bytes()[..], encode(&document))?;
+                    }
+                }
+            }
             Ok(false)
         }
     }
@@ -712,6 +725,30 @@ mod tests {
         store
             .settle_file(key, Some(job.seq), &outcome, now_millis())
             .unwrap()
+    }
+
+    #[test]
+    fn a_move_seen_as_add_then_remove_renames_the_document() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db"), 8 << 20).unwrap();
+        let old = FileKey::new("/root", b"trade.md");
+        let new = FileKey::new("/root", b"a/b/trade.md");
+        let mut d = doc("h2", 1);
+        d.filename = old.display();
+        indexed(&store, &old, &d, true);
+        // The new path is seen first: the same document, still named after the old path.
+        indexed(&store, &new, &doc("h2", 1), false);
+        let job = store
+            .queue_file(&old, JobKind::Remove, 0, 0, 0)
+            .unwrap()
+            .unwrap();
+        store
+            .settle_file(&old, Some(job.seq), &FileOutcome::Removed, now_millis())
+            .unwrap();
+        assert_eq!(
+            store.document(d.id).unwrap().unwrap().filename,
+            new.display()
+        );
     }
 
     #[test]

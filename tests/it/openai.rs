@@ -203,3 +203,113 @@ async fn streams_are_data_only_frames_and_a_disconnect_cancels_the_generation() 
         .unwrap();
     assert_eq!(r["object"], "chat.completion", "{r}");
 }
+
+#[tokio::test]
+async fn structured_output_always_parses_and_validates_against_its_schema() {
+    // The random-weight model produces valid JSON only when the grammar holds.
+    let d = Daemon::start(crate::support::tiny()).await;
+    let schema = json!({
+        "type": "object",
+        "properties": {
+            "name": {"type": "string", "maxLength": 12},
+            "age": {"type": "integer"},
+            "tags": {"type": "array", "items": {"enum": ["a", "b", "c"]}, "maxItems": 3},
+            "ok": {"type": ["boolean", "null"]},
+            "score": {"anyOf": [{"type": "number"}, {"const": "n/a"}]},
+            "note": {"type": "string", "maxLength": 8}
+        },
+        "required": ["name", "age", "tags", "ok", "score"],
+        "additionalProperties": false
+    });
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    // The random model also spells invalid UTF-8 with byte tokens; llama.cpp's grammar decodes
+    // such a sequence as one code point while the text holds a U+FFFD per bad byte, so string
+    // lengths of those outputs are checked without `maxLength` (real models spell valid UTF-8).
+    let mut relaxed_schema = schema.clone();
+    for field in ["name", "note"] {
+        relaxed_schema["properties"][field]
+            .as_object_mut()
+            .unwrap()
+            .remove("maxLength");
+    }
+    let relaxed = jsonschema::validator_for(&relaxed_schema).unwrap();
+    let mut with_note = 0;
+    for seed in 0..24 {
+        let r = d
+            .client
+            .call(
+                Method::POST,
+                "/v1/chat/completions",
+                Some(&json!({
+                    "messages": [{"role": "user", "content": "Describe a person."}],
+                    "response_format": {"type": "json_schema", "json_schema": {"name": "person", "schema": schema, "strict": true}},
+                    "seed": seed, "temperature": 1.0, "max_tokens": 600
+                })),
+            )
+            .await
+            .unwrap();
+        let choice = &r["choices"][0];
+        assert_eq!(choice["finish_reason"], "stop", "{r}");
+        let content = choice["message"]["content"].as_str().unwrap();
+        let value: Value = serde_json::from_str(content)
+            .unwrap_or_else(|err| panic!("seed {seed}: not JSON ({err}): {content}"));
+        let check = if content.contains('\u{FFFD}') {
+            &relaxed
+        } else {
+            &validator
+        };
+        assert!(check.is_valid(&value), "seed {seed}: invalid: {content}");
+        with_note += usize::from(value.get("note").is_some());
+    }
+    // The optional property is really optional: some outputs have it, some do not (fixed seeds).
+    assert!(
+        (1..24).contains(&with_note),
+        "{with_note} of 24 had the optional property"
+    );
+
+    // Any JSON object.
+    let r = d
+        .client
+        .call(
+            Method::POST,
+            "/v1/chat/completions",
+            Some(&json!({
+                "messages": [{"role": "user", "content": "JSON please."}],
+                "response_format": {"type": "json_object"}, "seed": 3, "max_tokens": 600
+            })),
+        )
+        .await
+        .unwrap();
+    let content = r["choices"][0]["message"]["content"].as_str().unwrap();
+    if r["choices"][0]["finish_reason"] == "stop" {
+        let value: Value = serde_json::from_str(content).unwrap();
+        assert!(value.is_object(), "{content}");
+    }
+
+    // A keyword the grammar cannot enforce is refused by name.
+    let (status, err) = d
+        .client
+        .request(
+            Method::POST,
+            "/v1/chat/completions",
+            Some(&json!({
+                "messages": [{"role": "user", "content": "x"}],
+                "response_format": {"type": "json_schema", "json_schema": {"name": "n", "schema":
+                    {"type": "object", "properties": {"n": {"type": "integer", "minimum": 1}}}}}
+            })),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 400, "{err}");
+    assert_eq!(
+        err["error"]["param"], "response_format.json_schema.schema.properties.n",
+        "{err}"
+    );
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("'minimum'"),
+        "{err}"
+    );
+}

@@ -103,12 +103,11 @@ pub(super) async fn chat_completions(
     let input: Vec<InMessage> =
         take(&mut fields, "messages")?.ok_or_else(|| missing("messages"))?;
     let max_completion_tokens: Option<u32> = take(&mut fields, "max_completion_tokens")?;
-    for field in [
-        "response_format",
-        "tools",
-        "tool_choice",
-        "parallel_tool_calls",
-    ] {
+    let grammar = match take::<Value>(&mut fields, "response_format")? {
+        None => None,
+        Some(format) => response_grammar(&format)?,
+    };
+    for field in ["tools", "tool_choice", "parallel_tool_calls"] {
         if take::<Value>(&mut fields, field)?.is_some() {
             return Err(ApiError::bad_request(
                 ErrorCode::InvalidRequest,
@@ -121,7 +120,8 @@ pub(super) async fn chat_completions(
     if max_completion_tokens.is_some() {
         common.max_tokens = max_completion_tokens;
     }
-    let (request, stream) = complete_request(common, Input::Messages(messages))?;
+    let (mut request, stream) = complete_request(common, Input::Messages(messages))?;
+    request.grammar = grammar;
     let started = app.chat.complete(request).await?;
     let shape = Shape {
         id: format!("chatcmpl-{}", uuid::Uuid::now_v7().simple()),
@@ -213,6 +213,32 @@ fn missing(key: &str) -> ApiError {
 fn common(fields: serde_json::Map<String, Value>) -> Result<Common, ApiError> {
     let bytes = serde_json::to_vec(&Value::Object(fields)).map_err(ApiError::internal)?;
     body::parse(&bytes)
+}
+
+/// The grammar a `response_format` asks for: none for `text`, any JSON object for
+/// `json_object`, the schema's language for `json_schema` (unsupported keywords → 400 naming
+/// them).
+fn response_grammar(format: &Value) -> Result<Option<String>, ApiError> {
+    let bad = |message: String| ApiError::bad_request(ErrorCode::InvalidRequest, message);
+    match format["type"].as_str() {
+        Some("text") => Ok(None),
+        Some("json_object") => Ok(Some(crate::chat::schema::json_object_grammar())),
+        Some("json_schema") => {
+            let spec = &format["json_schema"];
+            if spec["name"].as_str().is_none_or(str::is_empty) {
+                return Err(bad("response_format.json_schema.name: is required".into()));
+            }
+            let schema = spec
+                .get("schema")
+                .ok_or_else(|| bad("response_format.json_schema.schema: is required".into()))?;
+            crate::chat::schema::grammar_for(schema)
+                .map(Some)
+                .map_err(|err| bad(format!("response_format.json_schema.{err}")))
+        }
+        _ => Err(bad(
+            "response_format.type: must be text, json_object or json_schema".into(),
+        )),
+    }
 }
 
 /// OpenAI messages as the template sees them. Text only: other content part types are refused
