@@ -442,6 +442,13 @@ fn parse_block(block: &[u8]) -> anyhow::Result<Option<Event>> {
     if data.is_empty() {
         return Ok(None);
     }
+    if data == "[DONE]" {
+        // The end marker of OpenAI-style streams (`/v1`).
+        return Ok(Some(Event {
+            event: "[DONE]".into(),
+            data: Value::Null,
+        }));
+    }
     Ok(Some(Event {
         event,
         data: serde_json::from_str(&data).context("SSE data is not JSON")?,

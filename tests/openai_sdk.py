@@ -89,6 +89,39 @@ try:
 except openai.BadRequestError as err:
     assert "pattern" in str(err.body), err.body
 
+# Tools: a forced call (grammar-exact), its result, then the final answer in text.
+TOOLS = [{"type": "function", "function": {
+    "name": "get_weather", "description": "Get the current weather in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 40}},
+                   "required": ["city"], "additionalProperties": False}}}]
+talk = [{"role": "user", "content": "What is the weather in Paris?"}]
+r = client.chat.completions.create(model=MODEL, messages=talk, tools=TOOLS, tool_choice="required",
+                                   temperature=0, max_tokens=64)
+assert r.choices[0].finish_reason == "tool_calls", r
+call = r.choices[0].message.tool_calls[0]
+assert call.type == "function" and call.function.name == "get_weather" and call.id, call
+assert isinstance(json.loads(call.function.arguments)["city"], str), call.function.arguments
+talk += [{"role": "assistant", "content": None, "tool_calls": [
+            {"id": call.id, "type": "function",
+             "function": {"name": call.function.name, "arguments": call.function.arguments}}]},
+         {"role": "tool", "tool_call_id": call.id, "content": "18 degrees Celsius and sunny"}]
+final = client.chat.completions.create(model=MODEL, messages=talk, tools=TOOLS, tool_choice="none",
+                                       temperature=0, max_tokens=48)
+assert final.choices[0].message.content and not final.choices[0].message.tool_calls, final
+# Streamed, a named function: the call arrives as a tool_calls delta.
+chunks = list(client.chat.completions.create(
+    model=MODEL, messages=talk[:1], tools=TOOLS, temperature=0, max_tokens=64, stream=True,
+    tool_choice={"type": "function", "function": {"name": "get_weather"}}))
+deltas = [tc for c in chunks if c.choices for tc in (c.choices[0].delta.tool_calls or [])]
+assert deltas and deltas[0].function.name == "get_weather", chunks
+assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["tool_calls"]
+try:
+    client.chat.completions.create(model=MODEL, messages=talk[:1], tools=TOOLS,
+                                   tool_choice={"type": "function", "function": {"name": "nope"}})
+    raise AssertionError("an unknown tool_choice function accepted")
+except openai.BadRequestError as err:
+    assert err.param == "tool_choice.function.name", err.body
+
 # Models.
 ids = [m.id for m in client.models.list()]
 assert MODEL in ids and "all-minilm-l6-v2" in ids, ids

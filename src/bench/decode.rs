@@ -3,7 +3,8 @@
 //!
 //! - start-up: spawn `hearth serve` on a fresh data dir → socket accepting (and RSS at that point,
 //!   before the model is loaded, and after it is ready);
-//! - decode tokens/s through socket + SSE (client-side, first to last token) vs the direct loop;
+//! - decode tokens/s through socket + SSE (client-side, first to last token) vs the direct loop,
+//!   and through the OpenAI surface (`/v1/chat/completions`, streamed) vs `/api/v1`;
 //! - time to first token over the socket minus the prefill time the daemon reports;
 //! - sidecar spawn → ready line and → first token, SIGTERM → exit with a stream open.
 //!
@@ -79,18 +80,24 @@ pub(super) fn run(
     let n_ctx = std::num::NonZeroU32::new(N_CTX).context("n_ctx")?;
     let mut direct_rates = Vec::new();
     let mut socket_rates = Vec::new();
+    let mut openai_rates = Vec::new();
     let mut overheads = Vec::new();
+    let (mut socket_ttft, mut openai_ttft) = (Vec::new(), Vec::new());
     let mut tokens_seen = (0, 0);
     // One warm-up each, then measured runs.
     for run in 0..=args.runs {
         let d = direct.run(&messages, args.threads, n_ctx, args.tokens as usize)?;
         let s = rt.block_on(socket_run(&client, args.tokens))?;
+        let o = rt.block_on(openai_run(&client, args.tokens))?;
         if run == 0 {
             continue;
         }
         direct_rates.push(rate(d.completion_tokens, d.first_to_last));
         socket_rates.push(rate(s.tokens, s.first_to_last));
+        openai_rates.push(rate(o.tokens, o.first_to_last));
         overheads.push(s.ttft_ms - s.prefill_ms);
+        socket_ttft.push(s.ttft_ms);
+        openai_ttft.push(o.ttft_ms);
         tokens_seen = (d.completion_tokens, s.tokens);
     }
     daemon.stop();
@@ -105,6 +112,7 @@ pub(super) fn run(
 
     let direct_rate = median(&mut direct_rates);
     let socket_rate = median(&mut socket_rates);
+    let openai_rate = median(&mut openai_rates);
     let startup_ms = median(
         &mut startups
             .iter()
@@ -128,6 +136,25 @@ pub(super) fn run(
             "ratio socket/direct",
             format!("{:.3}", socket_rate / direct_rate),
             "≥ 0.97".into(),
+        ),
+        (
+            "decode tok/s, /v1/chat/completions",
+            format!("{openai_rate:.2}"),
+            String::new(),
+        ),
+        (
+            "ratio /v1 ÷ /api/v1",
+            format!("{:.3}", openai_rate / socket_rate),
+            "≥ 0.98".into(),
+        ),
+        (
+            "TTFT ms /api/v1 | /v1 (p50)",
+            format!(
+                "{:.1} | {:.1}",
+                median(&mut socket_ttft),
+                median(&mut openai_ttft)
+            ),
+            String::new(),
         ),
         (
             "TTFT minus prefill, ms (p50)",
@@ -299,6 +326,38 @@ async fn socket_run(client: &Client, tokens: u32) -> anyhow::Result<SocketRun> {
         }
     }
     bail!("stream ended without done")
+}
+
+/// The same greedy generation through `/v1/chat/completions` (stateless, streamed).
+async fn openai_run(client: &Client, tokens: u32) -> anyhow::Result<SocketRun> {
+    let body = json!({
+        "messages": [
+            {"role": "system", "content": "You are a helpful assistant."},
+            {"role": "user", "content": PROMPT}
+        ],
+        "temperature": 0, "max_tokens": tokens, "stream": true
+    });
+    let sent = Instant::now();
+    let mut stream = client.stream("/v1/chat/completions", &body).await?;
+    let (mut first, mut last, mut n) = (None, Instant::now(), 0);
+    while let Some(event) = stream.next().await? {
+        if event.data.get("error").is_some() {
+            bail!("generation failed: {}", event.data);
+        }
+        let delta = &event.data["choices"][0]["delta"]["content"];
+        if delta.as_str().is_some_and(|t| !t.is_empty()) {
+            last = Instant::now();
+            first.get_or_insert(last);
+            n += 1;
+        }
+    }
+    let first = first.context("no tokens")?;
+    Ok(SocketRun {
+        tokens: n,
+        first_to_last: last.duration_since(first),
+        ttft_ms: first.duration_since(sent).as_secs_f64() * 1000.0,
+        prefill_ms: 0.0,
+    })
 }
 
 fn rate(tokens: usize, span: Duration) -> f64 {

@@ -86,6 +86,40 @@ pub fn grammar_for(schema: &Value) -> Result<String, SchemaError> {
     Ok(out)
 }
 
+/// A grammar for exactly one tool call in the Hermes/Qwen2.5 format the tool prompt asks for:
+/// `<tool_call>\n{"name": "<one of names>", "arguments": <that function's parameters>}\n</tool_call>`.
+/// `functions` are (name, parameters schema) pairs; each schema is converted like
+/// [`grammar_for`]'s (with its own `$defs`).
+pub fn tool_call_grammar(functions: &[(String, Value)]) -> Result<String, SchemaError> {
+    let mut rules = BTreeMap::new();
+    let mut next = 0;
+    let mut calls = Vec::with_capacity(functions.len());
+    for (name, parameters) in functions {
+        let mut builder = Builder {
+            root: parameters,
+            rules: std::mem::take(&mut rules),
+            refs: BTreeMap::new(),
+            next,
+        };
+        let args = builder.visit(parameters, &format!("tools.{name}.parameters"), 0)?;
+        let call = builder.rule(format!(
+            "\"{{\" ws \"\\\"name\\\"\" ws \":\" ws {} ws \",\" ws \"\\\"arguments\\\"\" ws \":\" ws {args} ws \"}}\"",
+            literal(&Value::String(name.clone()))
+        ))?;
+        calls.push(call);
+        rules = builder.rules;
+        next = builder.next;
+    }
+    let mut out = format!(
+        "root ::= \"<tool_call>\\n\" ( {} ) \"\\n</tool_call>\"\n{BASE}",
+        calls.join(" | ")
+    );
+    for (name, body) in &rules {
+        let _ = writeln!(out, "{name} ::= {body}");
+    }
+    Ok(out)
+}
+
 struct Builder<'a> {
     root: &'a Value,
     rules: BTreeMap<String, String>,

@@ -74,6 +74,8 @@ struct InMessage {
     #[allow(dead_code)]
     name: Option<String>,
     tool_calls: Option<Value>,
+    /// Accepted on `tool` messages: in the Hermes format results follow their calls in order.
+    #[allow(dead_code)]
     tool_call_id: Option<String>,
     /// Accepted on assistant messages a client echoes back.
     #[allow(dead_code)]
@@ -107,15 +109,25 @@ pub(super) async fn chat_completions(
         None => None,
         Some(format) => response_grammar(&format)?,
     };
-    for field in ["tools", "tool_choice", "parallel_tool_calls"] {
-        if take::<Value>(&mut fields, field)?.is_some() {
-            return Err(ApiError::bad_request(
-                ErrorCode::InvalidRequest,
-                format!("{field}: not supported by this hearth yet"),
-            ));
+    let offered: Option<Vec<super::tools::Tool>> = take(&mut fields, "tools")?;
+    let choice: Option<Value> = take(&mut fields, "tool_choice")?;
+    // Accepted: an auto reply may hold several calls; a forced one is one call.
+    let _parallel: Option<bool> = take(&mut fields, "parallel_tool_calls")?;
+    let tools = super::tools::mode(offered, choice)?;
+    let mut messages = messages(input)?;
+    let mut grammar = grammar;
+    if let Some((mode, block)) = &tools {
+        messages = super::tools::with_tools(messages, block);
+        if let Some(forced) = mode.grammar() {
+            if grammar.is_some() {
+                return Err(ApiError::bad_request(
+                    ErrorCode::InvalidRequest,
+                    "response_format: cannot be combined with a forced tool_choice",
+                ));
+            }
+            grammar = Some(forced);
         }
     }
-    let messages = messages(input)?;
     let mut common = common(fields)?;
     if max_completion_tokens.is_some() {
         common.max_tokens = max_completion_tokens;
@@ -129,11 +141,18 @@ pub(super) async fn chat_completions(
         model: started.model.clone(),
         chat: true,
     };
+    let tools = tools.map(|(mode, _)| mode);
     match stream {
-        Some(include_usage) => Ok(stream_response(app, shape, started, include_usage)),
+        Some(include_usage) => Ok(stream_response(app, shape, started, include_usage, tools)),
         None => {
             let (text, done) = collect(started).await?;
-            ok(&shape.whole(&text, &done))
+            match &tools {
+                Some(mode) => {
+                    let (text, calls) = super::tools::parse(&text, mode);
+                    ok(&shape.whole_with_calls(&text, &calls, &done))
+                }
+                None => ok(&shape.whole(&text, &done)),
+            }
         }
     }
 }
@@ -172,7 +191,7 @@ pub(super) async fn completions(
         chat: false,
     };
     match stream {
-        Some(include_usage) => Ok(stream_response(app, shape, started, include_usage)),
+        Some(include_usage) => Ok(stream_response(app, shape, started, include_usage, None)),
         None => {
             let (text, done) = collect(started).await?;
             ok(&shape.whole(&text, &done))
@@ -257,10 +276,10 @@ fn messages(input: Vec<InMessage>) -> Result<Vec<ChatMessage>, ApiError> {
             "system" | "developer" => ChatRole::System,
             "user" => ChatRole::User,
             "assistant" => ChatRole::Assistant,
-            "tool" | "function" => {
+            "tool" => ChatRole::User,
+            "function" => {
                 return Err(bad(format!(
-                    "messages[{i}].role: '{}' messages need tools, which this hearth does not support yet",
-                    m.role
+                    "messages[{i}].role: 'function' is the deprecated form; use tools and 'tool' messages"
                 )))
             }
             other => {
@@ -269,11 +288,13 @@ fn messages(input: Vec<InMessage>) -> Result<Vec<ChatMessage>, ApiError> {
                 )))
             }
         };
-        if m.tool_calls.is_some() || m.tool_call_id.is_some() {
+        if m.tool_calls.is_some() && m.role != "assistant" {
             return Err(bad(format!(
-                "messages[{i}].tool_calls: tools are not supported by this hearth yet"
+                "messages[{i}].tool_calls: only assistant messages carry tool calls"
             )));
         }
+        let is_tool = m.role == "tool";
+        let calls = m.tool_calls;
         let content = match m.content {
             None => String::new(),
             Some(Content::Text(text)) => text,
@@ -302,6 +323,11 @@ fn messages(input: Vec<InMessage>) -> Result<Vec<ChatMessage>, ApiError> {
                 "messages[{i}].content: must not contain NUL characters"
             )));
         }
+        let content = match (&calls, is_tool) {
+            (Some(calls), _) => super::tools::assistant_calls(&content, calls, i)?,
+            (None, true) => super::tools::tool_result(&content),
+            (None, false) => content,
+        };
         out.push(ChatMessage { role, content });
     }
     Ok(out)
@@ -428,12 +454,30 @@ impl Shape {
         })
     }
 
+    /// A chat answer that may hold tool calls (`finish_reason: tool_calls` when it does).
+    fn whole_with_calls(&self, text: &str, calls: &[Value], done: &Completed) -> Value {
+        let mut out = self.whole(text, done);
+        if !calls.is_empty() {
+            let choice = &mut out["choices"][0];
+            choice["message"]["tool_calls"] = json!(calls);
+            if text.is_empty() {
+                choice["message"]["content"] = Value::Null;
+            }
+            choice["finish_reason"] = json!("tool_calls");
+        }
+        out
+    }
+
     /// A streamed chunk with one choice.
     fn chunk(&self, delta: Value, finish_reason: Option<FinishReason>) -> SseEvent {
+        self.chunk_as(delta, finish_reason.map(finish))
+    }
+
+    fn chunk_as(&self, delta: Value, finish_reason: Option<&str>) -> SseEvent {
         let choice = if self.chat {
-            json!({"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish_reason.map(finish)})
+            json!({"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish_reason})
         } else {
-            json!({"index": 0, "text": delta["content"].as_str().unwrap_or(""), "logprobs": null, "finish_reason": finish_reason.map(finish)})
+            json!({"index": 0, "text": delta["content"].as_str().unwrap_or(""), "logprobs": null, "finish_reason": finish_reason})
         };
         self.event(json!([choice]), None)
     }
@@ -466,8 +510,12 @@ fn stream_response(
     shape: Shape,
     mut started: Started,
     include_usage: bool,
+    tools: Option<super::tools::Mode>,
 ) -> Response<ResBody> {
     let (tx, rx) = mpsc::channel::<SseEvent>(CHUNK_CHANNEL_CAPACITY);
+    let mut gate = tools.as_ref().map(|mode| {
+        super::tools::StreamGate::new(matches!(mode, super::tools::Mode::Required { .. }))
+    });
     app.tasks.spawn(async move {
         let role = if shape.chat {
             json!({"role": "assistant", "content": ""})
@@ -484,12 +532,60 @@ fn stream_response(
             };
             let sent = match event {
                 Some(CompleteEvent::Token(piece)) => {
-                    tx.send(shape.chunk(json!({ "content": piece }), None))
-                        .await
+                    let piece = match gate.as_mut() {
+                        Some(gate) => gate.push(&piece),
+                        None => piece,
+                    };
+                    if piece.is_empty() {
+                        Ok(())
+                    } else {
+                        tx.send(shape.chunk(json!({ "content": piece }), None))
+                            .await
+                    }
                 }
                 Some(CompleteEvent::Done(done)) => {
+                    // A reply held back as a possible tool call: its calls (or its text) now.
+                    let mut finish_as = None;
+                    if let (Some(gate), Some(mode)) = (gate.take(), tools.as_ref()) {
+                        let (held, may_call) = gate.finish();
+                        let (text, calls) = if may_call {
+                            super::tools::parse(&held, mode)
+                        } else {
+                            (held, Vec::new())
+                        };
+                        if !text.is_empty()
+                            && tx
+                                .send(shape.chunk(json!({ "content": text }), None))
+                                .await
+                                .is_err()
+                        {
+                            return;
+                        }
+                        if !calls.is_empty() {
+                            let deltas: Vec<Value> = calls
+                                .iter()
+                                .enumerate()
+                                .map(|(index, call)| {
+                                    let mut call = call.clone();
+                                    call["index"] = json!(index);
+                                    call
+                                })
+                                .collect();
+                            if tx
+                                .send(shape.chunk(json!({ "tool_calls": deltas }), None))
+                                .await
+                                .is_err()
+                            {
+                                return;
+                            }
+                            finish_as = Some("tool_calls");
+                        }
+                    }
                     let mut sent = tx
-                        .send(shape.chunk(json!({}), Some(done.finish_reason)))
+                        .send(shape.chunk_as(
+                            json!({}),
+                            Some(finish_as.unwrap_or(finish(done.finish_reason))),
+                        ))
                         .await;
                     if sent.is_ok() && include_usage {
                         sent = tx.send(shape.event(json!([]), Some(usage(&done)))).await;

@@ -8,6 +8,7 @@
 mod chat;
 mod embeddings;
 mod models;
+mod tools;
 
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
