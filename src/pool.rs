@@ -407,7 +407,8 @@ impl Pool {
         )
     }
 
-    /// The context size a prompt for `name` will get: the loaded context's, else the configured.
+    /// The configured context size (what a model not loaded yet will get; a loaded model reports
+    /// its real one).
     pub fn configured_ctx(&self) -> u32 {
         self.inner.llm.n_ctx.get()
     }
