@@ -375,10 +375,7 @@ impl ChatService {
                 history_dropped: u32::try_from(plan.history_dropped).unwrap_or(u32::MAX),
             },
         };
-        self.tasks.spawn(async move {
-            turn.run(gen_rx, out_tx).await;
-            drop(slot);
-        });
+        self.tasks.spawn(turn.run(gen_rx, out_tx, slot));
         Ok(out_rx)
     }
 
@@ -461,7 +458,15 @@ struct Turn {
 }
 
 impl Turn {
-    async fn run(self, mut gen_rx: mpsc::Receiver<GenEvent>, out: mpsc::Sender<ChatEvent>) {
+    /// Runs the turn; `slot` (the chat's "reply running" mark) is released before the final
+    /// event goes out, so a client that sees `done` or `error` may cancel, or send the next
+    /// message, at once.
+    async fn run(
+        self,
+        mut gen_rx: mpsc::Receiver<GenEvent>,
+        out: mpsc::Sender<ChatEvent>,
+        slot: ActiveSlot,
+    ) {
         let mut client_gone = out
             .send(ChatEvent::Start {
                 message_id: self.message_id,
@@ -585,6 +590,7 @@ impl Turn {
         // A complete exchange: a cancelled reply teaches nothing and is no basis for a title.
         let done =
             matches!(&event, ChatEvent::Done(d) if d.finish_reason != FinishReason::Cancelled);
+        drop(slot);
         if !client_gone {
             let _ = out.send(event).await;
         }
