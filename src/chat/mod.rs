@@ -458,9 +458,8 @@ struct Turn {
 }
 
 impl Turn {
-    /// Runs the turn; `slot` (the chat's "reply running" mark) is released before the final
-    /// event goes out, so a client that sees `done` or `error` may cancel, or send the next
-    /// message, at once.
+    /// Runs the turn; `slot` (the chat's "reply running" mark) is released as soon as the reply
+    /// is stored, before the final event goes out.
     async fn run(
         self,
         mut gen_rx: mpsc::Receiver<GenEvent>,
@@ -556,6 +555,9 @@ impl Turn {
             Ok(_) => self.store.durable().await,
             Err(err) => Err(err),
         };
+        // The turn is over once its reply is on disk: whoever reads the stored reply (or gets
+        // the final event) may send the next message or cancel at once.
+        drop(slot);
         let event = if let Err(err) = stored {
             tracing::error!(chat = %self.chat_id, error = %err, "cannot store the reply");
             ChatEvent::Error {
@@ -590,7 +592,6 @@ impl Turn {
         // A complete exchange: a cancelled reply teaches nothing and is no basis for a title.
         let done =
             matches!(&event, ChatEvent::Done(d) if d.finish_reason != FinishReason::Cancelled);
-        drop(slot);
         if !client_gone {
             let _ = out.send(event).await;
         }
