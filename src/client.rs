@@ -1,5 +1,7 @@
 //! A small client for hearth's API over its Unix socket: JSON requests and SSE streams. Used by
-//! the CLI (`hearth chat`, `hearth status`, ...), the benchmark and the integration tests.
+//! the CLI (`hearth chat`, `hearth status`, ...), the benchmark and the integration tests. It also
+//! speaks loopback TCP with a bearer token, which the benchmark uses to measure hearth's TCP
+//! listener side by side with another OpenAI-compatible server.
 //!
 //! Failures a caller acts on are typed ([`ClientError`]: no daemon, an API error with its code, a
 //! timeout) so the CLI can turn them into its documented exit codes; the rest are plain `anyhow`.
@@ -82,6 +84,9 @@ pub enum Waiting {
 #[derive(Clone, Debug)]
 pub struct Client {
     socket: PathBuf,
+    /// Set: connect to this TCP address instead of the socket, sending the token (if any) as
+    /// `Authorization: Bearer`.
+    tcp: Option<(std::net::SocketAddr, Option<String>)>,
 }
 
 /// One SSE event as received.
@@ -95,6 +100,15 @@ impl Client {
     pub fn new(socket: &Path) -> Client {
         Client {
             socket: socket.to_path_buf(),
+            tcp: None,
+        }
+    }
+
+    /// A client for an HTTP server on `addr` (hearth's TCP listener or another server).
+    pub fn tcp(addr: std::net::SocketAddr, token: Option<String>) -> Client {
+        Client {
+            socket: PathBuf::new(),
+            tcp: Some((addr, token)),
         }
     }
 
@@ -125,22 +139,31 @@ impl Client {
         body: Bytes,
         accept: Option<&str>,
     ) -> anyhow::Result<hyper::Response<Incoming>> {
-        let stream =
-            UnixStream::connect(&self.socket)
-                .await
-                .map_err(|err| ClientError::NoDaemon {
-                    socket: self.socket.clone(),
-                    reason: format!("{err}; start one with `hearth start`"),
+        let mut req = Request::builder().method(method).uri(path);
+        let mut sender = match &self.tcp {
+            None => {
+                let stream = UnixStream::connect(&self.socket).await.map_err(|err| {
+                    ClientError::NoDaemon {
+                        socket: self.socket.clone(),
+                        reason: format!("{err}; start one with `hearth start`"),
+                    }
                 })?;
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        let mut req = Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", "hearth");
+                req = req.header("host", "hearth");
+                handshake(stream).await?
+            }
+            Some((addr, token)) => {
+                let stream = tokio::net::TcpStream::connect(addr)
+                    .await
+                    .with_context(|| format!("cannot connect to {addr}"))?;
+                // Tokens stream one per write; Nagle would hold them back.
+                stream.set_nodelay(true)?;
+                req = req.header("host", addr.to_string());
+                if let Some(token) = token {
+                    req = req.header("authorization", format!("Bearer {token}"));
+                }
+                handshake(stream).await?
+            }
+        };
         if let Some(content_type) = content_type {
             req = req.header("content-type", content_type);
         }
@@ -379,6 +402,20 @@ fn rand_u64() -> u64 {
             .unwrap_or(0),
     );
     hasher.finish()
+}
+
+/// An HTTP/1 connection over `stream`, driven by its own task.
+async fn handshake<S>(
+    stream: S,
+) -> anyhow::Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(sender)
 }
 
 pub(crate) fn error_text(value: &Value) -> String {

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use serde_json::json;
 
-use super::{command, median, rss_kib, spawn, BenchArgs, BenchDaemon, RemoveOnDrop, N_CTX};
+use super::{command, idle, median, rss_kib, spawn, BenchArgs, BenchDaemon, RemoveOnDrop, N_CTX};
 use crate::client::Client;
 use crate::llm::direct::DirectModel;
 use crate::llm::{ChatMessage, ChatRole};
@@ -86,8 +86,12 @@ pub(super) fn run(
     let mut tokens_seen = (0, 0);
     // One warm-up each, then measured runs.
     for run in 0..=args.runs {
+        // Each run starts on an idle daemon: a turn's title and memory jobs would otherwise
+        // share the cores with the next run (or delay its first token).
+        rt.block_on(idle(&client))?;
         let d = direct.run(&messages, args.threads, n_ctx, args.tokens as usize)?;
         let s = rt.block_on(socket_run(&client, args.tokens))?;
+        rt.block_on(idle(&client))?;
         let o = rt.block_on(openai_run(&client, args.tokens))?;
         if run == 0 {
             continue;

@@ -15,7 +15,7 @@ use anyhow::{bail, Context};
 use http::Method;
 use serde_json::{json, Value};
 
-use super::{median, spawn, RemoveOnDrop};
+use super::{idle, median, spawn, RemoveOnDrop};
 use crate::client::Client;
 
 /// Memories stored before recall is timed: a user of several months.
@@ -268,19 +268,4 @@ async fn ask(
         }
     }
     bail!("stream ended without done")
-}
-
-/// Waits until no background job is pending.
-async fn idle(client: &Client) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(300);
-    loop {
-        let (_, health) = client.request(Method::GET, "/api/v1/health", None).await?;
-        if health["background"]["pending"] == 0 {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("background jobs did not finish within 300 s");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }

@@ -11,6 +11,7 @@
 //! - `health.rs` (`--health`): health on a large store, counters vs scanning;
 //! - `models.rs` (`--models`): model load vs a direct load, switching, RSS with one and two
 //!   models and after the idle TTL unloaded one;
+//! - `openai.rs` (`--openai-peer DIR`): `/v1/chat/completions` vs llama-cpp-python's server;
 //! - `corpus.rs`: the synthetic texts they ingest.
 
 mod corpus;
@@ -19,13 +20,14 @@ mod health;
 mod library;
 mod memory;
 mod models;
+mod openai;
 mod rag;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 
 use crate::config::{self, RawConfig};
 use crate::models::Manifest;
@@ -86,6 +88,11 @@ pub struct BenchArgs {
         default_value = "qwen2.5-coder-1.5b-instruct"
     )]
     second_model: String,
+    /// Measure `/v1/chat/completions` instead, against llama-cpp-python's OpenAI-compatible
+    /// server on the same model file (both over loopback TCP); DIR holds the `llama_cpp`
+    /// package (`scripts/bench-peer` installs it).
+    #[arg(long, value_name = "DIR")]
+    openai_peer: Option<PathBuf>,
     /// Chunks in the `--health` store.
     #[arg(long, default_value_t = 100_000)]
     health_chunks: usize,
@@ -130,6 +137,16 @@ pub fn run(
     } else if args.models {
         let second = manifest.chat_model(Some(&args.second_model))?;
         models::run(rt, models_dir, entry, second, args.threads)?
+    } else if let Some(peer) = &args.openai_peer {
+        openai::run(
+            rt,
+            models_dir,
+            entry,
+            peer,
+            args.threads,
+            args.tokens,
+            args.runs,
+        )?
     } else if args.memory {
         memory::run(rt, models_dir, &entry.name, args.threads, args.runs)?
     } else {
@@ -228,4 +245,23 @@ fn pct(values: &mut [f64], p: usize) -> f64 {
     }
     values.sort_by(f64::total_cmp);
     values[((values.len() - 1) * p) / 100]
+}
+
+/// Waits until the daemon has no background job pending or running (titles and memory
+/// extraction follow every `/api/v1` turn), so the next measured run starts on an idle daemon.
+async fn idle(client: &crate::client::Client) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    loop {
+        let (_, health) = client
+            .request(http::Method::GET, "/api/v1/health", None)
+            .await?;
+        let background = &health["background"];
+        if background["pending"] == 0 && background["running"].is_null() {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            bail!("background jobs did not finish within 300 s");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }
