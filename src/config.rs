@@ -106,6 +106,24 @@ pub struct RawConfig {
         value_delimiter = ','
     )]
     pub allowed_origins: Option<Vec<String>>,
+    /// Serve another backend's API on a second, loopback-only listener, so an unchanged client
+    /// of it runs on hearth; `electronaichat` is the original ElectronAIChat backend (its `/api`
+    /// routes on 127.0.0.1:8000) [default: off].
+    #[arg(long, env = "HEARTH_COMPAT", value_name = "API")]
+    pub compat: Option<String>,
+    /// Loopback address of the compat listener [default: 127.0.0.1:8000, the original's].
+    #[arg(long, env = "HEARTH_COMPAT_LISTEN", value_name = "ADDR")]
+    pub compat_listen: Option<String>,
+    /// Origins allowed to call the compat listener (CORS), comma-separated; requests without an
+    /// Origin and `Origin: null` (the packaged app's file:// page) are always allowed
+    /// [default: http://localhost:5173,http://localhost:3000, the app's dev servers].
+    #[arg(
+        long = "compat-allow-origin",
+        env = "HEARTH_COMPAT_ORIGINS",
+        value_name = "ORIGIN",
+        value_delimiter = ','
+    )]
+    pub compat_origins: Option<Vec<String>>,
     /// A folder to watch: its supported files are ingested into the library scope and kept in
     /// sync (repeatable; HEARTH_WATCH names one; in hearth.toml `watch = ["~/Documents/notes"]`;
     /// folder names may contain commas) [default: none].
@@ -164,6 +182,9 @@ impl RawConfig {
             hnsw_min_vectors: over.hnsw_min_vectors.or(self.hnsw_min_vectors),
             tcp: over.tcp.or(self.tcp),
             allowed_origins: over.allowed_origins.or(self.allowed_origins),
+            compat: over.compat.or(self.compat),
+            compat_listen: over.compat_listen.or(self.compat_listen),
+            compat_origins: over.compat_origins.or(self.compat_origins),
             watch: over.watch.or(self.watch),
             watch_stable_ms: over.watch_stable_ms.or(self.watch_stable_ms),
             watch_rescan_secs: over.watch_rescan_secs.or(self.watch_rescan_secs),
@@ -195,12 +216,36 @@ pub struct Config {
     pub tcp: Option<std::net::SocketAddr>,
     /// Origins allowed on the TCP listener.
     pub allowed_origins: Vec<String>,
+    /// The compatibility listener for another backend's clients, when on.
+    pub compat: Option<CompatConfig>,
     /// The drop folder.
     pub library: LibraryConfig,
     pub log_filter: String,
     /// The config file that was read, if any (shown by `hearth status`).
     pub config_file: Option<PathBuf>,
 }
+
+/// APIs the compat listener can speak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CompatApi {
+    /// The original ElectronAIChat FastAPI backend.
+    ElectronAiChat,
+}
+
+/// The compatibility listener.
+#[derive(Debug, Clone)]
+pub struct CompatConfig {
+    pub api: CompatApi,
+    /// Loopback only (checked here).
+    pub addr: std::net::SocketAddr,
+    /// Allowed `Origin`s besides none and `null`.
+    pub origins: Vec<String>,
+}
+
+/// The original backend's address, hard-coded in its client.
+pub const DEFAULT_COMPAT_LISTEN: &str = "127.0.0.1:8000";
+/// The ElectronAIChat renderer's dev-server origins (Vite, and CRA-style 3000).
+pub const DEFAULT_COMPAT_ORIGINS: [&str; 2] = ["http://localhost:5173", "http://localhost:3000"];
 
 /// Drop-folder settings.
 #[derive(Debug, Clone)]
@@ -350,6 +395,7 @@ pub fn load(config_file: Option<&Path>, from_cli: RawConfig) -> anyhow::Result<C
 
 /// Resolves defaults and validates ranges. Pure apart from looking up the home directory.
 pub fn resolve(raw: RawConfig, runtime_dir: Option<&Path>) -> anyhow::Result<Config> {
+    let compat = compat_config(&raw)?;
     let data_dir = match raw.data_dir {
         Some(dir) => absolute(&expand_home(&dir))?,
         None => project_dirs()?.data_dir().to_path_buf(),
@@ -509,6 +555,7 @@ pub fn resolve(raw: RawConfig, runtime_dir: Option<&Path>) -> anyhow::Result<Con
         cache_bytes: cache_mb * 1024 * 1024,
         tcp,
         allowed_origins: raw.allowed_origins.unwrap_or_default(),
+        compat,
         library: LibraryConfig {
             roots: watch,
             stable: Duration::from_millis(watch_stable),
@@ -520,6 +567,46 @@ pub fn resolve(raw: RawConfig, runtime_dir: Option<&Path>) -> anyhow::Result<Con
         log_filter: raw.log.unwrap_or_else(|| DEFAULT_LOG.to_string()),
         config_file: None,
     })
+}
+
+/// The compat listener: off unless `compat` names an API; loopback addresses only, since the
+/// original client sends no token (the listener's other guards are in `server::compat`).
+fn compat_config(raw: &RawConfig) -> anyhow::Result<Option<CompatConfig>> {
+    let Some(api) = &raw.compat else {
+        if raw.compat_listen.is_some() {
+            bail!("compat_listen is set but compat is not; add --compat electronaichat");
+        }
+        return Ok(None);
+    };
+    let api = match api.to_ascii_lowercase().as_str() {
+        "electronaichat" => CompatApi::ElectronAiChat,
+        other => bail!("compat: unknown API '{other}'; the one hearth speaks is 'electronaichat'"),
+    };
+    let text = raw
+        .compat_listen
+        .as_deref()
+        .unwrap_or(DEFAULT_COMPAT_LISTEN);
+    let addr: std::net::SocketAddr = text.parse().with_context(|| {
+        format!("compat_listen: '{text}' is not an address like {DEFAULT_COMPAT_LISTEN}")
+    })?;
+    if !addr.ip().is_loopback() {
+        bail!(
+            "compat_listen: {addr} is not a loopback address; the compat listener has no token, \
+             so it only listens on 127.0.0.0/8 or ::1"
+        );
+    }
+    let origins = raw.compat_origins.clone().unwrap_or_else(|| {
+        DEFAULT_COMPAT_ORIGINS
+            .iter()
+            .map(|o| (*o).to_string())
+            .collect()
+    });
+    for origin in &origins {
+        if origin == "*" {
+            bail!("compat_allow_origin: a wildcard would let every web page drive the listener; list origins");
+        }
+    }
+    Ok(Some(CompatConfig { api, addr, origins }))
 }
 
 fn check_range(name: &str, value: u64, min: u64, max: u64) -> anyhow::Result<()> {
@@ -607,5 +694,30 @@ mod tests {
         assert!(with("0.0.0.0:8765").is_err());
         assert!(with("192.168.1.2:8765").is_err());
         assert!(with("localhost").is_err());
+    }
+
+    #[test]
+    fn compat_is_off_by_default_and_loopback_only() {
+        let with = |compat: Option<&str>, listen: Option<&str>| {
+            resolve(
+                RawConfig {
+                    data_dir: Some("/d".into()),
+                    compat: compat.map(str::to_string),
+                    compat_listen: listen.map(str::to_string),
+                    ..RawConfig::default()
+                },
+                None,
+            )
+        };
+        assert!(with(None, None).unwrap().compat.is_none());
+        let on = with(Some("electronaichat"), None).unwrap().compat.unwrap();
+        assert_eq!(on.addr.to_string(), DEFAULT_COMPAT_LISTEN);
+        assert_eq!(on.origins, DEFAULT_COMPAT_ORIGINS);
+        assert!(with(Some("ElectronAIChat"), Some("[::1]:8001")).is_ok());
+        assert!(with(Some("electronaichat"), Some("0.0.0.0:8000")).is_err());
+        assert!(with(Some("electronaichat"), Some("10.0.0.2:8000")).is_err());
+        assert!(with(Some("ollama"), None).is_err());
+        // A listen address without the API is a mistake, not silently ignored.
+        assert!(with(None, Some("127.0.0.1:8000")).is_err());
     }
 }

@@ -120,12 +120,13 @@ pub async fn run(config: Config, life: Lifecycle, started: Instant) -> Result<()
     tracing::info!(
         socket = %bound.socket_path.display(),
         tcp = ?bound.tcp_policy.as_ref().map(|p| p.addr),
+        compat = ?bound.compat.as_ref().map(|c| c.addr),
         pid = std::process::id(),
         startup_ms = started.elapsed().as_millis(),
         "accepting connections"
     );
     if life.sidecar {
-        ready_line(&bound.socket_path, bound.tcp_policy.as_ref()).code(ErrorCode::StdoutClosed)?;
+        ready_line(&bound).code(ErrorCode::StdoutClosed)?;
     }
     // systemd Type=notify; a no-op when NOTIFY_SOCKET is unset.
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
@@ -140,6 +141,7 @@ pub async fn run(config: Config, life: Lifecycle, started: Instant) -> Result<()
             store: store.clone(),
             roots,
             tcp: bound.tcp_policy,
+            compat: bound.compat,
             shutdown: shutdown.clone(),
             tasks: tasks.clone(),
             started,
@@ -173,6 +175,8 @@ struct Bound {
     /// False for a socket systemd handed over (it owns the file).
     owns_socket: bool,
     tcp_policy: Option<TcpPolicy>,
+    /// The compat listener's settings, with the address it really bound.
+    compat: Option<crate::config::CompatConfig>,
 }
 
 async fn bind(config: &Config) -> Result<Bound, StartError> {
@@ -206,11 +210,29 @@ async fn bind(config: &Config) -> Result<Bound, StartError> {
             (Some(listener), Some(policy))
         }
     };
+    let (compat, compat_config) = match &config.compat {
+        None => (None, None),
+        Some(compat) => {
+            let listener = tokio::net::TcpListener::bind(compat.addr)
+                .await
+                .with_context(|| format!("compat_listen: cannot bind {}", compat.addr))
+                .code(ErrorCode::BindFailed)?;
+            let addr = listener.local_addr().code(ErrorCode::BindFailed)?;
+            (
+                Some(listener),
+                Some(crate::config::CompatConfig {
+                    addr,
+                    ..compat.clone()
+                }),
+            )
+        }
+    };
     Ok(Bound {
-        listeners: server::Listeners { local, tcp },
+        listeners: server::Listeners { local, tcp, compat },
         socket_path,
         owns_socket,
         tcp_policy,
+        compat: compat_config,
     })
 }
 
@@ -219,6 +241,7 @@ struct Wiring {
     store: Store,
     roots: Vec<crate::library::access::Root>,
     tcp: Option<TcpPolicy>,
+    compat: Option<crate::config::CompatConfig>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
     started: Instant,
@@ -235,6 +258,7 @@ fn build_app(
         store,
         roots,
         tcp,
+        compat,
         shutdown,
         tasks,
         started,
@@ -342,6 +366,8 @@ fn build_app(
         models_dir: config.models_dir.clone(),
         started,
         tcp,
+        compat,
+        compat_model: std::sync::Mutex::default(),
         shutdown,
         tasks,
     }))
@@ -377,17 +403,20 @@ async fn drain(tasks: &TaskTracker, grace: Duration) {
 }
 
 /// The one line on stdout that tells a parent app the daemon is reachable.
-fn ready_line(socket: &Path, tcp: Option<&TcpPolicy>) -> std::io::Result<()> {
+fn ready_line(bound: &Bound) -> std::io::Result<()> {
     let mut line = serde_json::json!({
         "event": "ready",
-        "socket": socket,
+        "socket": bound.socket_path,
         "pid": std::process::id(),
         "version": env!("CARGO_PKG_VERSION"),
         "api": crate::server::routes::API_PREFIX,
     });
-    if let Some(policy) = tcp {
+    if let Some(policy) = &bound.tcp_policy {
         line["tcp"] = serde_json::json!(policy.addr.to_string());
         line["token_file"] = serde_json::json!(policy.token_file);
+    }
+    if let Some(compat) = &bound.compat {
+        line["compat"] = serde_json::json!(compat.addr.to_string());
     }
     let mut out = std::io::stdout().lock();
     writeln!(out, "{line}")?;

@@ -60,18 +60,7 @@ pub enum ChatError {
     Retrieve(#[from] RetrieveError),
 }
 
-/// Where a turn looks for context.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SearchMode {
-    /// No document retrieval; long-term memories when memory is on.
-    #[default]
-    Normal,
-    /// The chat's documents and the library only.
-    Docs,
-    /// Documents and long-term memories.
-    All,
-}
+pub use crate::store::SearchMode;
 
 /// Per-request overrides of the user's settings; every field optional.
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -184,7 +173,8 @@ pub struct SendRequest {
     pub chat_id: ChatId,
     pub content: String,
     pub options: Options,
-    pub search_mode: SearchMode,
+    /// `None`: the chat's own mode.
+    pub search_mode: Option<SearchMode>,
     /// When the server received the request (for time-to-first-token).
     pub received: Instant,
 }
@@ -270,7 +260,8 @@ impl ChatService {
         let cancel = CancelFlag::default();
         let slot = ActiveSlot::claim(&self.active, req.chat_id, cancel.clone())?;
 
-        let mut sources = match req.search_mode {
+        let search_mode = req.search_mode.unwrap_or(chat.search_mode);
+        let mut sources = match search_mode {
             SearchMode::Normal => Vec::new(),
             SearchMode::Docs | SearchMode::All => {
                 self.retriever
@@ -278,7 +269,7 @@ impl ChatService {
                     .await?
             }
         };
-        if settings.use_memory && req.search_mode != SearchMode::Docs {
+        if settings.use_memory && search_mode != SearchMode::Docs {
             let first = u32::try_from(sources.len() + 1).unwrap_or(u32::MAX);
             // Memories come after documents: when the prompt is too long, they go first. A
             // recall failure (embedder unavailable) costs the reply its memories, not the reply.

@@ -33,6 +33,7 @@ pub(super) struct ChatOut<'a> {
     created_at: u64,
     updated_at: u64,
     message_count: u64,
+    search_mode: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     messages: Option<Vec<MessageOut<'a>>>,
 }
@@ -46,6 +47,7 @@ impl<'a> ChatOut<'a> {
             created_at: chat.created_at,
             updated_at: chat.updated_at,
             message_count: chat.message_count,
+            search_mode: chat.search_mode.as_str(),
             messages: None,
         }
     }
@@ -84,6 +86,8 @@ impl<'a> From<&'a Message> for MessageOut<'a> {
 pub(super) struct CreateChat {
     user_id: UserId,
     title: Option<String>,
+    #[serde(default)]
+    search_mode: SearchMode,
 }
 
 pub(super) async fn create_chat(
@@ -97,7 +101,12 @@ pub(super) async fn create_chat(
         .map(|t| clean_text("title", t, MAX_TITLE_CHARS))
         .transpose()?;
     require_user(app, body.user_id)?;
-    let chat = app.store.create_chat(body.user_id, title.as_deref())?;
+    let chat = app.store.create_chat_with_id(
+        ChatId::new(),
+        body.user_id,
+        title.as_deref(),
+        body.search_mode,
+    )?;
     app.store.durable().await?;
     Ok(json_response(StatusCode::CREATED, &ChatOut::new(&chat)))
 }
@@ -146,7 +155,8 @@ pub(super) fn get_chat(app: &App, id: ChatId) -> Result<Response<ResBody>, ApiEr
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct PatchChat {
-    title: String,
+    title: Option<String>,
+    search_mode: Option<SearchMode>,
 }
 
 pub(super) async fn patch_chat(
@@ -155,22 +165,47 @@ pub(super) async fn patch_chat(
     req: Request<Incoming>,
 ) -> Result<Response<ResBody>, ApiError> {
     let patch: PatchChat = body::json(req, app.config.max_body_bytes).await?;
-    let title = clean_text("title", &patch.title, MAX_TITLE_CHARS)?;
-    let chat = app
-        .store
-        .rename_chat(id, &title, true)
-        .map_err(|err| match err {
-            crate::store::StoreError::NotFound(_) => {
-                ApiError::not_found(ErrorCode::ChatNotFound, format!("no chat {id}"))
-            }
-            other => other.into(),
-        })?;
+    let title = patch
+        .title
+        .as_deref()
+        .map(|t| clean_text("title", t, MAX_TITLE_CHARS))
+        .transpose()?;
+    if title.is_none() && patch.search_mode.is_none() {
+        return Err(ApiError::invalid("give title, search_mode or both"));
+    }
+    let chat = update_chat(app, id, title.as_deref(), patch.search_mode)?;
     app.store.durable().await?;
     ok(&ChatOut::new(&chat))
 }
 
-pub(super) async fn delete_chat(app: &App, id: ChatId) -> Result<Response<ResBody>, ApiError> {
-    require_chat(app, id)?;
+/// Renames a chat (as the user's choice) and/or sets its search mode; not yet durable.
+pub(super) fn update_chat(
+    app: &App,
+    id: ChatId,
+    title: Option<&str>,
+    search_mode: Option<SearchMode>,
+) -> Result<Chat, ApiError> {
+    let not_found = |err| match err {
+        crate::store::StoreError::NotFound(_) => {
+            ApiError::not_found(ErrorCode::ChatNotFound, format!("no chat {id}"))
+        }
+        other => other.into(),
+    };
+    let mut chat = require_chat(app, id)?;
+    if let Some(title) = title {
+        chat = app.store.rename_chat(id, title, true).map_err(not_found)?;
+    }
+    if let Some(mode) = search_mode {
+        chat = app.store.set_search_mode(id, mode).map_err(not_found)?;
+    }
+    Ok(chat)
+}
+
+/// Deletes a chat, stopping its running reply first; durable when it returns.
+pub(super) async fn remove_chat(
+    app: &App,
+    id: ChatId,
+) -> Result<crate::store::DeletedChat, ApiError> {
     // A reply still being written would re-create messages of a deleted chat; stop it first.
     app.chat.cancel(id);
     let deleted = app.store.delete_chat(id).map_err(|err| match err {
@@ -181,6 +216,12 @@ pub(super) async fn delete_chat(app: &App, id: ChatId) -> Result<Response<ResBod
     })?;
     app.store.durable().await?;
     app.index.drop_scope(&crate::store::Scope::Chat(id));
+    Ok(deleted)
+}
+
+pub(super) async fn delete_chat(app: &App, id: ChatId) -> Result<Response<ResBody>, ApiError> {
+    require_chat(app, id)?;
+    let deleted = remove_chat(app, id).await?;
     ok(&json!({
         "deleted": id,
         "messages_deleted": deleted.messages,
@@ -194,8 +235,9 @@ pub(super) struct PostMessage {
     content: String,
     #[serde(default)]
     options: Options,
+    /// Absent: the chat's mode.
     #[serde(default)]
-    search_mode: SearchMode,
+    search_mode: Option<SearchMode>,
 }
 
 pub(super) async fn post_message(

@@ -79,46 +79,78 @@ pub async fn upload(
         .get(ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("application/json") && !v.contains("text/event-stream"));
-    let (filename, bytes) = read_file_field(req, app.rag.max_upload_bytes).await?;
-    let ingestor = app.ingestor.clone();
+    let form = read_form(req, app.rag.max_upload_bytes).await?;
+    let file = form
+        .file
+        .ok_or_else(|| ApiError::invalid("multipart body has no `file` field"))?;
     if wants_json {
         let (tx, _rx) = mpsc::channel(1);
-        let doc = ingestor
-            .ingest(scope, &filename, Arc::new(bytes), &tx)
+        let doc = app
+            .ingestor
+            .ingest(scope, &file.filename, Arc::new(file.bytes), &tx)
             .await
             .map_err(ingest_error)?;
         return Ok(json_response(StatusCode::OK, &DocumentOut::from(&doc)));
     }
-    let (events_tx, events_rx) = mpsc::channel(PROGRESS_BUFFER);
+    let events = ingest_streaming(
+        app,
+        scope,
+        file,
+        Vec::new(),
+        |p| vec![progress_event(p)],
+        |result| match result {
+            Ok(doc) => SseEvent::json("ready", &json!({ "document": DocumentOut::from(doc) })),
+            Err(err) => SseEvent::json(
+                "error",
+                &json!({"code": err.code, "message": scrub_paths(&err.message)}),
+            ),
+        },
+    );
+    Ok(sse_response(events))
+}
+
+/// Ingests `file` in a task of its own and streams its progress: `head` first, then `progress`
+/// turns each step into events (or none), `last` the outcome into the final event, which is
+/// never dropped. A slow client may miss intermediate percentages, never the end.
+pub(super) fn ingest_streaming(
+    app: &App,
+    scope: Scope,
+    file: UploadedFile,
+    head: Vec<SseEvent>,
+    mut progress: impl FnMut(&Progress) -> Vec<SseEvent> + Send + 'static,
+    last: impl FnOnce(Result<&Document, &ApiError>) -> SseEvent + Send + 'static,
+) -> mpsc::Receiver<SseEvent> {
+    let ingestor = app.ingestor.clone();
+    let (events_tx, events_rx) = mpsc::channel(PROGRESS_BUFFER + head.len());
+    for event in head {
+        let _ = events_tx.try_send(event);
+    }
     app.tasks.spawn(async move {
         let (progress_tx, mut progress_rx) = mpsc::channel::<Progress>(PROGRESS_BUFFER);
-        let work = ingestor.ingest(scope, &filename, Arc::new(bytes), &progress_tx);
+        let work = ingestor.ingest(scope, &file.filename, Arc::new(file.bytes), &progress_tx);
         tokio::pin!(work);
+        let mut forward = |p: &Progress| {
+            for event in progress(p) {
+                let _ = events_tx.try_send(event);
+            }
+        };
         let result = loop {
             tokio::select! {
                 result = &mut work => break result,
-                Some(p) = progress_rx.recv() => {
-                    let _ = events_tx.try_send(progress_event(&p));
-                }
+                Some(p) = progress_rx.recv() => forward(&p),
             }
         };
         while let Ok(p) = progress_rx.try_recv() {
-            let _ = events_tx.try_send(progress_event(&p));
+            forward(&p);
         }
-        let last = match result {
-            Ok(doc) => SseEvent::json("ready", &json!({ "document": DocumentOut::from(&doc) })),
-            Err(err) => {
-                let err = ingest_error(err);
-                SseEvent::json(
-                    "error",
-                    &json!({"code": err.code, "message": scrub_paths(&err.message)}),
-                )
-            }
+        let event = match result.map_err(ingest_error) {
+            Ok(doc) => last(Ok(&doc)),
+            Err(err) => last(Err(&err)),
         };
         // The terminal event must not be dropped: wait for room.
-        let _ = events_tx.send(last).await;
+        let _ = events_tx.send(event).await;
     });
-    Ok(sse_response(events_rx))
+    events_rx
 }
 
 fn progress_event(p: &Progress) -> SseEvent {
@@ -135,7 +167,7 @@ fn progress_event(p: &Progress) -> SseEvent {
 
 /// Maps ingestion failures onto the API's error codes (the one place that decides statuses for
 /// them is `error.rs`'s `ApiError`; here only the document-specific codes are chosen).
-fn ingest_error(err: IngestError) -> ApiError {
+pub(super) fn ingest_error(err: IngestError) -> ApiError {
     let code = err.code();
     let status = match &err {
         IngestError::Extract(crate::ingest::extract::ExtractError::TooLarge { .. }) => {
@@ -149,12 +181,38 @@ fn ingest_error(err: IngestError) -> ApiError {
     ApiError::new(status, code, err.to_string())
 }
 
-/// Reads the multipart body's `file` field, enforcing `limit` while reading (413 before the whole
-/// body is buffered).
-async fn read_file_field(
-    req: Request<Incoming>,
-    limit: u64,
-) -> Result<(String, Vec<u8>), ApiError> {
+/// An uploaded file as the multipart body carried it.
+pub(super) struct UploadedFile {
+    /// The base name (no directories), `upload` when the client sent none.
+    pub filename: String,
+    /// The part's `Content-Type`, as the client declared it.
+    pub content_type: Option<String>,
+    pub bytes: Vec<u8>,
+}
+
+/// A multipart body: its `file` field and its small text fields.
+pub(super) struct Form {
+    pub file: Option<UploadedFile>,
+    pub fields: Vec<(String, String)>,
+}
+
+impl Form {
+    pub(super) fn field(&self, name: &str) -> Option<&str> {
+        self.fields
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Most text fields a form may carry besides `file`, and the longest one: uploads name a chat
+/// or a user, nothing more.
+const MAX_FORM_FIELDS: usize = 16;
+const MAX_FORM_FIELD_BYTES: usize = 4096;
+
+/// Reads a multipart body: the `file` field (at most `limit` bytes, enforced while reading:
+/// 413 before the whole body is buffered) and small text fields.
+pub(super) async fn read_form(req: Request<Incoming>, limit: u64) -> Result<Form, ApiError> {
     let too_large = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -179,7 +237,7 @@ async fn read_file_field(
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    // Multipart framing adds a few hundred bytes around the file.
+    // Multipart framing (and the text fields) add a little around the file.
     let framing = 64 * 1024;
     if declared.is_some_and(|len| len > limit + framing) {
         return Err(too_large());
@@ -205,9 +263,33 @@ async fn read_file_field(
             format!("malformed multipart body: {err}"),
         ),
     };
-    let mut found = None;
+    let mut form = Form {
+        file: None,
+        fields: Vec::new(),
+    };
     while let Some(field) = multipart.next_field().await.map_err(multipart_error)? {
-        if field.name() != Some("file") {
+        let name = field.name().unwrap_or_default().to_string();
+        if name != "file" {
+            let too_many = || {
+                ApiError::invalid(format!(
+                    "form fields: at most {MAX_FORM_FIELDS}, each at most {MAX_FORM_FIELD_BYTES} bytes"
+                ))
+            };
+            if form.fields.len() == MAX_FORM_FIELDS {
+                return Err(too_many());
+            }
+            // Read piece by piece: a huge text field is refused before it is buffered.
+            let mut field = field;
+            let mut text = Vec::new();
+            while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
+                if text.len() + chunk.len() > MAX_FORM_FIELD_BYTES {
+                    return Err(too_many());
+                }
+                text.extend_from_slice(&chunk);
+            }
+            let text = String::from_utf8(text)
+                .map_err(|_| ApiError::invalid(format!("form field {name}: not UTF-8")))?;
+            form.fields.push((name, text));
             continue;
         }
         let filename = field
@@ -215,13 +297,18 @@ async fn read_file_field(
             .map(|n| n.rsplit(['/', '\\']).next().unwrap_or(n).to_string())
             .filter(|n| !n.trim().is_empty())
             .unwrap_or_else(|| "upload".to_string());
+        let content_type = field.content_type().map(ToString::to_string);
         let data = field.bytes().await.map_err(multipart_error)?;
         if data.len() as u64 > limit {
             return Err(too_large());
         }
-        found = Some((filename, data.to_vec()));
+        form.file = Some(UploadedFile {
+            filename,
+            content_type,
+            bytes: data.to_vec(),
+        });
     }
-    found.ok_or_else(|| ApiError::invalid("multipart body has no `file` field"))
+    Ok(form)
 }
 
 /// `GET /api/v1/chats/{id}/documents`

@@ -8,6 +8,7 @@
 
 pub mod body;
 mod chats;
+mod compat;
 pub mod docs;
 pub mod error;
 pub mod library;
@@ -67,6 +68,11 @@ pub struct App {
     pub started: Instant,
     /// Set when the loopback TCP listener is on.
     pub tcp: Option<tcp::TcpPolicy>,
+    /// Set when the compat listener is on (with the address it bound).
+    pub compat: Option<crate::config::CompatConfig>,
+    /// The model the compat listener's app last switched to (its model list shows it as
+    /// current; each user's choice is also stored in their settings).
+    pub compat_model: std::sync::Mutex<Option<String>>,
     /// The daemon's one shutdown path; `POST /api/v1/shutdown` fires it (`hearth stop`).
     pub shutdown: tokio_util::sync::CancellationToken,
     /// Every task a request starts (uploads, event subscribers); shutdown waits for them.
@@ -79,6 +85,8 @@ pub enum Transport {
     /// The Unix socket (or, on Windows, the named pipe): only the owner can connect.
     Local,
     Tcp,
+    /// The compat listener (`compat/`): another backend's API for its unchanged clients.
+    Compat,
 }
 
 /// The owner-only local listener: a Unix socket, or a named pipe on Windows (`pipe.rs`).
@@ -91,6 +99,7 @@ pub type LocalListener = pipe::PipeListener;
 pub struct Listeners {
     pub local: LocalListener,
     pub tcp: Option<TcpListener>,
+    pub compat: Option<TcpListener>,
 }
 
 /// Takes a listening Unix socket handed over by the service manager (systemd socket activation:
@@ -206,6 +215,18 @@ pub async fn serve(mut listeners: Listeners, app: Arc<App>, shutdown: Cancellati
                 };
                 let Some(permit) = permit(&permits, &app) else { continue };
                 spawn_connection(stream, Transport::Tcp, permit, &app, &graceful);
+            }
+            accepted = accept_tcp(listeners.compat.as_ref()) => {
+                let stream = match accepted {
+                    Ok((stream, peer)) if compat::peer_allowed(&stream, peer) => stream,
+                    Ok(_) => continue,
+                    Err(err) => {
+                        backoff(&err).await;
+                        continue;
+                    }
+                };
+                let Some(permit) = permit(&permits, &app) else { continue };
+                spawn_connection(stream, Transport::Compat, permit, &app, &graceful);
             }
         }
     }

@@ -34,6 +34,10 @@ pub async fn handle(
     transport: Transport,
     req: Request<Incoming>,
 ) -> Result<Response<ResBody>, Infallible> {
+    if transport == Transport::Compat {
+        // Another backend's API, with its own checks and error shape.
+        return Ok(super::compat::handle(&app, req).await);
+    }
     static NEXT_ID: AtomicU64 = AtomicU64::new(1);
     let request_id = format!("{:08x}", NEXT_ID.fetch_add(1, Ordering::Relaxed));
     let span = tracing::debug_span!("request", id = %request_id, method = %req.method(), path = %req.uri().path());
@@ -47,7 +51,7 @@ pub async fn handle(
         };
     // TCP requests pass the token/Host/Origin policy first; Unix peers were checked at accept.
     let (early, cors_origin) = match (transport, &app.tcp) {
-        (Transport::Local, _) => (None, None),
+        (Transport::Local | Transport::Compat, _) => (None, None),
         (Transport::Tcp, None) => (
             Some(render(&ApiError::internal(
                 "TCP connection without a policy",
@@ -161,7 +165,8 @@ async fn route(
         },
         ["users", id] => match method {
             Method::GET => users::get_user(app, user_id(id)?),
-            _ => Err(ApiError::method_not_allowed("GET")),
+            Method::DELETE => users::delete_user(app, user_id(id)?).await,
+            _ => Err(ApiError::method_not_allowed("GET, DELETE")),
         },
         ["users", id, "settings"] => match method {
             Method::GET => users::get_settings(app, user_id(id)?),

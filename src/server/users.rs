@@ -93,6 +93,56 @@ pub(super) fn require_user(app: &App, id: UserId) -> Result<User, ApiError> {
         .ok_or_else(|| ApiError::not_found(ErrorCode::UserNotFound, format!("no user {id}")))
 }
 
+/// What [`remove_user`] deleted.
+pub(super) struct RemovedUser {
+    pub chats: usize,
+    pub messages: u64,
+    pub documents: usize,
+}
+
+/// Deletes a user and everything that is theirs: chats (stopping running replies) with their
+/// messages and documents, settings, memories and memory history. Durable when it returns.
+pub(super) async fn remove_user(app: &App, id: UserId) -> Result<RemovedUser, ApiError> {
+    require_user(app, id)?;
+    let mut removed = RemovedUser {
+        chats: 0,
+        messages: 0,
+        documents: 0,
+    };
+    loop {
+        let page = app.store.list_chats(id, super::chats::MAX_PAGE, None)?;
+        if page.chats.is_empty() {
+            break;
+        }
+        for chat in page.chats {
+            match super::chats::remove_chat(app, chat.id).await {
+                Ok(deleted) => {
+                    removed.chats += 1;
+                    removed.messages += deleted.messages;
+                    removed.documents += deleted.documents.len();
+                }
+                // Deleted meanwhile by another request.
+                Err(err) if err.status == StatusCode::NOT_FOUND => {}
+                Err(err) => return Err(err),
+            }
+        }
+    }
+    app.store.delete_user(id)?;
+    app.store.durable().await?;
+    Ok(removed)
+}
+
+/// `DELETE /api/v1/users/{id}`
+pub(super) async fn delete_user(app: &App, id: UserId) -> Result<Response<ResBody>, ApiError> {
+    let removed = remove_user(app, id).await?;
+    ok(&serde_json::json!({
+        "deleted": id,
+        "chats_deleted": removed.chats,
+        "messages_deleted": removed.messages,
+        "documents_deleted": removed.documents,
+    }))
+}
+
 pub(super) fn get_user(app: &App, id: UserId) -> Result<Response<ResBody>, ApiError> {
     let user = require_user(app, id)?;
     ok(&UserOut::from(&user))
@@ -136,28 +186,45 @@ pub(super) async fn put_settings(
     req: Request<Incoming>,
 ) -> Result<Response<ResBody>, ApiError> {
     let patch: SettingsPatch = body::json(req, app.config.max_body_bytes).await?;
+    let next = update_settings(app, id, |s| {
+        *s = Settings {
+            temperature: patch.temperature.unwrap_or(s.temperature),
+            top_p: patch.top_p.unwrap_or(s.top_p),
+            top_k: patch.top_k.unwrap_or(s.top_k),
+            min_p: patch.min_p.unwrap_or(s.min_p),
+            repeat_penalty: patch.repeat_penalty.unwrap_or(s.repeat_penalty),
+            max_tokens: patch.max_tokens.unwrap_or(s.max_tokens),
+            seed: patch.seed.unwrap_or(s.seed),
+            system_prompt: patch
+                .system_prompt
+                .clone()
+                .unwrap_or_else(|| s.system_prompt.clone()),
+            use_memory: patch.use_memory.unwrap_or(s.use_memory),
+            model: patch.model.clone().unwrap_or_else(|| s.model.clone()),
+            updated_at: s.updated_at,
+        };
+    })
+    .await?;
+    ok(&SettingsOut::from(&next))
+}
+
+/// Changes a user's settings with `edit`, validates the result (a model nobody can load is
+/// refused now, not at the next message) and stores it; durable when it returns.
+pub(super) async fn update_settings(
+    app: &App,
+    id: UserId,
+    edit: impl FnOnce(&mut Settings),
+) -> Result<Settings, ApiError> {
     require_user(app, id)?;
-    let current = app.store.settings(id)?;
-    let next = Settings {
-        temperature: patch.temperature.unwrap_or(current.temperature),
-        top_p: patch.top_p.unwrap_or(current.top_p),
-        top_k: patch.top_k.unwrap_or(current.top_k),
-        min_p: patch.min_p.unwrap_or(current.min_p),
-        repeat_penalty: patch.repeat_penalty.unwrap_or(current.repeat_penalty),
-        max_tokens: patch.max_tokens.unwrap_or(current.max_tokens),
-        seed: patch.seed.unwrap_or(current.seed),
-        system_prompt: patch.system_prompt.unwrap_or(current.system_prompt),
-        use_memory: patch.use_memory.unwrap_or(current.use_memory),
-        model: patch.model.unwrap_or(current.model),
-        updated_at: crate::store::now_millis(),
-    };
+    let mut next = app.store.settings(id)?;
+    edit(&mut next);
+    next.updated_at = crate::store::now_millis();
     next.validate()
         .map_err(|(field, reason)| ApiError::invalid(format!("{field}: {reason}")))?;
     if let Some(model) = &next.model {
-        // A model nobody can load is refused now, not at the next message.
         app.pool.resolve(model)?;
     }
     app.store.put_settings(id, &next)?;
     app.store.durable().await?;
-    ok(&SettingsOut::from(&next))
+    Ok(next)
 }

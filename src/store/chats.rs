@@ -6,7 +6,9 @@ use sled::Transactional;
 
 use super::codec::{decode, encode, get, tx_get, unwrap_tx};
 use super::counts::{self, Counted};
-use super::types::{Chat, ChatId, DocumentId, Message, Scope, UserId, DEFAULT_CHAT_TITLE};
+use super::types::{
+    Chat, ChatId, DocumentId, Message, Scope, SearchMode, UserId, DEFAULT_CHAT_TITLE,
+};
 use super::{now_millis, Store, StoreError, TxResult};
 
 /// A page of a user's chats, newest first.
@@ -25,10 +27,22 @@ pub struct DeletedChat {
 
 impl Store {
     pub fn create_chat(&self, user_id: UserId, title: Option<&str>) -> Result<Chat, StoreError> {
+        self.create_chat_with_id(ChatId::new(), user_id, title, SearchMode::default())
+    }
+
+    /// Creates the chat `id` (a client-chosen id, e.g. one the compat listener was sent), or
+    /// returns it if it exists already (whoever it belongs to: the caller checks).
+    pub fn create_chat_with_id(
+        &self,
+        id: ChatId,
+        user_id: UserId,
+        title: Option<&str>,
+        search_mode: SearchMode,
+    ) -> Result<Chat, StoreError> {
         let i = &*self.inner;
         let now = now_millis();
         let chat = Chat {
-            id: ChatId::new(),
+            id,
             user_id,
             title: title.unwrap_or(DEFAULT_CHAT_TITLE).to_string(),
             title_by_user: title.is_some(),
@@ -36,9 +50,13 @@ impl Store {
             updated_at: now,
             message_count: 0,
             next_seq: 0,
+            search_mode,
         };
         let res = (&i.users, &i.chats, &i.chats_by_user, &i.counts).transaction(
             |(users, chats, by_user, counts)| -> TxResult<_> {
+                if let Some(existing) = tx_get::<Chat>(chats, id.as_bytes())? {
+                    return Ok(existing);
+                }
                 if users.get(user_id.as_bytes())?.is_none() {
                     return Err(ConflictableTransactionError::Abort(StoreError::NotFound(
                         "user",
@@ -47,11 +65,15 @@ impl Store {
                 let previous = chats.insert(&chat.id.as_bytes()[..], encode(&chat))?;
                 counts::add(counts, Counted::Chats, counts::added(&previous))?;
                 by_user.insert(chat_index_key(&chat), &[][..])?;
-                Ok(())
+                Ok(chat.clone())
             },
         );
-        unwrap_tx(res)?;
-        Ok(chat)
+        unwrap_tx(res)
+    }
+
+    /// Sets the search mode a chat's messages use when they name none.
+    pub fn set_search_mode(&self, id: ChatId, mode: SearchMode) -> Result<Chat, StoreError> {
+        self.update_chat(id, |chat| chat.search_mode = mode)
     }
 
     pub fn chat(&self, id: ChatId) -> Result<Option<Chat>, StoreError> {
@@ -99,14 +121,21 @@ impl Store {
 
     /// Sets a chat's title. `by_user` marks it as chosen by the user (never auto-replaced).
     pub fn rename_chat(&self, id: ChatId, title: &str, by_user: bool) -> Result<Chat, StoreError> {
+        self.update_chat(id, |chat| {
+            chat.title = title.to_string();
+            chat.title_by_user |= by_user;
+        })
+    }
+
+    /// Changes a chat with `edit` and bumps its `updated_at` (and its place in the user's list).
+    fn update_chat(&self, id: ChatId, edit: impl Fn(&mut Chat)) -> Result<Chat, StoreError> {
         let i = &*self.inner;
         let res = (&i.chats, &i.chats_by_user).transaction(|(chats, by_idx)| -> TxResult<_> {
             let mut chat: Chat = tx_get(chats, id.as_bytes())?.ok_or(
                 ConflictableTransactionError::Abort(StoreError::NotFound("chat")),
             )?;
             by_idx.remove(chat_index_key(&chat))?;
-            chat.title = title.to_string();
-            chat.title_by_user |= by_user;
+            edit(&mut chat);
             chat.updated_at = now_millis().max(chat.updated_at);
             chats.insert(&id.as_bytes()[..], encode(&chat))?;
             by_idx.insert(chat_index_key(&chat), &[][..])?;

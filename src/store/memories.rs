@@ -387,6 +387,29 @@ impl Store {
         unwrap_tx(res)
     }
 
+    /// Deletes every memory of a user and their whole history (for deleting the user). The
+    /// "forgot all" time is set to now and kept, so an extraction still running for the user
+    /// cannot add a fact back.
+    pub fn purge_memories(&self, user: UserId) -> Result<(), StoreError> {
+        self.forget_memories(user)?;
+        let t = self.mem();
+        let entries: Vec<HistoryEntry> = t
+            .history
+            .scan_prefix(user.as_bytes())
+            .map(|entry| decode(&entry?.1))
+            .collect::<Result<_, _>>()?;
+        let res = (&t.history, &t.history_by_memory).transaction(|(history, by_memory)| {
+            for e in &entries {
+                history.remove(cat(user.as_bytes(), e.id.as_bytes()))?;
+                if let Some(mid) = e.memory_id {
+                    by_memory.remove(cat(mid.as_bytes(), e.id.as_bytes()))?;
+                }
+            }
+            Ok(())
+        });
+        unwrap_tx(res)
+    }
+
     /// When the user last forgot all memories, if ever.
     pub fn memories_forgotten_at(&self, user: UserId) -> Result<Option<Millis>, StoreError> {
         Ok(self

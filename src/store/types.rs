@@ -207,6 +207,33 @@ pub struct Chat {
     pub message_count: u64,
     /// Sequence number for the next message key (messages are keyed chat ‖ seq).
     pub next_seq: u64,
+    /// Where the chat's messages look for context when a message names no mode (absent in
+    /// chats stored before it existed: `normal`).
+    #[serde(default)]
+    pub search_mode: SearchMode,
+}
+
+/// Where a turn looks for context.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SearchMode {
+    /// No document retrieval; long-term memories when memory is on.
+    #[default]
+    Normal,
+    /// The chat's documents and the library only.
+    Docs,
+    /// Documents and long-term memories.
+    All,
+}
+
+impl SearchMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SearchMode::Normal => "normal",
+            SearchMode::Docs => "docs",
+            SearchMode::All => "all",
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -47,6 +47,90 @@ impl Store {
         unwrap_tx(res)
     }
 
+    /// Creates the user `id` named `username` (an id a client chose), or returns the user `id`
+    /// if it exists. A name taken by another user is `InUse`.
+    pub fn create_user_with_id(
+        &self,
+        id: UserId,
+        username: &str,
+    ) -> Result<CreatedUser, StoreError> {
+        let i = &*self.inner;
+        let candidate = User {
+            id,
+            username: username.to_string(),
+            created_at: now_millis(),
+        };
+        let res = (&i.users, &i.users_by_name, &i.counts).transaction(
+            |(users, by_name, counts)| -> TxResult<_> {
+                if let Some(user) = users.get(id.as_bytes())? {
+                    return Ok(CreatedUser {
+                        user: decode(&user).map_err(ConflictableTransactionError::Abort)?,
+                        created: false,
+                    });
+                }
+                if by_name.get(username.as_bytes())?.is_some() {
+                    return Err(ConflictableTransactionError::Abort(StoreError::InUse(
+                        format!("the name '{username}' belongs to another user"),
+                    )));
+                }
+                let previous = users.insert(&id.as_bytes()[..], encode(&candidate))?;
+                counts::add(counts, Counted::Users, counts::added(&previous))?;
+                by_name.insert(username.as_bytes(), &id.as_bytes()[..])?;
+                Ok(CreatedUser {
+                    user: candidate.clone(),
+                    created: true,
+                })
+            },
+        );
+        unwrap_tx(res)
+    }
+
+    /// The user named `username`, if any.
+    pub fn user_by_name(&self, username: &str) -> Result<Option<User>, StoreError> {
+        match self.inner.users_by_name.get(username.as_bytes())? {
+            Some(id) => {
+                let id = UserId::from_slice(&id)
+                    .ok_or_else(|| StoreError::Corrupt("users_by_name: bad id".into()))?;
+                self.user(id)
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Every user, oldest first.
+    pub fn users(&self) -> Result<Vec<User>, StoreError> {
+        self.inner
+            .users
+            .iter()
+            .map(|entry| decode(&entry?.1))
+            .collect()
+    }
+
+    /// Deletes a user with their settings, memories and memory history. Their chats must be
+    /// deleted first (`InUse` otherwise): chat deletion also drops index scopes, which the
+    /// store does not own.
+    pub fn delete_user(&self, id: UserId) -> Result<bool, StoreError> {
+        let i = &*self.inner;
+        if i.chats_by_user.scan_prefix(id.as_bytes()).next().is_some() {
+            return Err(StoreError::InUse("the user still has chats".into()));
+        }
+        let Some(user) = self.user(id)? else {
+            return Ok(false);
+        };
+        self.purge_memories(id)?;
+        let res = (&i.users, &i.users_by_name, &i.settings, &i.counts).transaction(
+            |(users, by_name, settings, counts)| -> TxResult<_> {
+                let previous = users.remove(&id.as_bytes()[..])?;
+                counts::add(counts, Counted::Users, counts::removed(&previous))?;
+                by_name.remove(user.username.as_bytes())?;
+                settings.remove(&id.as_bytes()[..])?;
+                Ok(())
+            },
+        );
+        unwrap_tx(res)?;
+        Ok(true)
+    }
+
     pub fn user(&self, id: UserId) -> Result<Option<User>, StoreError> {
         get(&self.inner.users, id.as_bytes())
     }

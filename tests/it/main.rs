@@ -4,6 +4,7 @@
 mod api;
 mod chat;
 mod cli;
+mod compat;
 mod docs;
 mod library;
 mod lifecycle;
