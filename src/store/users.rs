@@ -159,6 +159,30 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_user_is_deleted_only_without_chats_and_a_client_id_is_kept() {
+        let (_dir, store) = open();
+        let id = UserId::new();
+        let made = store.create_user_with_id(id, "lin").unwrap();
+        assert!(made.created);
+        assert_eq!(made.user.id, id);
+        // The same id again is the same user; the name under another id is taken.
+        assert!(!store.create_user_with_id(id, "lin").unwrap().created);
+        assert!(matches!(
+            store.create_user_with_id(UserId::new(), "lin"),
+            Err(StoreError::InUse(_))
+        ));
+        assert_eq!(store.user_by_name("lin").unwrap().unwrap().id, id);
+        let chat = store.create_chat(id, None).unwrap();
+        assert!(matches!(store.delete_user(id), Err(StoreError::InUse(_))));
+        store.delete_chat(chat.id).unwrap();
+        assert!(store.delete_user(id).unwrap());
+        assert!(store.user(id).unwrap().is_none());
+        assert!(store.user_by_name("lin").unwrap().is_none());
+        assert!(!store.delete_user(id).unwrap());
+        assert_eq!(store.counts().unwrap().users, 0);
+    }
+
+    #[tokio::test]
     async fn users_are_unique_by_name() {
         let (_dir, store) = open();
         let a = store.create_user("ada").unwrap();

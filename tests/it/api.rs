@@ -130,6 +130,120 @@ async fn users_settings_and_chats_round_trip() {
     assert_eq!(err["error"]["code"], "chat_not_found");
 }
 
+#[tokio::test]
+async fn chats_keep_a_search_mode_and_deleting_a_user_removes_everything_theirs() {
+    let d = Daemon::start(tiny()).await;
+    let c = &d.client;
+    let uid = user(&d, "grace").await;
+    let chat = c
+        .call(
+            Method::POST,
+            "/api/v1/chats",
+            Some(&json!({"user_id": uid, "search_mode": "docs"})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(chat["search_mode"], "docs");
+    let id = chat["id"].as_str().unwrap().to_string();
+    let patched = c
+        .call(
+            Method::PATCH,
+            &format!("/api/v1/chats/{id}"),
+            Some(&json!({"search_mode": "all"})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(patched["search_mode"], "all");
+    assert_eq!(patched["title"], chat["title"]);
+    let (status, err) = c
+        .request(
+            Method::PATCH,
+            &format!("/api/v1/chats/{id}"),
+            Some(&json!({})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 422, "{err}");
+    // A message without a mode uses the chat's ("all": the chat's documents are searched); one
+    // with a mode uses that.
+    let (status, doc) = c
+        .upload(
+            &format!("/api/v1/chats/{id}/documents"),
+            "zebulon.txt",
+            b"The launch code of project Zebulon is 7419.",
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{doc}");
+    let question = "What is the launch code of project Zebulon?";
+    let has_sources =
+        |events: &[hearth::client::Event]| events.iter().any(|e| e.event == "sources");
+    let (_, events) = d
+        .ask(
+            &id,
+            json!({"content": question, "options": {"max_tokens": 4}}),
+        )
+        .await;
+    assert!(has_sources(&events), "the chat's mode (all) was not used");
+    let (_, events) = d
+        .ask(
+            &id,
+            json!({"content": question, "search_mode": "normal", "options": {"max_tokens": 4}}),
+        )
+        .await;
+    assert!(
+        !has_sources(&events),
+        "the message's mode (normal) was not used"
+    );
+    let listed = c
+        .call(Method::GET, &format!("/api/v1/users/{uid}/chats"), None)
+        .await
+        .unwrap();
+    assert_eq!(listed["chats"][0]["search_mode"], "all");
+    c.call(
+        Method::POST,
+        &format!("/api/v1/users/{uid}/memories"),
+        Some(&json!({"text": "Grace likes tea", "infer": false})),
+    )
+    .await
+    .unwrap();
+    let other = user(&d, "hopper").await;
+
+    let deleted = c
+        .call(Method::DELETE, &format!("/api/v1/users/{uid}"), None)
+        .await
+        .unwrap();
+    assert_eq!(deleted["chats_deleted"], 1);
+    assert_eq!(deleted["messages_deleted"], 4);
+    assert_eq!(deleted["documents_deleted"], 1);
+    for path in [
+        format!("/api/v1/users/{uid}"),
+        format!("/api/v1/chats/{id}"),
+        format!("/api/v1/users/{uid}/memories"),
+    ] {
+        let (status, _) = c.request(Method::GET, &path, None).await.unwrap();
+        assert_eq!(status, 404, "{path}");
+    }
+    // The name is free again, and nobody else was touched.
+    let (status, _) = c
+        .request(
+            Method::POST,
+            "/api/v1/users",
+            Some(&json!({"username": "grace"})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 201);
+    let health = c.call(Method::GET, "/api/v1/health", None).await.unwrap();
+    assert_eq!(health["store"]["users"], 2);
+    assert_eq!(health["store"]["chats"], 0);
+    assert_eq!(health["store"]["messages"], 0);
+    assert_eq!(health["store"]["documents"], 0);
+    c.call(Method::GET, &format!("/api/v1/users/{other}"), None)
+        .await
+        .unwrap();
+}
+
 /// (name, raw request, expected status, expected code)
 fn bad_requests(uid: &str, chat: &str) -> Vec<(&'static str, Vec<u8>, u16, &'static str)> {
     let json = Some("application/json");
