@@ -156,6 +156,7 @@ seen.first_tokens = first.tokens;
 // machine, so keep polling as a user who waits would see it arrive.
 await sleep(2500);
 let title = (await request(`/api/chats/detail/${chat.id}`)).title;
+seen.title_at_first_poll = title !== "New Chat";
 for (let i = 0; i < 60 && title === "New Chat"; i++) {
   await sleep(500);
   title = (await request(`/api/chats/detail/${chat.id}`)).title;

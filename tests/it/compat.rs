@@ -198,3 +198,71 @@ async fn a_non_loopback_compat_address_is_a_start_error() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("loopback"), "{stderr}");
 }
+
+fn post_json(port: u16, path: &str, body: &str) -> (u16, String) {
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let (status, text) = exchange(port, &request).unwrap();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+#[tokio::test]
+async fn a_client_that_goes_away_cancels_its_reply() {
+    let (_d, port) = compat_daemon().await;
+    let (_, user) = post_json(port, "/api/users/create", r#"{"username":"leaver"}"#);
+    let user: Value = serde_json::from_str(&user).unwrap();
+    let uid = user["id"].as_str().unwrap();
+    let (_, chat) = post_json(
+        port,
+        "/api/chats/create",
+        &format!(r#"{{"user_id":"{uid}","title":"New Chat"}}"#),
+    );
+    let chat: Value = serde_json::from_str(&chat).unwrap();
+    let cid = chat["id"].as_str().unwrap();
+    let body = format!(
+        r#"{{"chatId":"{cid}","userId":"{uid}","message":"Write a very long story about a dragon.","searchMode":"normal","useMemory":false}}"#
+    );
+    // Read the first token, then hang up (a window reload).
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        stream,
+        "POST /api/chat/stream HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains("\"done\":false") {
+        let n = stream.read(&mut buf).unwrap();
+        assert!(n > 0, "stream ended before a token");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    drop(stream);
+    // The reply (a long story, up to the default 1024 tokens: many seconds) stops: the chat
+    // takes the next message within moments instead of answering 409 until it is done.
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    loop {
+        let short = format!(
+            r#"{{"chatId":"{cid}","userId":"{uid}","message":"Hi","searchMode":"normal","useMemory":false}}"#
+        );
+        let (status, text) = post_json(port, "/api/chat/stream", &short);
+        if status == 200 {
+            assert!(text.contains("\"done\":true"), "{text}");
+            break;
+        }
+        assert_eq!(status, 409, "{text}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first reply was not cancelled"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

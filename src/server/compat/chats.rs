@@ -424,7 +424,14 @@ pub(super) async fn stream(
 /// the one final `done` event.
 async fn forward(chat: ChatId, mut events: mpsc::Receiver<ChatEvent>, out: mpsc::Sender<SseEvent>) {
     let mut sources = Vec::new();
-    while let Some(event) = events.recv().await {
+    loop {
+        let event = tokio::select! {
+            event = events.recv() => event,
+            // The client went away (also before the first token): returning drops `events`,
+            // which cancels the turn.
+            () = out.closed() => return,
+        };
+        let Some(event) = event else { return };
         let last = match event {
             ChatEvent::Start { .. } => continue,
             ChatEvent::Sources(found) => {
