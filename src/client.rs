@@ -219,8 +219,27 @@ impl Client {
         filename: &str,
         bytes: &[u8],
     ) -> anyhow::Result<(StatusCode, Value)> {
+        self.upload_named(path, filename, None, bytes).await
+    }
+
+    /// [`Client::upload`] with the form's `name` field: the document's name when it is not the
+    /// file name (`hearth ingest` sends the file's absolute path).
+    pub async fn upload_named(
+        &self,
+        path: &str,
+        filename: &str,
+        name: Option<&str>,
+        bytes: &[u8],
+    ) -> anyhow::Result<(StatusCode, Value)> {
+        let (content_type, body) = multipart(filename, name, bytes);
         let response = self
-            .send_file(path, filename, bytes, "application/json")
+            .send_raw(
+                Method::POST,
+                path,
+                Some(content_type),
+                body,
+                Some("application/json"),
+            )
             .await?;
         let status = response.status();
         let bytes = response.into_body().collect().await?.to_bytes();
@@ -251,7 +270,7 @@ impl Client {
         bytes: &[u8],
         accept: &str,
     ) -> anyhow::Result<hyper::Response<Incoming>> {
-        let (content_type, body) = multipart(filename, bytes);
+        let (content_type, body) = multipart(filename, None, bytes);
         self.send_raw(Method::POST, path, Some(content_type), body, Some(accept))
             .await
     }
@@ -354,7 +373,7 @@ impl Client {
 }
 
 /// A multipart/form-data body with one field `file`; returns the content type and the body.
-fn multipart(filename: &str, bytes: &[u8]) -> (String, Bytes) {
+fn multipart(filename: &str, document_name: Option<&str>, bytes: &[u8]) -> (String, Bytes) {
     let boundary = format!("hearth-{:016x}", rand_u64());
     // Quotes and line breaks would end the header early; the server only uses the name
     // for display and format detection.
@@ -363,6 +382,16 @@ fn multipart(filename: &str, bytes: &[u8]) -> (String, Bytes) {
         .map(|c| if c == '"' || c.is_control() { '_' } else { c })
         .collect();
     let mut body = Vec::with_capacity(bytes.len() + 256);
+    if let Some(document_name) = document_name {
+        // A text field's value is the part's body: only the boundary could end it, and the
+        // boundary is random.
+        body.extend_from_slice(
+            format!(
+                "--{boundary}\r\nContent-Disposition: form-data; name=\"name\"\r\n\r\n{document_name}\r\n"
+            )
+            .as_bytes(),
+        );
+    }
     body.extend_from_slice(
         format!(
             "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{name}\"\r\nContent-Type: application/octet-stream\r\n\r\n"

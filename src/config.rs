@@ -17,8 +17,10 @@ pub const CONFIG_FILE_NAME: &str = "hearth.toml";
 
 /// Every setting as the user may write it, in the file, the environment or on the command line.
 ///
-/// Field names are the TOML keys; the command line uses the same names with dashes, the
-/// environment the same names upper-cased behind `HEARTH_` (clap reads both, see `cli`).
+/// One naming rule (a test holds every field to it): the field name is the TOML key, the flag
+/// is that name with dashes, the environment variable that name upper-cased behind `HEARTH_`.
+/// `--allow-origin` and `--compat-allow-origin`, the first spellings of two flags, are hidden
+/// aliases.
 #[derive(Debug, Default, Clone, Deserialize, clap::Args)]
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
@@ -100,7 +102,8 @@ pub struct RawConfig {
     pub tcp: Option<String>,
     /// Origins allowed to call the TCP listener (CORS), comma-separated [default: none].
     #[arg(
-        long = "allow-origin",
+        long,
+        alias = "allow-origin",
         env = "HEARTH_ALLOWED_ORIGINS",
         value_name = "ORIGIN",
         value_delimiter = ','
@@ -118,7 +121,8 @@ pub struct RawConfig {
     /// Origin and `Origin: null` (the packaged app's file:// page) are always allowed
     /// [default: http://localhost:5173,http://localhost:3000, the app's dev servers].
     #[arg(
-        long = "compat-allow-origin",
+        long,
+        alias = "compat-allow-origin",
         env = "HEARTH_COMPAT_ORIGINS",
         value_name = "ORIGIN",
         value_delimiter = ','
@@ -603,7 +607,7 @@ fn compat_config(raw: &RawConfig) -> anyhow::Result<Option<CompatConfig>> {
     });
     for origin in &origins {
         if origin == "*" {
-            bail!("compat_allow_origin: a wildcard would let every web page drive the listener; list origins");
+            bail!("compat_origins: a wildcard would let every web page drive the listener; list origins");
         }
     }
     Ok(Some(CompatConfig { api, addr, origins }))

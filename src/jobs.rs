@@ -256,8 +256,11 @@ impl Jobs {
             .generate(
                 job,
                 &title::messages(message),
-                title::grammar(),
-                title::MAX_TOKENS,
+                Constrained {
+                    grammar: title::grammar(),
+                    max_tokens: title::MAX_TOKENS,
+                    repeat_penalty: title::REPEAT_PENALTY,
+                },
                 Priority::Normal,
                 shutdown,
             )
@@ -321,8 +324,12 @@ impl Jobs {
                 .generate(
                     job,
                     &extract::messages(message),
-                    extract::grammar(),
-                    extract::MAX_TOKENS,
+                    Constrained {
+                        grammar: extract::grammar(),
+                        max_tokens: extract::MAX_TOKENS,
+                        // JSON repeats quotes and braces by nature: no penalty.
+                        repeat_penalty: 1.0,
+                    },
                     Priority::Low,
                     shutdown,
                 )
@@ -397,8 +404,7 @@ impl Jobs {
         &self,
         job: &BgJob,
         messages: &[crate::llm::ChatMessage],
-        grammar: String,
-        max_tokens: u32,
+        constrained: Constrained,
         priority: Priority,
         shutdown: &CancellationToken,
     ) -> Result<(String, Finish), JobError> {
@@ -422,7 +428,7 @@ impl Jobs {
             .map_err(|err| JobError::Failed(err.to_string()))?;
         self.inner.generating.store(true, Ordering::Relaxed);
         let result = self
-            .generate_prompt(&lease, prompt, grammar, max_tokens, priority, shutdown)
+            .generate_prompt(&lease, prompt, constrained, priority, shutdown)
             .await;
         self.inner.generating.store(false, Ordering::Relaxed);
         result
@@ -432,11 +438,15 @@ impl Jobs {
         &self,
         llm: &crate::llm::Llm,
         prompt: crate::llm::Prompt,
-        grammar: String,
-        max_tokens: u32,
+        constrained: Constrained,
         priority: Priority,
         shutdown: &CancellationToken,
     ) -> Result<(String, Finish), JobError> {
+        let Constrained {
+            grammar,
+            max_tokens,
+            repeat_penalty,
+        } = constrained;
         loop {
             let (tx, mut rx) = mpsc::channel(GEN_CHANNEL_CAPACITY);
             let cancel = CancelFlag::default();
@@ -447,7 +457,7 @@ impl Jobs {
                     top_k: 0,
                     top_p: 1.0,
                     min_p: 0.0,
-                    repeat_penalty: 1.0,
+                    repeat_penalty,
                     frequency_penalty: 0.0,
                     presence_penalty: 0.0,
                     seed: None,
@@ -507,6 +517,15 @@ impl Jobs {
             }
         }
     }
+}
+
+/// What a background generation may produce: greedy, under `grammar`, at most `max_tokens`,
+/// with `repeat_penalty` over the recent tokens (titles need it: greedy decoding of a small
+/// model loops on fragments like "iling,iling,").
+struct Constrained {
+    grammar: String,
+    max_tokens: u32,
+    repeat_penalty: f32,
 }
 
 /// The job kind's name in logs and health.

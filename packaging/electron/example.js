@@ -14,7 +14,8 @@
  * Other HEARTH_* settings (HEARTH_THREADS, HEARTH_CTX, ...) reach hearth through the environment.
  *
  * Output: the reply's tokens on stdout as they stream, then one line `DONE {...}` with the done
- * event's data. hearth's logs go to stderr. Exit status 0 on success, 1 on any failure, 130 on
+ * event's data; then a follow-up that searches documents prints `EVENTS start,sources,token,done`
+ * (the event names in order, repeats folded) and `SOURCES {...}` (the sources event's data). hearth's logs go to stderr. Exit status 0 on success, 1 on any failure, 130 on
  * Ctrl-C.
  */
 
@@ -77,6 +78,23 @@ async function main() {
     );
     process.stdout.write('\n');
     process.stdout.write(`DONE ${JSON.stringify(done)}\n`);
+
+    // A follow-up that searches the user's documents (`search_mode` is the message's own
+    // field): a `sources` event comes before the first token, here an empty list with the
+    // reason, since this fresh data dir holds no document.
+    const names = [];
+    let sources = null;
+    await hearth.streamChat(
+      chat.id,
+      'What do my documents say about Paris?',
+      { temperature: 0, max_tokens: 16, search_mode: 'docs', signal: controller.signal },
+      (ev) => {
+        if (names[names.length - 1] !== ev.event) names.push(ev.event);
+        if (ev.event === 'sources') sources = ev.data;
+      },
+    );
+    process.stdout.write(`EVENTS ${names.join(',')}\n`);
+    process.stdout.write(`SOURCES ${JSON.stringify(sources)}\n`);
 
     const code = await hearth.stop();
     hearth = null;

@@ -290,8 +290,11 @@ function streamChat(socketPath, chatId, content, options, onEvent) {
     onEvent = options;
     options = {};
   }
-  const { signal, idleTimeoutMs = 60000, ...generation } = options || {};
+  // `search_mode` is a field of the message itself, not a generation option: the daemon rejects
+  // unknown keys inside `options` (422), so it is lifted out here.
+  const { signal, idleTimeoutMs = 60000, search_mode: searchMode, ...generation } = options || {};
   const body = { content };
+  if (searchMode !== undefined) body.search_mode = searchMode;
   if (Object.keys(generation).length > 0) body.options = generation;
   const payload = Buffer.from(JSON.stringify(body), 'utf8');
   const path = `${API}/chats/${encodeURIComponent(chatId)}/messages`;
@@ -509,12 +512,16 @@ class Hearth extends EventEmitter {
    * @param {string} chatId
    * @param {string} content the user's message
    * @param {object} [options] generation overrides sent as the request's `options` (temperature,
-   *   top_p, top_k, min_p, repeat_penalty, max_tokens, seed, system_prompt), plus two local keys
+   *   top_p, top_k, min_p, repeat_penalty, max_tokens, seed, system_prompt); `search_mode`
+   *   (`'normal'` | `'docs'` | `'all'`, sent as the message's own field: this message searches the
+   *   chat's documents and the library, `'all'` memories too; absent = the chat's mode); plus two local keys
    *   that are not sent: `signal` (AbortSignal: aborting closes the connection, which makes hearth
    *   cancel the generation and keep the partial reply) and `idleTimeoutMs` (default 60000; hearth
    *   sends a keep-alive every 15 s, so longer silence means it is gone; 0 disables).
    * @param {(ev: {event: string, data: any, id: string}) => void} [onEvent] called for every event
-   *   (`start`, `token`, `done`, `error`) with `data` parsed from JSON. If it throws, the stream is
+   *   (`start`, `sources`, `token`, `done`, `error`) with `data` parsed from JSON. `sources` comes
+   *   before the first token when the message searched documents or memories: `{sources: [...],
+   *   reason?}`, an empty list with `reason` (`no_documents`, `no_match`) when nothing was found. If it throws, the stream is
    *   cancelled and the promise rejects with that error.
    * @returns {Promise<object>} the `done` event's data. Rejects with a HearthError whose `code` is
    *   the `error` event's code (`inference_failed`, `store_unavailable`, `shutting_down`), or the JSON

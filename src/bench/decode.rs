@@ -296,11 +296,11 @@ async fn new_chat(client: &Client) -> anyhow::Result<String> {
     client.create_chat("bench").await
 }
 
-struct SocketRun {
-    tokens: usize,
-    first_to_last: Duration,
-    ttft_ms: f64,
-    prefill_ms: f64,
+pub(super) struct SocketRun {
+    pub(super) tokens: usize,
+    pub(super) first_to_last: Duration,
+    pub(super) ttft_ms: f64,
+    pub(super) prefill_ms: f64,
 }
 
 async fn socket_run(client: &Client, tokens: u32) -> anyhow::Result<SocketRun> {
@@ -332,8 +332,10 @@ async fn socket_run(client: &Client, tokens: u32) -> anyhow::Result<SocketRun> {
     bail!("stream ended without done")
 }
 
-/// The same greedy generation through `/v1/chat/completions` (stateless, streamed).
-async fn openai_run(client: &Client, tokens: u32) -> anyhow::Result<SocketRun> {
+/// The same greedy generation through `/v1/chat/completions` (stateless, streamed), over
+/// `client`: hearth's, or a peer server's (`bench --openai-peer`). Counts content chunks, one
+/// per token on both.
+pub(super) async fn openai_run(client: &Client, tokens: u32) -> anyhow::Result<SocketRun> {
     let body = json!({
         "messages": [
             {"role": "system", "content": "You are a helpful assistant."},

@@ -15,14 +15,11 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use serde_json::json;
 
+use super::decode::{openai_run, SocketRun};
 use super::{command, median, rss_kib, BenchDaemon, RemoveOnDrop, N_CTX};
 use crate::client::Client;
 use crate::models::Entry;
-
-const SYSTEM: &str = "You are a helpful assistant.";
-const PROMPT: &str = "Write a long, detailed story about a dragon who learns to bake bread.";
 
 /// How long either server may take to become ready (the peer imports a lot of Python).
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
@@ -89,8 +86,8 @@ pub(super) fn run(
     let mut sides = [Side::default(), Side::default()];
     // One warm-up each, then measured runs.
     for run in 0..=runs {
-        let h = rt.block_on(stream_run(&hearth_client, tokens))?;
-        let p = rt.block_on(stream_run(&peer_client, tokens))?;
+        let h = rt.block_on(openai_run(&hearth_client, tokens))?;
+        let p = rt.block_on(openai_run(&peer_client, tokens))?;
         if run == 0 {
             continue;
         }
@@ -158,50 +155,13 @@ struct Side {
 }
 
 impl Side {
-    fn push(&mut self, run: &Run) {
+    fn push(&mut self, run: &SocketRun) {
         // n chunks span n-1 intervals.
         self.rates
-            .push(run.chunks.saturating_sub(1) as f64 / run.first_to_last.as_secs_f64().max(1e-9));
-        self.ttft.push(run.ttft.as_secs_f64() * 1000.0);
-        self.last_tokens = run.chunks;
+            .push(run.tokens.saturating_sub(1) as f64 / run.first_to_last.as_secs_f64().max(1e-9));
+        self.ttft.push(run.ttft_ms);
+        self.last_tokens = run.tokens;
     }
-}
-
-struct Run {
-    chunks: usize,
-    first_to_last: Duration,
-    ttft: Duration,
-}
-
-/// One greedy streamed chat completion; counts content chunks (one per token on both servers).
-async fn stream_run(client: &Client, tokens: u32) -> anyhow::Result<Run> {
-    let body = json!({
-        "messages": [
-            {"role": "system", "content": SYSTEM},
-            {"role": "user", "content": PROMPT}
-        ],
-        "temperature": 0, "max_tokens": tokens, "stream": true
-    });
-    let sent = Instant::now();
-    let mut stream = client.stream("/v1/chat/completions", &body).await?;
-    let (mut first, mut last, mut n) = (None, Instant::now(), 0);
-    while let Some(event) = stream.next().await? {
-        if event.data.get("error").is_some() {
-            bail!("generation failed: {}", event.data);
-        }
-        let delta = &event.data["choices"][0]["delta"]["content"];
-        if delta.as_str().is_some_and(|t| !t.is_empty()) {
-            last = Instant::now();
-            first.get_or_insert(last);
-            n += 1;
-        }
-    }
-    let first = first.context("no tokens")?;
-    Ok(Run {
-        chunks: n,
-        first_to_last: last.duration_since(first),
-        ttft: first.duration_since(sent),
-    })
 }
 
 /// Waits until the peer answers `GET /v1/models` (it loads the model before it listens).

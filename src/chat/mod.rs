@@ -28,8 +28,8 @@ use crate::llm::{CancelFlag, Finish, GenEvent, Generation, LlmError, Outcome, Pr
 use crate::memory::Memories;
 use crate::pool::{Lease, Pool, PoolError};
 use crate::store::{
-    now_millis, BgJobKind, ChatId, FinishReason, Message, MessageId, Role, Scope, Settings, Source,
-    Store, StoreError, Usage,
+    now_millis, BgJobKind, ChatId, FinishReason, Message, MessageId, Role, Settings, Source, Store,
+    StoreError, Usage,
 };
 use retrieve::{RetrieveError, Retriever};
 
@@ -118,8 +118,12 @@ pub enum ChatEvent {
         /// The model answering.
         model: String,
     },
-    /// Context passages, before the first token (only when there are any).
-    Sources(Vec<Source>),
+    /// Context passages, before the first token: sent when there are any, and when documents
+    /// were searched and none was found (then with `empty_reason`).
+    Sources {
+        sources: Vec<Source>,
+        empty_reason: Option<retrieve::EmptyReason>,
+    },
     Token(String),
     Done(Done),
     Error {
@@ -261,14 +265,16 @@ impl ChatService {
         let slot = ActiveSlot::claim(&self.active, req.chat_id, cancel.clone())?;
 
         let search_mode = req.search_mode.unwrap_or(chat.search_mode);
-        let mut sources = match search_mode {
-            SearchMode::Normal => Vec::new(),
-            SearchMode::Docs | SearchMode::All => {
-                self.retriever
-                    .retrieve(&[Scope::Chat(req.chat_id), Scope::Library], &req.content)
-                    .await?
-            }
+        let searched = search_mode != SearchMode::Normal;
+        let retrieval = if searched {
+            self.retriever
+                .retrieve_for_chat(req.chat_id, &req.content)
+                .await?
+        } else {
+            retrieve::Retrieval::default()
         };
+        let empty_reason = retrieval.empty_reason;
+        let mut sources = retrieval.sources;
         if settings.use_memory && search_mode != SearchMode::Docs {
             let first = u32::try_from(sources.len() + 1).unwrap_or(u32::MAX);
             // Memories come after documents: when the prompt is too long, they go first. A
@@ -298,7 +304,7 @@ impl ChatService {
             // it, the weakest passages are dropped first.
             let mut sources = sources;
             loop {
-                let system = retrieve::with_context(&system, &sources);
+                let system = retrieve::with_context(&system, &sources, searched);
                 match prompt::plan(&system, &history, &content, budget, |m| {
                     render.chat_prompt(m)
                 }) {
@@ -357,6 +363,8 @@ impl ChatService {
             received: req.received,
             cancel,
             sources,
+            searched,
+            empty_reason,
             context: ContextInfo {
                 n_ctx,
                 prompt_budget: u32::try_from(budget).unwrap_or(u32::MAX),
@@ -445,6 +453,9 @@ struct Turn {
     received: Instant,
     cancel: CancelFlag,
     sources: Vec<Source>,
+    /// Documents were searched for this message (its `sources` event is sent even if empty).
+    searched: bool,
+    empty_reason: Option<retrieve::EmptyReason>,
     context: ContextInfo,
 }
 
@@ -465,9 +476,22 @@ impl Turn {
             })
             .await
             .is_err();
-        if !self.sources.is_empty() && !client_gone {
+        if (self.searched || !self.sources.is_empty()) && !client_gone {
+            let has_documents = self
+                .sources
+                .iter()
+                .any(|s| matches!(s.origin, crate::store::SourceOrigin::Document { .. }));
+            // The reason describes the document search: with memories but no excerpt (after
+            // a too-long prompt dropped them, too) it still says why no excerpt came.
+            let empty_reason = match (self.searched, has_documents) {
+                (true, false) => Some(self.empty_reason.unwrap_or(retrieve::EmptyReason::NoMatch)),
+                _ => None,
+            };
             client_gone = out
-                .send(ChatEvent::Sources(self.sources.clone()))
+                .send(ChatEvent::Sources {
+                    sources: self.sources.clone(),
+                    empty_reason,
+                })
                 .await
                 .is_err();
         }

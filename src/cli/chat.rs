@@ -298,6 +298,8 @@ struct Reply {
     text: String,
     done: Value,
     sources: Vec<Value>,
+    /// The `sources` event's `reason`: why a document search found no excerpt.
+    no_source_reason: Option<String>,
 }
 
 /// Streams one reply. Tokens go to `out` as they arrive when `echo`; `interrupt` (the session's
@@ -318,6 +320,7 @@ async fn stream_reply(
         text: String::new(),
         done: Value::Null,
         sources: Vec::new(),
+        no_source_reason: None,
     };
     let mut cancelling = false;
     loop {
@@ -355,6 +358,7 @@ async fn stream_reply(
                     .as_array()
                     .cloned()
                     .unwrap_or_default();
+                reply.no_source_reason = event.data["reason"].as_str().map(str::to_string);
             }
             "done" => {
                 reply.done = event.data;
@@ -371,9 +375,26 @@ async fn stream_reply(
     }
 }
 
-/// One source as a line under the answer: `[1] report.pdf, p. 2 (0.71)`.
+/// Why a document search gave nothing, as a line under the answer.
+fn no_source_line(reason: &str) -> String {
+    match reason {
+        "no_documents" => {
+            "(no documents to search: add some with `hearth docs upload` or the drop folder)".into()
+        }
+        "no_match" => "(no passage of your documents matched this question)".into(),
+        other => format!("(no document excerpt: {other})"),
+    }
+}
+
+/// One source as a line under the answer: `[1] report.pdf, p. 2 (0.71)`; a fallback excerpt
+/// that scored under the cut-off says so: `(0.18, weak match)`.
 pub(super) fn source_line(source: &Value) -> String {
     let n = &source["n"];
+    let weak = if source["below_threshold"].as_bool() == Some(true) {
+        ", weak match"
+    } else {
+        ""
+    };
     let score = source["score"].as_f64().unwrap_or(0.0);
     match source["type"].as_str() {
         Some("memory") => format!(
@@ -386,7 +407,7 @@ pub(super) fn source_line(source: &Value) -> String {
                 .map(|p| format!(", p. {p}"))
                 .unwrap_or_default();
             format!(
-                "[{n}] {}{page} ({score:.2})",
+                "[{n}] {}{page} ({score:.2}{weak})",
                 source["filename"].as_str().unwrap_or("?")
             )
         }
@@ -413,12 +434,16 @@ async fn one_answer(
             "finish_reason": d["finish_reason"],
             "usage": d["usage"],
             "sources": reply.sources,
+            "no_source_reason": reply.no_source_reason,
         }));
     }
     writeln!(out)?;
     let mut err = std::io::stderr().lock();
     for source in &reply.sources {
         writeln!(err, "  {}", source_line(source))?;
+    }
+    if let Some(reason) = &reply.no_source_reason {
+        writeln!(err, "  {}", no_source_line(reason))?;
     }
     writeln!(
         err,
@@ -537,6 +562,9 @@ async fn repl_turn(session: &mut Session, text: &str, sigint: &mut Signal) -> an
         for source in &reply.sources {
             writeln!(out, "  {}", source_line(source))?;
         }
+    }
+    if let Some(reason) = &reply.no_source_reason {
+        writeln!(out, "  {}", no_source_line(reason))?;
     }
     Ok(())
 }

@@ -114,6 +114,19 @@ fn collect(paths: &[PathBuf], rules: &crate::library::rules::Rules) -> Vec<Found
 }
 
 pub(super) async fn ingest(config_file: Option<&Path>, args: IngestArgs) -> anyhow::Result<()> {
+    // A path the user named that is not there is a mistake (a typo, a wrong folder), not a
+    // skip: nothing is uploaded and the exit status says so.
+    let missing: Vec<String> = args
+        .paths
+        .iter()
+        .filter_map(|p| match std::fs::metadata(p) {
+            Ok(_) => None,
+            Err(err) => Some(format!("{}: {err}", p.display())),
+        })
+        .collect();
+    if !missing.is_empty() {
+        anyhow::bail!("cannot read {}; nothing was uploaded", missing.join("; "));
+    }
     let client = connect(config_file, &args.client)?;
     client.request(Method::GET, "/api/v1/health", None).await?;
     let rules = crate::library::rules::Rules::new(&args.ignore).map_err(anyhow::Error::msg)?;
@@ -143,10 +156,16 @@ pub(super) async fn ingest(config_file: Option<&Path>, args: IngestArgs) -> anyh
         };
         let name = path.to_string_lossy().into_owned();
         bar.set_message(name.clone());
+        // Named by the absolute path, as drop-folder files are: two `report.pdf`s stay apart.
+        let full = std::path::absolute(&path).unwrap_or_else(|_| path.clone());
+        let full = full.to_string_lossy();
+        let file_name = path
+            .file_name()
+            .map_or_else(|| name.clone(), |n| n.to_string_lossy().into_owned());
         let result = match std::fs::read(&path) {
             Ok(bytes) => {
                 client
-                    .upload("/api/v1/library/documents", &name, &bytes)
+                    .upload_named("/api/v1/library/documents", &file_name, Some(&full), &bytes)
                     .await
             }
             Err(err) => Err(anyhow::Error::from(err)),

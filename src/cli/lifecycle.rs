@@ -367,7 +367,8 @@ pub(super) async fn guide(config_file: Option<&Path>) -> anyhow::Result<()> {
         }
     };
     writeln!(out, "socket:  {}", target.socket.display())?;
-    writeln!(out, "data:    {}\n\nNext:", target.data_dir.display())?;
+    writeln!(out, "data:    {}", target.data_dir.display())?;
+    writeln!(out, "models:  {}\n\nNext:", target.models_dir.display())?;
     let steps: &[(&str, &str)] = if running {
         &[
             (

@@ -133,14 +133,19 @@ impl Ingestor {
         &self.limits
     }
 
-    /// The embedder's tokenizer (verified against the manifest, loaded once).
+    /// The embedder's tokenizer (verified against the manifest, loaded once), for counting:
+    /// the file configures padding to 128 tokens and truncation, which would make every count
+    /// 128 (issue 20: `/api/v1/embeddings` reported "hello" as 128 tokens), so both are off.
     fn tokenizer(&self) -> Result<Arc<tokenizers::Tokenizer>, IngestError> {
         self.tokenizer
             .get_or_init(|| {
                 let path = self.embedder.tokenizer_path().map_err(|e| e.to_string())?;
-                tokenizers::Tokenizer::from_file(&path)
-                    .map(Arc::new)
-                    .map_err(|e| format!("{}: {e}", path.display()))
+                let mut tokenizer = tokenizers::Tokenizer::from_file(&path)
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                // Disabling truncation cannot fail: only a stride too large is rejected.
+                let _ = tokenizer.with_truncation(None);
+                tokenizer.with_padding(None);
+                Ok(Arc::new(tokenizer))
             })
             .clone()
             .map_err(IngestError::Tokenizer)

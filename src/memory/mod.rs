@@ -256,6 +256,7 @@ impl Memories {
                 origin: SourceOrigin::Memory { id: memory.id },
                 score,
                 text: memory.text,
+                below_threshold: false,
             })
             .collect())
     }

@@ -12,6 +12,12 @@ pub const MAX_CHARS: usize = 60;
 pub const MAX_TOKENS: u32 = 24;
 /// Characters of the message shown to the model: the start says what a chat is about.
 const MAX_INPUT_CHARS: usize = 600;
+/// Repetition penalty over the title's own tokens: greedy decoding of a small model otherwise
+/// loops on a fragment ("How to Grow Tomatoes on ailing,iling,iling,i", seen with SmolLM2-135M).
+pub const REPEAT_PENALTY: f32 = 1.3;
+/// Punctuation a title word may hold inside it ("What's", "Node.js", "C++", "Q&A", "24/7",
+/// "Wi-Fi"); anything else inside a word (commas, colons…) marks a broken one.
+const WORD_PUNCTUATION: &str = "'’-.+&/#";
 
 /// The output grammar (root rule `root`): 1 to [`MAX_WORDS`] words of at most 20 characters,
 /// separated by single spaces; no quotes, brackets, or line breaks.
@@ -100,10 +106,69 @@ fn shorten(text: &str) -> Option<String> {
     (!title.is_empty()).then_some(title)
 }
 
+/// Whether `text` holds a fragment repeated back to back: a unit of 3 or more characters twice
+/// ("ilingiling", "a'sa'sa'sa") or a shorter one four times ("aaaa", "abababab").
+pub fn has_repeated_fragment(text: &str) -> bool {
+    let chars: Vec<char> = text.chars().flat_map(char::to_lowercase).collect();
+    let n = chars.len();
+    for unit in 1..=n / 2 {
+        let times = if unit >= 3 { 2 } else { 4 };
+        if unit * times > n {
+            continue;
+        }
+        for start in 0..=n - unit * times {
+            let first = &chars[start..start + unit];
+            if first.iter().all(|c| c.is_whitespace()) {
+                continue;
+            }
+            if (1..times).all(|k| &chars[start + k * unit..start + (k + 1) * unit] == first) {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+/// Whether a title is broken output rather than words: a word with a fragment repeated back to
+/// back, a word with punctuation inside it that words do not have, a word without a letter or
+/// digit, or one word three times. A word the user's message holds is always accepted (the
+/// user may well ask about "couscous" or "Mississippi").
+fn garbled(title: &str, message: &str) -> bool {
+    let message_words: Vec<String> = message
+        .split_whitespace()
+        .map(|w| trim_punctuation(w).to_lowercase())
+        .filter(|w| !w.is_empty())
+        .collect();
+    let words: Vec<String> = title
+        .split_whitespace()
+        .map(|w| trim_punctuation(w).to_lowercase())
+        .collect();
+    let broken = |word: &String| {
+        if message_words.contains(word) {
+            return false;
+        }
+        !word.chars().any(char::is_alphanumeric)
+            || word
+                .chars()
+                .any(|c| !c.is_alphanumeric() && !WORD_PUNCTUATION.contains(c))
+            || has_repeated_fragment(word)
+    };
+    words.iter().any(broken)
+        || words
+            .iter()
+            .any(|w| words.iter().filter(|other| *other == w).count() >= 3)
+}
+
+/// A word without the punctuation that may end or start it in a title ("Paris," "(Draft)").
+fn trim_punctuation(word: &str) -> &str {
+    word.trim_matches(|c: char| ",;:!?()[]\"'’.".contains(c))
+}
+
 /// The title to store for the model's output `raw` on a chat that starts with `message`.
 ///
-/// A small model sometimes repeats a few-shot example's title for an unrelated message; that
-/// title is as wrong as an empty one and also falls back to the message's first words.
+/// A small model sometimes repeats a few-shot example's title for an unrelated message, or
+/// loops on a fragment; such a title is as wrong as an empty one and falls back to the
+/// message's first words.
 pub fn clean(raw: &str, message: &str) -> String {
     let copied = |title: &String| {
         EXAMPLES.iter().any(|(example, example_title)| {
@@ -112,7 +177,7 @@ pub fn clean(raw: &str, message: &str) -> String {
         })
     };
     shorten(&strip_think(raw))
-        .filter(|title| !copied(title))
+        .filter(|title| !copied(title) && !garbled(title, message))
         .or_else(|| shorten(message))
         .unwrap_or_else(|| crate::store::DEFAULT_CHAT_TITLE.to_string())
 }
@@ -145,5 +210,53 @@ mod tests {
             clean("How Vaccines Work", "I live in Lisbon."),
             "I live in Lisbon"
         );
+    }
+
+    #[test]
+    fn looping_and_broken_titles_fall_back_to_the_message() {
+        // Seen with SmolLM2-135M before the repetition penalty (issue 20).
+        let msg = "How do I grow tomatoes on my balcony?";
+        assert_eq!(
+            clean("How to Grow Tomatoes on ailing,iling,iling,i", msg),
+            "How do I grow tomatoes on"
+        );
+        let msg = "How do you keep a conversation going?";
+        assert_eq!(
+            clean("A: How do you keep aaron'sa'sa'sa'sa'sa", msg),
+            "How do you keep a conversation"
+        );
+        assert_eq!(
+            clean("Tips Tips Tips", msg),
+            "How do you keep a conversation"
+        );
+        assert_eq!(clean("Hmm ?!?! ok", msg), "How do you keep a conversation");
+        // Real titles pass, with the punctuation words have.
+        assert_eq!(clean("What's New in Node.js", msg), "What's New in Node.js");
+        assert_eq!(clean("C++ Q&A, 24/7", msg), "C++ Q&A, 24/7");
+        assert_eq!(
+            clean("Keeping Conversations Going", msg),
+            "Keeping Conversations Going"
+        );
+        // A repeated fragment the user wrote is the user's word.
+        assert_eq!(
+            clean("Mississippi River Facts", "Tell me about the Mississippi."),
+            "Mississippi River Facts"
+        );
+        assert_eq!(
+            clean("Mississippi River Facts", msg),
+            "How do you keep a conversation"
+        );
+    }
+
+    #[test]
+    fn repeated_fragments_are_found() {
+        assert!(has_repeated_fragment("iling,iling,"));
+        assert!(has_repeated_fragment("a'sa'sa'sa"));
+        assert!(has_repeated_fragment("aaaa"));
+        assert!(has_repeated_fragment("ABCabc"));
+        assert!(!has_repeated_fragment("aaa"));
+        assert!(!has_repeated_fragment("hahaha"));
+        assert!(!has_repeated_fragment("Baking Sourdough Bread"));
+        assert!(!has_repeated_fragment("bookkeeper"));
     }
 }

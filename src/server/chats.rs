@@ -271,8 +271,15 @@ impl From<ChatEvent> for SseEvent {
                 "start",
                 &json!({"message_id": message_id, "reply_id": reply_id, "model": model}),
             ),
-            ChatEvent::Sources(sources) => {
-                SseEvent::json("sources", &json!({ "sources": sources }))
+            ChatEvent::Sources {
+                sources,
+                empty_reason,
+            } => {
+                let mut data = json!({ "sources": sources });
+                if let Some(reason) = empty_reason {
+                    data["reason"] = json!(reason.as_str());
+                }
+                SseEvent::json("sources", &data)
             }
             ChatEvent::Token(text) => SseEvent::json("token", &json!({ "text": text })),
             ChatEvent::Done(done) => SseEvent::json("done", &done_data(&done)),

@@ -80,9 +80,13 @@ pub async fn upload(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("application/json") && !v.contains("text/event-stream"));
     let form = read_form(req, app.rag.max_upload_bytes).await?;
-    let file = form
+    let name = document_name(&form)?;
+    let mut file = form
         .file
         .ok_or_else(|| ApiError::invalid("multipart body has no `file` field"))?;
+    if let Some(name) = name {
+        file.filename = name;
+    }
     if wants_json {
         let (tx, _rx) = mpsc::channel(1);
         let doc = app
@@ -203,6 +207,27 @@ impl Form {
             .find(|(n, _)| n == name)
             .map(|(_, v)| v.as_str())
     }
+}
+
+/// Longest `name` an upload may give its document, in characters.
+const MAX_DOCUMENT_NAME_CHARS: usize = 1024;
+
+/// The upload's optional `name` field: the document's name instead of the file part's file name
+/// (which is cut to its last path component, as browsers send it). `hearth ingest` sends the
+/// file's absolute path, so ingested files are named like drop-folder files.
+fn document_name(form: &Form) -> Result<Option<String>, ApiError> {
+    let Some(name) = form.field("name") else {
+        return Ok(None);
+    };
+    if name.trim().is_empty()
+        || name.chars().any(char::is_control)
+        || name.chars().count() > MAX_DOCUMENT_NAME_CHARS
+    {
+        return Err(ApiError::invalid(format!(
+            "form field name: must be 1 to {MAX_DOCUMENT_NAME_CHARS} characters without control characters"
+        )));
+    }
+    Ok(Some(name.to_string()))
 }
 
 /// Most text fields a form may carry besides `file`, and the longest one: uploads name a chat

@@ -22,13 +22,19 @@ use crate::models::gguf::GgufInfo;
 use crate::models::{FileCheck, Listing, Role};
 use crate::pool::LoadedModel;
 
-pub(super) async fn list(app: &App) -> Result<Response<ResBody>, ApiError> {
+/// Every model with its file's state ([`crate::models::list`]), off the runtime: it stats every
+/// file and hashes the ones not verified before (once). Shared by every listing of models:
+/// this API's, `/v1/models` and the compat listener's.
+pub(super) async fn listings(app: &App) -> Result<Vec<crate::models::Listing>, ApiError> {
     let store = app.store.clone();
     let dir = app.models_dir.clone();
-    // Stats every file and hashes the ones not verified before (once): off the runtime.
-    let listings = tokio::task::spawn_blocking(move || crate::models::list(&dir, &store))
+    tokio::task::spawn_blocking(move || crate::models::list(&dir, &store))
         .await
-        .map_err(ApiError::internal)?;
+        .map_err(ApiError::internal)
+}
+
+pub(super) async fn list(app: &App) -> Result<Response<ResBody>, ApiError> {
+    let listings = listings(app).await?;
     let loaded = app.pool.loaded();
     let models: Vec<Value> = listings
         .iter()

@@ -108,16 +108,22 @@ impl TcpPolicy {
     }
 
     fn host_allowed(&self, host: &str) -> bool {
-        let port = self.addr.port();
-        let host = host.to_ascii_lowercase();
-        [
-            format!("127.0.0.1:{port}"),
-            format!("localhost:{port}"),
-            format!("[::1]:{port}"),
-            self.addr.to_string(),
-        ]
-        .contains(&host)
+        loopback_host(self.addr, host)
     }
+}
+
+/// Whether a request's `Host` names the loopback listener at `addr` (127.0.0.1, localhost or
+/// [::1] with its port, or the address itself): a DNS-rebinding page's Host names its own domain.
+pub(super) fn loopback_host(addr: std::net::SocketAddr, host: &str) -> bool {
+    let port = addr.port();
+    let host = host.to_ascii_lowercase();
+    [
+        format!("127.0.0.1:{port}"),
+        format!("localhost:{port}"),
+        format!("[::1]:{port}"),
+        addr.to_string(),
+    ]
+    .contains(&host)
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

@@ -74,17 +74,27 @@ pub(super) async fn create_user(
     req: Request<Incoming>,
 ) -> Result<Response<ResBody>, ApiError> {
     let body: CreateUser = body::json(req, app.config.max_body_bytes).await?;
-    let username = clean_text("username", &body.username, MAX_NAME_CHARS)?;
-    let created = app.store.create_user(&username)?;
-    if created.created {
-        app.store.durable().await?;
-    }
+    let created = ensure_user(app, &body.username).await?;
     let status = if created.created {
         StatusCode::CREATED
     } else {
         StatusCode::OK
     };
     Ok(json_response(status, &UserOut::from(&created.user)))
+}
+
+/// The user named `username` (checked and trimmed), created if new; durable when it returns.
+/// The compat listener's user creation is this too.
+pub(super) async fn ensure_user(
+    app: &App,
+    username: &str,
+) -> Result<crate::store::CreatedUser, ApiError> {
+    let username = clean_text("username", username, MAX_NAME_CHARS)?;
+    let created = app.store.create_user(&username)?;
+    if created.created {
+        app.store.durable().await?;
+    }
+    Ok(created)
 }
 
 pub(super) fn require_user(app: &App, id: UserId) -> Result<User, ApiError> {

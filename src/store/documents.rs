@@ -106,6 +106,22 @@ impl Store {
         }
     }
 
+    /// How many documents a scope holds, counting no further than `limit` (cheap for a big
+    /// library: only the key index is walked, and only that far).
+    pub fn count_documents_in(&self, scope: &Scope, limit: usize) -> Result<usize, StoreError> {
+        let mut n = 0;
+        for entry in self
+            .inner
+            .docs_by_scope
+            .scan_prefix(scope.key_prefix())
+            .take(limit)
+        {
+            entry?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
     /// A scope's documents, oldest first.
     pub fn documents_in(&self, scope: &Scope) -> Result<Vec<Document>, StoreError> {
         let prefix = scope.key_prefix();

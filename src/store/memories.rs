@@ -632,6 +632,7 @@ mod tests {
             },
             score: 0.5,
             text: "hello".into(),
+            below_threshold: false,
         };
         let json = serde_json::to_value(&doc).unwrap();
         let mut keys: Vec<_> = json.as_object().unwrap().keys().cloned().collect();
@@ -657,6 +658,7 @@ mod tests {
             origin: SourceOrigin::Memory { id: Uuid::now_v7() },
             score: 0.7,
             text: "User likes tea".into(),
+            below_threshold: false,
         };
         let json = serde_json::to_value(&memory).unwrap();
         assert_eq!(json["type"], "memory");

@@ -388,6 +388,10 @@ pub struct Source {
     pub origin: SourceOrigin,
     pub score: f32,
     pub text: String,
+    /// Scored under the relevance cut-off, and given anyway because the chat's few documents
+    /// had nothing better for a question about them (absent when false; older records lack it).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub below_threshold: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -672,6 +672,96 @@ fn completions_and_man_pages_come_from_the_same_definitions() {
     }
 }
 
+/// Regression (issue 20): `--allow-origin` was `allowed_origins` in hearth.toml and
+/// `allow_origin` was rejected. Every `serve --help` setting flag is a file key with the dashes
+/// made underscores, and its environment variable is that key upper-cased behind `HEARTH_`;
+/// every file key is such a flag.
+#[test]
+fn every_serve_flag_is_a_file_key_and_an_environment_variable_of_the_same_name() {
+    let bin = env!("CARGO_BIN_EXE_hearth");
+    let help = Command::new(bin)
+        .args(["serve", "--help"])
+        .env_clear()
+        .output()
+        .unwrap();
+    assert!(help.status.success());
+    let help = String::from_utf8_lossy(&help.stdout).into_owned();
+    // Flags of the `serve` command itself, not settings.
+    const COMMAND_ONLY: [&str; 6] = [
+        "sidecar",
+        "parent-pid",
+        "detach",
+        "start-timeout",
+        "help",
+        "config",
+    ];
+    // Each option's entry: its flag, then its help text up to the next flag.
+    let mut flags: Vec<(String, String)> = Vec::new();
+    for line in help.lines() {
+        let trimmed = line.trim_start();
+        if let Some(rest) = trimmed.strip_prefix("--") {
+            let name: String = rest
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
+                .collect();
+            flags.push((name, format!("{rest} ")));
+        } else if let Some((_, text)) = flags.last_mut() {
+            text.push_str(trimmed);
+            text.push(' ');
+        }
+    }
+    let settings: Vec<&(String, String)> = flags
+        .iter()
+        .filter(|(name, _)| !COMMAND_ONLY.contains(&name.as_str()))
+        .collect();
+    assert!(settings.len() > 30, "{help}");
+    for (flag, text) in &settings {
+        let key = flag.replace('-', "_");
+        let env = format!("[env: HEARTH_{}", key.to_uppercase());
+        assert!(
+            text.contains(&env),
+            "--{flag}: expected {env}=...] in {text:?}"
+        );
+    }
+    // The file keys hearth accepts: an unknown one is refused with the whole list.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("hearth.toml");
+    std::fs::write(&file, "not_a_setting = 1\n").unwrap();
+    let out = Command::new(bin)
+        .args(["status", "--socket", "/nonexistent/hearth.sock", "--config"])
+        .arg(&file)
+        .env_clear()
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "{err}");
+    let expected = err
+        .split("expected one of")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no list of keys: {err}"));
+    let mut keys: Vec<String> = expected
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .map(str::to_string)
+        .collect();
+    keys.sort();
+    let mut from_flags: Vec<String> = settings.iter().map(|(f, _)| f.replace('-', "_")).collect();
+    from_flags.sort();
+    assert_eq!(keys, from_flags, "{err}");
+    // And the first spellings still work as hidden aliases.
+    for (old, key) in [
+        ("--allow-origin", "allowed_origins"),
+        ("--compat-allow-origin", "compat_origins"),
+    ] {
+        let out = Command::new(bin)
+            .args(["serve", old, "http://localhost:1", "--help"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{old} ({key})");
+    }
+}
+
 /// The interactive session in a real pseudo-terminal: two turns in one chat, Ctrl-C cancels a
 /// running reply and the session goes on, `/new` starts another chat, Ctrl-D exits 0.
 #[tokio::test]

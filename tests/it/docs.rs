@@ -398,11 +398,59 @@ async fn a_question_answered_only_by_a_document_gets_sources_citing_it() {
         "handbook.pdf"
     );
 
-    // An unrelated question retrieves nothing: no sources event, no context.
+    // An unrelated question retrieves nothing, and says so: an empty sources event with a
+    // reason (the model's prompt says so too, see chat::retrieve's unit tests).
     let (_, events) = d
         .ask(&chat, json!({"content": "Tell me about penguins in Antarctica.", "search_mode": "docs", "options": {"max_tokens": 8}}))
         .await;
-    assert!(events.iter().all(|e| e.event != "sources"), "{events:?}");
+    let sources = events
+        .iter()
+        .find(|e| e.event == "sources")
+        .unwrap_or_else(|| panic!("a sources event: {events:?}"));
+    assert_eq!(sources.data["sources"], json!([]), "{sources:?}");
+    assert_eq!(sources.data["reason"], "no_match", "{sources:?}");
+
+    // A question about "the document" in a chat with one document gets its best excerpts even
+    // under the cut-off, marked as such.
+    let (_, events) = d
+        .ask(&chat, json!({"content": "What does the document say?", "search_mode": "docs", "options": {"max_tokens": 8}}))
+        .await;
+    let sources = &events
+        .iter()
+        .find(|e| e.event == "sources")
+        .unwrap_or_else(|| panic!("a sources event: {events:?}"))
+        .data;
+    let list = sources["sources"].as_array().unwrap();
+    assert!(!list.is_empty(), "{sources}");
+    assert!(sources.get("reason").is_none(), "{sources}");
+    for s in list {
+        assert_eq!(s["filename"], "handbook.pdf", "{sources}");
+        assert_eq!(s["below_threshold"], true, "{sources}");
+        assert!(s["score"].as_f64().unwrap() < 0.3, "{sources}");
+    }
+    // Stored with the reply, mark included.
+    let stored = d
+        .client
+        .call(Method::GET, &format!("/api/v1/chats/{chat}"), None)
+        .await
+        .unwrap();
+    let last = stored["messages"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    assert_eq!(last["sources"][0]["below_threshold"], true, "{last}");
+
+    // A chat with no documents, and an empty library: the reason says there is nothing.
+    let empty = d.new_chat("empty").await;
+    let (_, events) = d
+        .ask(&empty, json!({"content": "What does the report conclude?", "search_mode": "docs", "options": {"max_tokens": 8}}))
+        .await;
+    let sources = events.iter().find(|e| e.event == "sources").unwrap();
+    assert_eq!(sources.data["sources"], json!([]));
+    assert_eq!(sources.data["reason"], "no_documents");
+
     // Normal mode never retrieves.
     let (_, events) = d
         .ask(&chat, json!({"content": "What is the launch code for project Falcon?", "options": {"max_tokens": 8}}))
@@ -447,6 +495,25 @@ async fn embeddings_match_python_onnxruntime() {
         .await
         .unwrap();
     assert_eq!(single["data"][0]["embedding"], data[0]["embedding"]);
+    // Usage counts real tokens ([CLS] hello world [SEP]), not the tokenizer file's padding to
+    // 128 (regression, issue 20: "hello" was 128 tokens, two inputs 256).
+    assert_eq!(single["usage"]["prompt_tokens"], 4, "{}", single["usage"]);
+    assert_eq!(single["usage"]["total_tokens"], 4);
+    let mut each = 0;
+    for text in texts {
+        let one = d
+            .client
+            .call(
+                Method::POST,
+                "/api/v1/embeddings",
+                Some(&json!({ "input": text })),
+            )
+            .await
+            .unwrap();
+        each += one["usage"]["prompt_tokens"].as_u64().unwrap();
+    }
+    assert_eq!(res["usage"]["prompt_tokens"].as_u64().unwrap(), each);
+    assert!(each < 3 * 20, "{each}");
     let health = d
         .client
         .call(Method::GET, "/api/v1/health", None)

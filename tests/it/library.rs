@@ -681,4 +681,39 @@ async fn hearth_ingest_counts_a_file_over_the_upload_limit_as_skipped() {
         stdout.contains("big.txt") && stdout.contains("(body_too_large)"),
         "{stdout}"
     );
+    // Ingested files are named by their absolute path, as drop-folder files are.
+    let docs = d
+        .client
+        .call(Method::GET, "/api/v1/library/documents", None)
+        .await
+        .unwrap();
+    let small = src.path().join("small.txt");
+    assert_eq!(
+        docs["documents"][0]["filename"],
+        small.to_str().unwrap(),
+        "{docs}"
+    );
+
+    // Regression (issue 20): a path that does not exist is an error, and nothing is uploaded
+    // (it exited 0, counted as skipped).
+    std::fs::write(src.path().join("new.txt"), "New: the heron waits.").unwrap();
+    let out = hearth(&[
+        "ingest",
+        "--socket",
+        &socket,
+        src.path().join("new.txt").to_str().unwrap(),
+        "/nonexistent/report.pdf",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("/nonexistent/report.pdf") && stderr.contains("No such file"),
+        "{stderr}"
+    );
+    let docs = d
+        .client
+        .call(Method::GET, "/api/v1/library/documents", None)
+        .await
+        .unwrap();
+    assert_eq!(docs["documents"].as_array().unwrap().len(), 1, "{docs}");
 }

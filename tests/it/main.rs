@@ -11,6 +11,7 @@ mod lifecycle;
 mod memory;
 mod models;
 mod openai;
+mod readme;
 mod setup;
 mod sidecar;
 mod support;

@@ -612,3 +612,84 @@ async fn forget_all_while_an_extraction_runs_keeps_nothing_it_found() {
         report["added"].as_u64().unwrap()
     );
 }
+
+/// Regression (issue 20): titles from the default model came out garbled ("How to Grow
+/// Tomatoes on ailing,iling,iling,i"). Twenty varied first messages, each a new chat: every
+/// title is a few real words, with no fragment of 3+ characters repeated back to back.
+#[tokio::test]
+async fn twenty_first_messages_get_titles_without_repeated_fragments() {
+    const MESSAGES: [&str; 20] = [
+        "How do I grow tomatoes on a balcony?",
+        "How do you keep a sourdough starter alive while on holiday?",
+        "What is the capital of France?",
+        "Write a haiku about autumn leaves.",
+        "Explain recursion to a ten year old.",
+        "My laptop fan is loud all the time, what can I do?",
+        "Suggest a name for a grey kitten.",
+        "What are the health benefits of green tea?",
+        "Help me plan a three day trip to Rome.",
+        "Why is the sky blue?",
+        "Translate 'good morning' into Spanish and German.",
+        "How does a bicycle gear system work?",
+        "Give me a recipe for vegetable soup.",
+        "What is the difference between RAM and storage?",
+        "Tips for running my first marathon",
+        "Can you summarize the plot of Hamlet?",
+        "How do I center a div in CSS?",
+        "What should I pack for a camping weekend?",
+        "Is coffee bad for sleep?",
+        "Recommend three classic science fiction novels.",
+    ];
+    let d = Daemon::start(Opts::default()).await;
+    let ada = user(&d, "ada").await;
+    let mut events = d
+        .client
+        .subscribe("/api/v1/events?types=title")
+        .await
+        .unwrap();
+    let mut chats = std::collections::HashMap::new();
+    for message in MESSAGES {
+        let chat = chat_for(&d, &ada).await;
+        let (_, turn) = d
+            .ask(
+                &chat,
+                json!({"content": message, "options": {"temperature": 0, "max_tokens": 1, "use_memory": false}}),
+            )
+            .await;
+        assert_eq!(turn.last().unwrap().event, "done");
+        chats.insert(chat, message);
+    }
+    let mut titles = Vec::new();
+    while titles.len() < MESSAGES.len() {
+        let event = next_event(&mut events, "title", 300).await;
+        let chat = event["chat_id"].as_str().unwrap();
+        let message = chats[chat];
+        titles.push((message, event["title"].as_str().unwrap().to_string()));
+    }
+    let mut from_model = 0;
+    for (message, title) in &titles {
+        eprintln!("{message:?} -> {title:?}");
+        assert!(!title.is_empty() && title != "New Chat", "{title:?}");
+        assert!(title.split_whitespace().count() <= 6, "{title:?}");
+        let lower: Vec<char> = title.to_lowercase().chars().collect();
+        let message_lower = message.to_lowercase();
+        for unit in 3..=lower.len() / 2 {
+            for start in 0..=lower.len() - 2 * unit {
+                let a: String = lower[start..start + unit].iter().collect();
+                let b: String = lower[start + unit..start + 2 * unit].iter().collect();
+                assert!(
+                    a != b || message_lower.contains(&format!("{a}{b}")),
+                    "{title:?} repeats {a:?} (message {message:?})"
+                );
+            }
+        }
+        let first_words: Vec<&str> = message.split_whitespace().take(6).collect();
+        if !first_words.join(" ").starts_with(title.as_str()) {
+            from_model += 1;
+        }
+    }
+    eprintln!(
+        "{from_model} of {} titles written by the model, the rest the message's first words",
+        titles.len()
+    );
+}

@@ -319,7 +319,8 @@ async fn tcp_listener_needs_token_loopback_host_and_allowed_origin() {
     };
     let addr = format!("127.0.0.1:{port}");
     let d = Daemon::stopped(tiny());
-    let (mut child, ready) = spawn_sidecar(&d, &["--tcp", &addr, "--allow-origin", "app://hearth"]);
+    let (mut child, ready) =
+        spawn_sidecar(&d, &["--tcp", &addr, "--allowed-origins", "app://hearth"]);
     assert_eq!(ready["tcp"], addr.as_str());
     let token_file = PathBuf::from(ready["token_file"].as_str().unwrap());
     use std::os::unix::fs::MetadataExt;
@@ -405,6 +406,21 @@ fn the_node_host_example_streams_a_full_reply_from_the_real_model() {
         .expect("a DONE line");
     let done: Value = serde_json::from_str(done).unwrap();
     assert_eq!(done["finish_reason"], "stop");
+    // The module sends `search_mode` as the message's field (inside `options` it was a 422),
+    // and the app sees the `sources` event.
+    let events = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("EVENTS "))
+        .expect("an EVENTS line");
+    assert_eq!(events, "start,sources,token,done", "{stdout}");
+    let sources: Value = serde_json::from_str(
+        stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("SOURCES "))
+            .expect("a SOURCES line"),
+    )
+    .unwrap();
+    assert_eq!(sources, json!({"sources": [], "reason": "no_documents"}));
     let node_tests = Command::new("node")
         .arg("--test")
         .arg(root.join("packaging/electron/test/"))

@@ -20,7 +20,7 @@ use super::super::chats::{remove_chat, require_chat, update_chat, MAX_TITLE_CHAR
 use super::super::error::{scrub_paths, ApiError};
 use super::super::respond::{ok, sse_response, ResBody};
 use super::super::sse::SseEvent;
-use super::super::users::{require_user, update_settings, MAX_NAME_CHARS};
+use super::super::users::{ensure_user, require_user, update_settings};
 use super::super::App;
 use super::{chat_id, iso, user_id};
 use crate::chat::{ChatEvent, Options, SendRequest};
@@ -77,11 +77,7 @@ pub(super) async fn create_user(
     req: Request<Incoming>,
 ) -> Result<Response<ResBody>, ApiError> {
     let body: CreateUser = body::json(req, app.config.max_body_bytes).await?;
-    let username = clean_text("username", &body.username, MAX_NAME_CHARS)?;
-    let created = app.store.create_user(&username)?;
-    if created.created {
-        app.store.durable().await?;
-    }
+    let created = ensure_user(app, &body.username).await?;
     ok(&user_out(&created.user))
 }
 
@@ -434,7 +430,7 @@ async fn forward(chat: ChatId, mut events: mpsc::Receiver<ChatEvent>, out: mpsc:
         let Some(event) = event else { return };
         let last = match event {
             ChatEvent::Start { .. } => continue,
-            ChatEvent::Sources(found) => {
+            ChatEvent::Sources { sources: found, .. } => {
                 sources = found;
                 continue;
             }

@@ -81,16 +81,8 @@ fn check(config: &CompatConfig, headers: &HeaderMap) -> Result<Option<HeaderValu
     let host = headers
         .get(HOST)
         .and_then(|h| h.to_str().ok())
-        .unwrap_or("")
-        .to_ascii_lowercase();
-    let port = config.addr.port();
-    let hosts = [
-        format!("127.0.0.1:{port}"),
-        format!("localhost:{port}"),
-        format!("[::1]:{port}"),
-        config.addr.to_string(),
-    ];
-    if !hosts.contains(&host) {
+        .unwrap_or("");
+    if !super::tcp::loopback_host(config.addr, host) {
         return Err(forbidden(
             ErrorCode::BadHost,
             "Host must be 127.0.0.1 or localhost with this port",

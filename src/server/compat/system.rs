@@ -89,12 +89,7 @@ pub(super) fn health(app: &App) -> Result<Response<ResBody>, ApiError> {
 /// The chat models that can be loaded (verified files), with their size in billions of
 /// parameters from the GGUF header (0 when unknown).
 async fn chat_models(app: &App) -> Result<Vec<(String, f64)>, ApiError> {
-    let store = app.store.clone();
-    let dir = app.models_dir.clone();
-    // Stats every file and hashes the ones not verified before (once): off the runtime.
-    let listings = tokio::task::spawn_blocking(move || crate::models::list(&dir, &store))
-        .await
-        .map_err(ApiError::internal)?;
+    let listings = crate::server::models::listings(app).await?;
     Ok(listings
         .iter()
         .filter(|l| l.entry.role == Role::Chat && l.file == FileCheck::Verified)

@@ -13,11 +13,7 @@ use crate::models::{FileCheck, Listing, Role};
 /// The models a `/v1` request may name: verified chat models (shipped or added) and the
 /// embedder; test models, missing, changed and unpinned files are left out.
 async fn usable(app: &App) -> Result<Vec<Value>, ApiError> {
-    let store = app.store.clone();
-    let dir = app.models_dir.clone();
-    let listings = tokio::task::spawn_blocking(move || crate::models::list(&dir, &store))
-        .await
-        .map_err(ApiError::internal)?;
+    let listings = crate::server::models::listings(app).await?;
     Ok(listings
         .iter()
         .filter(|l| {
