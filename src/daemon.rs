@@ -92,6 +92,8 @@ pub async fn run(config: Config, life: Lifecycle, started: Instant) -> Result<()
     if let Some(entry) = &shipped {
         models::precheck(&config.models_dir, entry).code(ErrorCode::ModelMissing)?;
     }
+    // Before any background thread exists (the embedder and index builds start later).
+    crate::priority::set_background_nice(config.background_nice);
     let store = Store::open_waiting(
         &config.data_dir.join("db"),
         config.cache_bytes,

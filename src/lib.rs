@@ -14,6 +14,7 @@
 //! - [`library`]: the drop folder: watched folders kept in sync with the `library` scope.
 //! - [`memory`]: long-term memories (dedup, recall, extraction prompt and grammar) and titles.
 //! - [`jobs`]: the background scheduler (titles, memory extraction) below chat priority.
+//! - [`priority`]: background threads (embedding, index builds) below the OS priority of chat.
 //! - [`error_code`]: the one closed vocabulary of error codes.
 //! - [`events`]: notifications of background work for UIs (`/api/v1/events`).
 //! - [`server`]: HTTP + SSE on a Unix socket; the only module that knows HTTP.
@@ -42,5 +43,6 @@ pub mod llm;
 pub mod memory;
 pub mod models;
 pub mod pool;
+pub mod priority;
 pub mod server;
 pub mod store;

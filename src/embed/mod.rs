@@ -327,6 +327,8 @@ impl Shared {
 }
 
 fn run(shared: &Shared) {
+    // Before the session exists: ONNX Runtime's pool threads, made with it, inherit this.
+    crate::priority::lower_this_thread();
     shared.set_state(EmbedState::Loading);
     let started = std::time::Instant::now();
     let mut model = match load(shared) {

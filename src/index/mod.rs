@@ -283,7 +283,10 @@ impl Index {
         let scope = scope.clone();
         let spawned = std::thread::Builder::new()
             .name("hearth-index".into())
-            .spawn(move || this.rebuild(&scope, snapshot));
+            .spawn(move || {
+                crate::priority::lower_this_thread();
+                this.rebuild(&scope, snapshot);
+            });
         if let Err(err) = spawned {
             tracing::error!(error = %err, "cannot start an index build");
         }
