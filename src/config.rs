@@ -52,7 +52,8 @@ pub struct RawConfig {
     /// The model titles and memory extraction run on [default: the model the chat used].
     #[arg(long, env = "HEARTH_BACKGROUND_MODEL", value_name = "NAME")]
     pub background_model: Option<String>,
-    /// Threads for inference [default: available cores, at most 8].
+    /// Threads for inference, fixed [default: adaptive: up to the physical cores (at most 8) for
+    /// prompts, and for decoding fewer while other programs keep cores busy].
     #[arg(long, env = "HEARTH_THREADS", value_name = "N")]
     pub threads: Option<u32>,
     /// Context size in tokens [default: 4096].
@@ -293,7 +294,11 @@ pub struct PoolConfig {
 /// Inference settings.
 #[derive(Debug, Clone)]
 pub struct LlmConfig {
+    /// Threads for prompts, and the most for decoding (a fixed count when not adaptive).
     pub threads: u32,
+    /// Decode threads follow contention ([`crate::llm`]'s thread policy) instead of staying at
+    /// `threads`: true unless `threads` was configured.
+    pub adaptive_threads: bool,
     pub n_ctx: NonZeroU32,
     pub n_batch: u32,
     pub queue_depth: usize,
@@ -322,6 +327,19 @@ pub struct ServerConfig {
 }
 
 // Defaults, each with the reason for its value.
+
+/// Most inference threads by default: past 8, llama.cpp's CPU decode is bound by memory
+/// bandwidth, and more threads only add barrier waits.
+const MAX_DEFAULT_THREADS: usize = 8;
+
+/// Default inference threads: the physical cores this process may run on, at most
+/// [`MAX_DEFAULT_THREADS`].
+pub fn default_threads() -> usize {
+    let allowed = std::thread::available_parallelism().map_or(4, std::num::NonZeroUsize::get);
+    num_cpus::get_physical()
+        .min(allowed)
+        .clamp(1, MAX_DEFAULT_THREADS)
+}
 
 /// Copy tools and browsers write in bursts with pauses under a second; two quiet seconds mean
 /// the writer is done in practice, and keep "saved → searchable" within a few seconds.
@@ -438,12 +456,12 @@ pub fn resolve(raw: RawConfig, runtime_dir: Option<&Path>) -> anyhow::Result<Con
         None => data_dir.join("models"),
     };
 
-    let default_threads = std::thread::available_parallelism()
-        .map(|n| n.get().min(8))
-        .unwrap_or(4);
+    // Unset: adaptive, up to the physical cores. Hyper-threads share a core's execution units, so
+    // a second llama.cpp thread on one only adds barrier waits.
+    let adaptive_threads = raw.threads.is_none();
     let threads = raw
         .threads
-        .unwrap_or(u32::try_from(default_threads).unwrap_or(4));
+        .unwrap_or(u32::try_from(default_threads()).unwrap_or(4));
     check_range("threads", u64::from(threads), 1, 256)?;
     let ctx = raw.ctx.unwrap_or(DEFAULT_CTX);
     check_range("ctx", u64::from(ctx), 256, 1 << 20)?;
@@ -552,6 +570,7 @@ pub fn resolve(raw: RawConfig, runtime_dir: Option<&Path>) -> anyhow::Result<Con
         },
         llm: LlmConfig {
             threads,
+            adaptive_threads,
             n_ctx: NonZeroU32::new(ctx).context("ctx: must be positive")?,
             n_batch: batch.min(ctx),
             queue_depth: usize::try_from(queue_depth)?,

@@ -122,6 +122,7 @@ pub struct LoadedModel {
     pub active: usize,
     pub memory_bytes: u64,
     pub n_ctx: u32,
+    pub threads: crate::llm::Threads,
     pub queued: usize,
     pub queue_capacity: usize,
     /// Unloaded, but its worker is still finishing a generation or freeing the model: its
@@ -362,6 +363,7 @@ impl Pool {
                 }),
                 active: slot.leases,
                 memory_bytes: slot.llm.memory_bytes(),
+                threads: slot.llm.threads(),
                 n_ctx: slot.llm.n_ctx(),
                 queued: slot.llm.queued(),
                 queue_capacity: slot.llm.queue_capacity(),
@@ -383,6 +385,7 @@ impl Pool {
             expires_at: None,
             active: 0,
             memory_bytes: llm.memory_bytes(),
+            threads: llm.threads(),
             n_ctx: llm.n_ctx(),
             queued: llm.queued(),
             queue_capacity: llm.queue_capacity(),

@@ -1,6 +1,10 @@
-//! OS scheduling priority for background threads: the embedder (ingestion's batches) and HNSW
-//! index builds run below the inference threads, so on a busy 2-core desktop a reply's decode
-//! gets the cores first instead of sharing them evenly with a batch already in flight.
+//! The OS scheduler, as the daemon sees it: the priority of background threads, and how much of
+//! the CPU other programs use ([`CpuLoad`], which the decode thread policy asks before trying more
+//! threads).
+//!
+//! Background threads: the embedder (ingestion's batches) and HNSW index builds run below the
+//! inference threads, so on a busy 2-core desktop a reply's decode gets the cores first instead
+//! of sharing them evenly with a batch already in flight.
 //!
 //! Why a nice value and not `SCHED_IDLE`: the same embedding thread also serves a chat's query
 //! embedding (a person waits for it), and a `SCHED_IDLE` thread can starve behind two busy
@@ -60,9 +64,127 @@ pub fn this_thread_nice() -> Option<i32> {
     }
 }
 
+/// Cores' worth of CPU time other processes used between two [`CpuLoad::others_busy`] calls
+/// (Linux: the system's busy time in `/proc/stat` minus this process's in `/proc/self/stat`,
+/// both in clock ticks, over the elapsed ticks of all CPUs).
+#[derive(Debug, Default)]
+pub struct CpuLoad {
+    last: Option<Ticks>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Ticks {
+    /// All CPUs' ticks, busy or idle.
+    total: u64,
+    busy: u64,
+    own: u64,
+}
+
+impl CpuLoad {
+    /// Cores' worth of CPU other processes kept busy since the previous call (None on the first
+    /// call, when too little time passed, and where the platform cannot tell).
+    pub fn others_busy(&mut self) -> Option<f64> {
+        let now = ticks()?;
+        let last = self.last.replace(now)?;
+        let total = now.total.checked_sub(last.total)?;
+        let online = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+        // Fewer than ~2 ticks per CPU is too coarse to tell one busy core from none.
+        if total < 2 * online as u64 {
+            return None;
+        }
+        let busy = now.busy.saturating_sub(last.busy);
+        let own = now.own.saturating_sub(last.own);
+        let cpus = cpus_counted()?;
+        Some(busy.saturating_sub(own) as f64 / total as f64 * cpus)
+    }
+}
+
+/// CPUs `/proc/stat`'s first line sums over (all online ones, not only those this process may use).
+fn cpus_counted() -> Option<f64> {
+    #[cfg(target_os = "linux")]
+    {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        let n = stat
+            .lines()
+            .filter(|l| l.starts_with("cpu") && l.as_bytes().get(3).is_some_and(u8::is_ascii_digit))
+            .count();
+        (n > 0).then_some(n as f64)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        None
+    }
+}
+
+fn ticks() -> Option<Ticks> {
+    #[cfg(target_os = "linux")]
+    {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        // cpu user nice system idle iowait irq softirq steal …
+        let fields: Vec<u64> = stat
+            .lines()
+            .next()?
+            .split_whitespace()
+            .skip(1)
+            .take(8)
+            .map(|f| f.parse().ok())
+            .collect::<Option<_>>()?;
+        let total: u64 = fields.iter().sum();
+        let idle = fields.get(3)? + fields.get(4)?;
+        let own = std::fs::read_to_string("/proc/self/stat").ok()?;
+        // The command name may hold spaces: fields are counted after its closing parenthesis;
+        // utime and stime are fields 14 and 15, the 12th and 13th after it.
+        let rest = &own[own.rfind(')')? + 1..];
+        let mut after = rest.split_whitespace().skip(11);
+        let utime: u64 = after.next()?.parse().ok()?;
+        let stime: u64 = after.next()?.parse().ok()?;
+        Some(Ticks {
+            total,
+            busy: total - idle,
+            own: utime + stime,
+        })
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn a_busy_process_next_to_us_counts_as_others_and_our_own_threads_do_not() {
+        fn spin(for_: std::time::Duration) {
+            let start = std::time::Instant::now();
+            let mut x = 0u64;
+            while start.elapsed() < for_ {
+                x = std::hint::black_box(x.wrapping_add(1));
+            }
+        }
+        let mut load = CpuLoad::default();
+        assert_eq!(load.others_busy(), None, "nothing to compare with yet");
+        // Our own busy thread is not "others".
+        let own = std::thread::spawn(|| spin(std::time::Duration::from_millis(400)));
+        own.join().unwrap();
+        let ours = load.others_busy().unwrap();
+        // Another process spinning one core is.
+        let mut burner = std::process::Command::new("sh")
+            .args([
+                "-c",
+                "end=$(($(date +%s)+2)); while [ $(date +%s) -lt $end ]; do :; done",
+            ])
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        let theirs = load.others_busy().unwrap();
+        burner.kill().ok();
+        burner.wait().ok();
+        assert!(theirs > 0.6, "a spinning process used {theirs:.2} cores");
+        assert!(theirs > ours + 0.4, "ours {ours:.2}, theirs {theirs:.2}");
+    }
 
     #[test]
     #[cfg(target_os = "linux")]

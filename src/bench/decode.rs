@@ -24,7 +24,8 @@ use crate::llm::direct::DirectModel;
 use crate::llm::{ChatMessage, ChatRole};
 use crate::models::Entry;
 
-const PROMPT: &str = "Write a long, detailed story about a dragon who learns to bake bread.";
+pub(super) const PROMPT: &str =
+    "Write a long, detailed story about a dragon who learns to bake bread.";
 
 pub(super) fn run(
     args: &BenchArgs,
@@ -303,7 +304,7 @@ pub(super) struct SocketRun {
     pub(super) prefill_ms: f64,
 }
 
-async fn socket_run(client: &Client, tokens: u32) -> anyhow::Result<SocketRun> {
+pub(super) async fn socket_run(client: &Client, tokens: u32) -> anyhow::Result<SocketRun> {
     let path = format!("/api/v1/chats/{}/messages", new_chat(client).await?);
     let body = json!({"content": PROMPT, "options": {"temperature": 0, "repeat_penalty": 1.0, "max_tokens": tokens}});
     let sent = Instant::now();
@@ -366,7 +367,7 @@ pub(super) async fn openai_run(client: &Client, tokens: u32) -> anyhow::Result<S
     })
 }
 
-fn rate(tokens: usize, span: Duration) -> f64 {
+pub(super) fn rate(tokens: usize, span: Duration) -> f64 {
     // n tokens span n-1 intervals.
     (tokens.saturating_sub(1)) as f64 / span.as_secs_f64().max(1e-9)
 }

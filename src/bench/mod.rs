@@ -12,8 +12,11 @@
 //! - `models.rs` (`--models`): model load vs a direct load, switching, RSS with one and two
 //!   models and after the idle TTL unloaded one;
 //! - `openai.rs` (`--openai-peer DIR`): `/v1/chat/completions` vs llama-cpp-python's server;
+//! - `contention.rs` (`--contention`): decode with a core kept busy by another process, for
+//!   the adaptive thread policy, fixed counts and llama-cpp-python;
 //! - `corpus.rs`: the synthetic texts they ingest.
 
+mod contention;
 mod corpus;
 mod decode;
 mod health;
@@ -93,6 +96,14 @@ pub struct BenchArgs {
     /// package (`scripts/bench-peer` installs it).
     #[arg(long, value_name = "DIR")]
     openai_peer: Option<PathBuf>,
+    /// Measure decode while another process keeps a core busy instead: the adaptive thread
+    /// policy against fixed thread counts (and llama-cpp-python with `--openai-peer DIR`), each
+    /// idle and under a CPU burner.
+    #[arg(long)]
+    contention: bool,
+    /// Internal: be `--contention`'s CPU burner for this many seconds.
+    #[arg(long, hide = true, value_name = "SECS")]
+    burn_secs: Option<u64>,
     /// Chunks in the `--health` store.
     #[arg(long, default_value_t = 100_000)]
     health_chunks: usize,
@@ -110,6 +121,9 @@ pub fn run(
     args: BenchArgs,
     rt: &tokio::runtime::Runtime,
 ) -> anyhow::Result<()> {
+    if let Some(secs) = args.burn_secs {
+        return contention::burn(secs);
+    }
     let config = config::load(
         config_file,
         RawConfig {
@@ -137,6 +151,15 @@ pub fn run(
     } else if args.models {
         let second = manifest.chat_model(Some(&args.second_model))?;
         models::run(rt, models_dir, entry, second, args.threads)?
+    } else if args.contention {
+        contention::run(
+            rt,
+            models_dir,
+            entry,
+            args.openai_peer.as_deref(),
+            args.tokens,
+            args.runs,
+        )?
     } else if let Some(peer) = &args.openai_peer {
         openai::run(
             rt,
@@ -198,6 +221,16 @@ fn spawn(dir: &Path, models_dir: &Path, model: &str, threads: u32) -> anyhow::Re
 }
 
 fn command(dir: &Path, models_dir: &Path, model: &str, threads: u32) -> anyhow::Result<Command> {
+    command_with(dir, models_dir, model, Some(threads))
+}
+
+/// [`command`], with the daemon's default (adaptive) threads when `threads` is None.
+fn command_with(
+    dir: &Path,
+    models_dir: &Path,
+    model: &str,
+    threads: Option<u32>,
+) -> anyhow::Result<Command> {
     std::fs::create_dir_all(dir)?;
     let mut cmd = Command::new(std::env::current_exe()?);
     cmd.arg("serve")
@@ -209,14 +242,16 @@ fn command(dir: &Path, models_dir: &Path, model: &str, threads: u32) -> anyhow::
         .arg(models_dir)
         .arg("--model")
         .arg(model)
-        .arg("--threads")
-        .arg(threads.to_string())
         .arg("--ctx")
         .arg(N_CTX.to_string())
         .env("HEARTH_CONFIG", dir.join("none.toml"))
         .env("HEARTH_LOG", "error")
         .stdin(Stdio::null())
         .stderr(Stdio::null());
+    match threads {
+        Some(threads) => cmd.arg("--threads").arg(threads.to_string()),
+        None => cmd.env_remove("HEARTH_THREADS"),
+    };
     Ok(cmd)
 }
 

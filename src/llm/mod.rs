@@ -11,10 +11,11 @@
 
 #[cfg(feature = "bench")]
 pub mod direct;
+mod threads;
 mod utf8;
 mod worker;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock, PoisonError, RwLock};
 use std::time::Duration;
 
@@ -227,6 +228,23 @@ struct Shared {
     /// Set when verification refused the file.
     refusal: Mutex<Option<Refusal>>,
     queue: Queue,
+    /// Threads the worker decodes with now (the thread policy's choice).
+    decode_threads: AtomicU32,
+    /// Times the thread policy changed them.
+    thread_changes: AtomicU64,
+}
+
+/// The inference threads of a loaded model, for health.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Threads {
+    /// Threads of one-token decode steps now.
+    pub decode: u32,
+    /// Threads of prompt evaluation (and the most decode may use).
+    pub batch: u32,
+    /// Whether decode follows contention (false: `threads` was configured).
+    pub adaptive: bool,
+    /// How often the decode count changed since the model loaded.
+    pub changes: u64,
 }
 
 enum LoadState {
@@ -267,6 +285,7 @@ impl Llm {
     where
         V: FnOnce(&dyn Fn(f32)) -> Result<VerifiedModel, ModelError> + Send + 'static,
     {
+        let threads = config.threads;
         let shared = Arc::new(Shared {
             name: name.to_string(),
             queue: Queue::new(config.queue_depth),
@@ -276,6 +295,8 @@ impl Llm {
                 progress: 0.0,
             }),
             refusal: Mutex::new(None),
+            decode_threads: AtomicU32::new(threads),
+            thread_changes: AtomicU64::new(0),
         });
         let thread_shared = shared.clone();
         let spawned = std::thread::Builder::new()
@@ -321,6 +342,17 @@ impl Llm {
             LoadState::Ready(_) => ModelState::Ready,
             LoadState::Failed(err) => ModelState::Failed(err.clone()),
             LoadState::Unloaded => ModelState::Unloaded,
+        }
+    }
+
+    /// The inference threads (what the decode thread policy chose, and how often it changed).
+    pub fn threads(&self) -> Threads {
+        let config = &self.shared.config;
+        Threads {
+            decode: self.shared.decode_threads.load(Ordering::Relaxed),
+            batch: config.threads,
+            adaptive: config.adaptive_threads && config.threads > 1,
+            changes: self.shared.thread_changes.load(Ordering::Relaxed),
         }
     }
 

@@ -17,19 +17,24 @@ use std::time::{Duration, Instant};
 
 use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::context::LlamaContext;
+use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::model::{LlamaChatTemplate, LlamaModel};
 use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
+use llama_cpp_2::LlamaStateSeqFlags;
 use tokio::sync::mpsc;
 
+use super::threads::{Change, ThreadPolicy};
 use super::utf8::Utf8Stream;
 use super::{
     backend, Finish, GenEvent, Generation, LoadStage, LoadState, Loaded, Outcome, Refusal,
     Sampling, Shared,
 };
+use crate::config::LlmConfig;
 use crate::models::{ModelError, VerifiedModel};
+use crate::priority::CpuLoad;
 
 /// Tokens considered by the repeat penalty (llama.cpp's default window).
 const PENALTY_LAST_N: i32 = 64;
@@ -102,19 +107,9 @@ where
         }
     };
     let config = &shared.config;
-    let threads = i32::try_from(config.threads).unwrap_or(1);
-    let ctx_params = LlamaContextParams::default()
-        .with_n_ctx(Some(config.n_ctx))
-        .with_n_batch(config.n_batch)
-        .with_n_ubatch(config.n_batch)
-        .with_n_threads(threads)
-        .with_n_threads_batch(threads)
-        // Two sequences in one unified cache: each may use the whole context, together they
-        // share it (chat in CHAT_SEQ, background work in BACKGROUND_SEQ).
-        .with_n_seq_max(2)
-        .with_kv_unified(true)
-        .with_no_perf(true);
-    let mut ctx = match model.new_context(backend, ctx_params) {
+    let threads = config.threads;
+    let policy = ThreadPolicy::new(threads, config.adaptive_threads);
+    let ctx = match model.new_context(backend, context_params(config, policy.current())) {
         Ok(ctx) => ctx,
         Err(err) => return fail(format!("cannot create a llama.cpp context: {err}")),
     };
@@ -135,30 +130,30 @@ where
         "chat model ready"
     );
 
+    let mut eng = Engine {
+        ctx,
+        model: &model,
+        backend,
+        shared,
+        policy,
+        load: CpuLoad::default(),
+    };
     let mut kv = KvCache::default();
     let mut bg_kv = KvCache::default();
     while let Some(job) = shared.queue.pop() {
         let preempt =
             || job.priority < super::Priority::Interactive && shared.queue.interactive_waiting();
         let outcome = if job.priority == super::Priority::Interactive {
-            let n_ctx = ctx.n_ctx() as usize;
+            let n_ctx = eng.ctx.n_ctx() as usize;
             let needs = job.prompt.len() + job.max_tokens as usize;
             if !bg_kv.tokens.is_empty() && needs + bg_kv.tokens.len() > n_ctx {
                 // The chat needs the room the cached background prefix holds.
-                drop_background(&mut ctx, &mut kv, &mut bg_kv);
+                drop_background(&mut eng.ctx, &mut kv, &mut bg_kv);
             }
-            generate(
-                &mut ctx,
-                &model,
-                &mut kv,
-                &job,
-                config.stall_timeout,
-                &preempt,
-            )
+            generate(&mut eng, &mut kv, &job, config.stall_timeout, &preempt)
         } else {
             background(
-                &mut ctx,
-                &model,
+                &mut eng,
                 &mut kv,
                 &mut bg_kv,
                 &job,
@@ -168,7 +163,7 @@ where
         };
         if outcome.finish == Finish::Error {
             // A failed decode may have cleared the whole cache: forget both sequences.
-            ctx.clear_kv_cache();
+            eng.ctx.clear_kv_cache();
             kv.tokens.clear();
             bg_kv.tokens.clear();
         }
@@ -187,7 +182,7 @@ where
     }
     // Unloaded (or shutting down): the context goes first (it borrows the model), then the
     // state's reference to the model, so the weights' memory is returned now, not at exit.
-    drop(ctx);
+    drop(eng);
     drop(model);
     shared.set_state(LoadState::Unloaded);
     drop(verified);
@@ -205,6 +200,107 @@ fn kv_bytes(model: &LlamaModel, n_ctx: u32) -> u64 {
     2 * layers * u64::from(n_ctx) * embd * kv_heads / heads * 2
 }
 
+/// The llama.cpp context's parameters; `decode_threads` for one-token steps, the configured
+/// threads for prompt evaluation.
+fn context_params(config: &LlmConfig, decode_threads: u32) -> LlamaContextParams {
+    LlamaContextParams::default()
+        .with_n_ctx(Some(config.n_ctx))
+        .with_n_batch(config.n_batch)
+        .with_n_ubatch(config.n_batch)
+        .with_n_threads(i32::try_from(decode_threads).unwrap_or(1))
+        .with_n_threads_batch(i32::try_from(config.threads).unwrap_or(1))
+        // Two sequences in one unified cache: each may use the whole context, together they
+        // share it (chat in CHAT_SEQ, background work in BACKGROUND_SEQ).
+        .with_n_seq_max(2)
+        .with_kv_unified(true)
+        .with_no_perf(true)
+}
+
+/// The context, and what it takes to make it again. llama.cpp fixes a context's decode thread
+/// count when it is created (llama-cpp-2 0.1.160 wraps no `llama_set_n_threads` and keeps the
+/// context pointer private), so a thread policy change creates a new context and moves both
+/// sequences' cached tokens into it ([`Engine::retune`]).
+struct Engine<'m> {
+    ctx: LlamaContext<'m>,
+    model: &'m LlamaModel,
+    backend: &'static LlamaBackend,
+    shared: &'m Shared,
+    policy: ThreadPolicy,
+    load: CpuLoad,
+}
+
+impl Engine<'_> {
+    /// Records a one-token decode step's time; a thread change to make before the next one.
+    fn observe(&mut self, step: Duration) -> Option<Change> {
+        let threads = f64::from(self.policy.current());
+        let load = &mut self.load;
+        self.policy.observe(step, || {
+            // Cores neither other programs nor our decode threads kept busy.
+            let others = load.others_busy()?;
+            let online = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+            Some(online - others - threads)
+        })
+    }
+
+    /// Moves decoding to `change.threads` threads: a new context takes over both sequences'
+    /// cached tokens, then replaces the old one. For a moment both contexts' KV caches exist
+    /// (the old one is the fallback: any failure keeps it, and the policy stops adapting).
+    fn retune(&mut self, change: Change) {
+        let from = self
+            .shared
+            .decode_threads
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let started = Instant::now();
+        match self.rebuild(change.threads) {
+            Ok(moved) => {
+                self.shared
+                    .decode_threads
+                    .store(change.threads, std::sync::atomic::Ordering::Relaxed);
+                self.shared
+                    .thread_changes
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                // The next spare-core reading covers the time since this change.
+                self.load.others_busy();
+                tracing::debug!(
+                    from,
+                    to = change.threads,
+                    reason = ?change.reason,
+                    ms = started.elapsed().as_millis() as u64,
+                    kv_bytes = moved,
+                    "decode threads changed"
+                );
+            }
+            Err(err) => {
+                self.policy.freeze(from);
+                tracing::warn!(error = %err, threads = from, "cannot change decode threads; keeping them");
+            }
+        }
+    }
+
+    /// A context with `threads` decode threads holding this one's sequences; the bytes moved.
+    fn rebuild(&mut self, threads: u32) -> Result<usize, String> {
+        let flags = LlamaStateSeqFlags::empty();
+        let chat = self
+            .ctx
+            .state_seq_get(CHAT_SEQ, flags)
+            .map_err(|e| e.to_string())?;
+        let bg = self
+            .ctx
+            .state_seq_get(BACKGROUND_SEQ, flags)
+            .map_err(|e| e.to_string())?;
+        let mut ctx = self
+            .model
+            .new_context(self.backend, context_params(&self.shared.config, threads))
+            .map_err(|e| format!("cannot create a llama.cpp context: {e}"))?;
+        ctx.state_seq_set(&chat, CHAT_SEQ)
+            .map_err(|e| e.to_string())?;
+        ctx.state_seq_set(&bg, BACKGROUND_SEQ)
+            .map_err(|e| e.to_string())?;
+        self.ctx = ctx;
+        Ok(chat.byte_len() + bg.byte_len())
+    }
+}
+
 /// The tokens whose keys/values are in the context, position by position.
 #[derive(Default)]
 struct KvCache {
@@ -215,25 +311,24 @@ struct KvCache {
 /// background sequence keeps its tokens too: extraction prompts share a long fixed prefix (the
 /// instructions and examples), which is then evaluated once, not per job.
 fn background(
-    ctx: &mut LlamaContext<'_>,
-    model: &LlamaModel,
+    eng: &mut Engine<'_>,
     chat_kv: &mut KvCache,
     bg_kv: &mut KvCache,
     job: &Generation,
     stall: Duration,
     preempt: &dyn Fn() -> bool,
 ) -> Outcome {
-    let n_ctx = ctx.n_ctx() as usize;
+    let n_ctx = eng.ctx.n_ctx() as usize;
     let needs = job.prompt.len() + job.max_tokens as usize;
     if chat_kv.tokens.len() + needs > n_ctx {
         // Both do not fit: the chat's prefix goes (its next turn re-evaluates its prompt).
-        if ctx.kv_cache_seq_rm(CHAT_SEQ, None, None).is_err() {
-            ctx.clear_kv_cache();
+        if eng.ctx.kv_cache_seq_rm(CHAT_SEQ, None, None).is_err() {
+            eng.ctx.clear_kv_cache();
             bg_kv.tokens.clear();
         }
         chat_kv.tokens.clear();
     }
-    run_seq(ctx, model, bg_kv, BACKGROUND_SEQ, job, stall, preempt)
+    run_seq(eng, bg_kv, BACKGROUND_SEQ, job, stall, preempt)
 }
 
 /// Removes the background sequence from the cache.
@@ -246,19 +341,17 @@ fn drop_background(ctx: &mut LlamaContext<'_>, chat_kv: &mut KvCache, bg_kv: &mu
 }
 
 fn generate(
-    ctx: &mut LlamaContext<'_>,
-    model: &LlamaModel,
+    eng: &mut Engine<'_>,
     kv: &mut KvCache,
     job: &Generation,
     stall: Duration,
     preempt: &dyn Fn() -> bool,
 ) -> Outcome {
-    run_seq(ctx, model, kv, CHAT_SEQ, job, stall, preempt)
+    run_seq(eng, kv, CHAT_SEQ, job, stall, preempt)
 }
 
 fn run_seq(
-    ctx: &mut LlamaContext<'_>,
-    model: &LlamaModel,
+    eng: &mut Engine<'_>,
     kv: &mut KvCache,
     seq: i32,
     job: &Generation,
@@ -284,7 +377,7 @@ fn run_seq(
     if !send(&job.events, GenEvent::Started, stall) || job.cancel.is_cancelled() {
         return outcome;
     }
-    let n_ctx = ctx.n_ctx() as usize;
+    let n_ctx = eng.ctx.n_ctx() as usize;
     if prompt.is_empty() || prompt.len() >= n_ctx {
         return fail(
             outcome,
@@ -299,8 +392,8 @@ fn run_seq(
     let mut reuse = common_prefix(&kv.tokens, prompt).min(prompt.len() - 1);
     if reuse < kv.tokens.len() {
         let start = u32::try_from(reuse).unwrap_or(0);
-        if ctx.kv_cache_seq_rm(seq, Some(start), None).is_err() {
-            ctx.clear_kv_cache();
+        if eng.ctx.kv_cache_seq_rm(seq, Some(start), None).is_err() {
+            eng.ctx.clear_kv_cache();
             reuse = 0;
         }
         kv.tokens.truncate(reuse);
@@ -309,9 +402,9 @@ fn run_seq(
 
     let prefill_started = Instant::now();
     let n_batch = if seq == BACKGROUND_SEQ {
-        (ctx.n_batch() as usize).min(BACKGROUND_BATCH)
+        (eng.ctx.n_batch() as usize).min(BACKGROUND_BATCH)
     } else {
-        ctx.n_batch() as usize
+        eng.ctx.n_batch() as usize
     };
     let mut batch = LlamaBatch::new(n_batch.max(1), 1);
     let mut chunk_start = reuse;
@@ -341,8 +434,8 @@ fn run_seq(
                 return fail(outcome, err.to_string());
             }
         }
-        if let Err(err) = ctx.decode(&mut batch) {
-            ctx.clear_kv_cache();
+        if let Err(err) = eng.ctx.decode(&mut batch) {
+            eng.ctx.clear_kv_cache();
             kv.tokens.clear();
             return fail(outcome, format!("prompt evaluation failed: {err}"));
         }
@@ -353,6 +446,7 @@ fn run_seq(
     outcome.prefill = prefill_started.elapsed();
 
     let decode_started = Instant::now();
+    let model = eng.model;
     let vocab = model.vocab();
     let mut sampler = match sampler(model, &job.sampling, job.grammar.as_deref()) {
         Ok(sampler) => sampler,
@@ -362,6 +456,9 @@ fn run_seq(
     let mut text = Utf8Stream::default();
     let mut piece = Vec::with_capacity(32);
     let mut pos = prompt.len();
+    // A thread policy change, made before the next one-token step (the context's logits of the
+    // last step are sampled first).
+    let mut retune: Option<Change> = None;
     let finish = loop {
         if job.cancel.is_cancelled() {
             break Finish::Cancelled;
@@ -370,7 +467,7 @@ fn run_seq(
             break Finish::Preempted;
         }
         // `sample` also accepts the token into the sampler state (penalties, grammar).
-        let token = sampler.sample(ctx, logits_index);
+        let token = sampler.sample(&eng.ctx, logits_index);
         if vocab.is_eog(token) {
             break Finish::Stop;
         }
@@ -390,12 +487,17 @@ fn run_seq(
         if let Err(err) = batch.add(token, pos_i32(pos), &[seq], true) {
             return fail(outcome, err.to_string());
         }
-        if let Err(err) = ctx.decode(&mut batch) {
-            ctx.clear_kv_cache();
+        if let Some(change) = retune.take() {
+            eng.retune(change);
+        }
+        let step = Instant::now();
+        if let Err(err) = eng.ctx.decode(&mut batch) {
+            eng.ctx.clear_kv_cache();
             kv.tokens.clear();
             outcome.decode = decode_started.elapsed();
             return fail(outcome, format!("decode failed: {err}"));
         }
+        retune = eng.observe(step.elapsed());
         kv.tokens.push(token);
         pos += 1;
         logits_index = 0;

@@ -155,6 +155,12 @@ pub(super) fn loaded_out(model: &LoadedModel) -> Value {
         "active": model.active,
         "ram_bytes": model.memory_bytes,
         "n_ctx": model.n_ctx,
+        "threads": {
+            "decode": model.threads.decode,
+            "batch": model.threads.batch,
+            "adaptive": model.threads.adaptive,
+            "changes": model.threads.changes,
+        },
         "queue": {"waiting": model.queued, "capacity": model.queue_capacity},
     })
 }

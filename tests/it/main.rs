@@ -15,4 +15,5 @@ mod readme;
 mod setup;
 mod sidecar;
 mod support;
+mod threads;
 mod tidy;

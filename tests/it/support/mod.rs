@@ -56,6 +56,8 @@ pub struct Opts {
     pub ctx: u32,
     pub queue_depth: u32,
     pub models_dir: Option<PathBuf>,
+    /// `--threads`; None leaves the daemon's adaptive default.
+    pub threads: Option<u32>,
     pub extra: Vec<String>,
 }
 
@@ -66,6 +68,8 @@ impl Default for Opts {
             ctx: 2048,
             queue_depth: 8,
             models_dir: None,
+            // One thread per context: tests run in parallel on 2 cores.
+            threads: Some(1),
             extra: Vec::new(),
         }
     }
@@ -132,8 +136,6 @@ impl Daemon {
             .arg(models)
             .arg("--model")
             .arg(self.opts.model)
-            .arg("--threads")
-            .arg("1")
             .arg("--ctx")
             .arg(self.opts.ctx.to_string())
             .arg("--queue-depth")
@@ -144,6 +146,10 @@ impl Daemon {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        match self.opts.threads {
+            Some(threads) => cmd.arg("--threads").arg(threads.to_string()),
+            None => cmd.env_remove("HEARTH_THREADS"),
+        };
         cmd
     }
 
