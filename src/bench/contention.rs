@@ -9,6 +9,10 @@
 //! same prompt in-process on the same GGUF with the physical cores' threads. Runs of one setting
 //! follow each other, so the policy's state carries over from reply to reply as in real use; the
 //! first reply under the burner (which pays for noticing the load) is shown on its own too.
+//!
+//! Then the other kind of contention, the daemon's own background work: replies while the drop
+//! folder ingests [`INGEST_FILES`] mixed documents against replies on the same daemon idle, with
+//! background threads niced (the default) and not (`background_nice = 0`).
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -17,6 +21,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 
 use super::decode::{rate, socket_run, PROMPT};
+use super::library::{decode_rate, write_mixed, REPLIES};
 use super::{command_with, idle, median, BenchDaemon, RemoveOnDrop, N_CTX};
 use crate::client::Client;
 use crate::models::Entry;
@@ -25,6 +30,10 @@ use crate::models::Entry;
 const BURN_SECS: u64 = 900;
 /// Time for the scheduler to settle after the burner starts.
 const BURN_SETTLE: Duration = Duration::from_millis(300);
+
+/// Documents the ingest part drops in at once: enough to keep the embedder busy for all
+/// [`REPLIES`] replies.
+const INGEST_FILES: usize = 600;
 
 /// One setting's figures, tok/s.
 struct Row {
@@ -151,7 +160,79 @@ pub(super) fn run(
             decode_threads: None,
         });
     }
-    Ok(table(entry, physical, tokens, runs, &rows))
+    let mut out = table(entry, physical, tokens, runs, &rows);
+    out.push_str(&ingest_table(rt, models_dir, entry, &scratch)?);
+    Ok(out)
+}
+
+/// Decode during a drop-folder ingest vs idle, with background threads niced and not.
+fn ingest_table(
+    rt: &tokio::runtime::Runtime,
+    models_dir: &Path,
+    entry: &Entry,
+    scratch: &Path,
+) -> anyhow::Result<String> {
+    let mut out = format!(
+        "\ndecode during a drop-folder ingest of {INGEST_FILES} documents (policy threads, 96-token replies, daemon-reported tok/s, median of up to {REPLIES})\n{:<34} {:>10} {:>10} {:>8} {:>8}\n",
+        "setting", "idle tok/s", "ingesting", "ratio", "replies"
+    );
+    for (name, nice) in [
+        ("background_nice 10 (default)", None),
+        ("background_nice 0", Some(0)),
+    ] {
+        let dir = scratch.join(format!("ingest-{}", nice.unwrap_or(10)));
+        let watched = dir.join("watched");
+        let staged = dir.join("staged");
+        std::fs::create_dir_all(&watched)?;
+        write_mixed(&staged, INGEST_FILES)?;
+        let mut cmd = command_with(&dir, models_dir, &entry.name, None)?;
+        cmd.arg("--watch").arg(&watched);
+        if let Some(nice) = nice {
+            cmd.arg("--background-nice").arg(nice.to_string());
+        }
+        let mut daemon = BenchDaemon {
+            child: cmd
+                .stdout(Stdio::null())
+                .spawn()
+                .context("cannot spawn hearth serve")?,
+        };
+        let client = Client::new(&dir.join("hearth.sock"));
+        rt.block_on(client.wait_ready(Duration::from_secs(60)))?;
+        // The embedder loads on first use: load it before timing anything.
+        rt.block_on(client.call(
+            http::Method::POST,
+            "/api/v1/embeddings",
+            Some(&serde_json::json!({"input": ["warm up"]})),
+        ))?;
+        let user = rt.block_on(client.user_id("bench"))?;
+        rt.block_on(decode_rate(&client, &user))?; // warm-up
+        let mut idle_rates = Vec::new();
+        for _ in 0..REPLIES {
+            idle_rates.push(rt.block_on(decode_rate(&client, &user))?);
+        }
+        std::fs::rename(&staged, watched.join("mixed"))?;
+        std::thread::sleep(Duration::from_millis(1500));
+        let mut busy_rates = Vec::new();
+        while busy_rates.len() < REPLIES {
+            let s = rt.block_on(client.call(http::Method::GET, "/api/v1/library", None))?;
+            if s["jobs"].as_u64().unwrap_or(0) == 0 {
+                break;
+            }
+            busy_rates.push(rt.block_on(decode_rate(&client, &user))?);
+            std::thread::sleep(Duration::from_millis(700));
+        }
+        daemon.stop();
+        let replies = busy_rates.len();
+        let (idle, busy) = (median(&mut idle_rates), median(&mut busy_rates));
+        out.push_str(&format!(
+            "{name:<34} {idle:>10.1} {busy:>10.1} {:>8.2} {replies:>8}\n",
+            busy / idle
+        ));
+    }
+    out.push_str(
+        "(goal: ratio >= 0.9 with the default; replies: how many ran before the ingest finished)\n",
+    );
+    Ok(out)
 }
 
 fn table(entry: &Entry, physical: u32, tokens: u32, runs: usize, rows: &[Row]) -> String {

@@ -272,13 +272,13 @@ pub(super) fn run(
 
 /// Replies timed idle and during the ingest (the one during ingest depends on where in an
 /// embedding batch it starts, so one sample is noise).
-const REPLIES: usize = 5;
+pub(super) const REPLIES: usize = 5;
 
 /// Completion tokens/s of one greedy 96-token reply, as the daemon reports it, in a new chat:
 /// decode slows as a chat's context grows (52 tok/s at 29 prompt tokens, 35 at 450 here), so
 /// replies compared with each other must not share a history. The chat has a title, so no
 /// title job runs after it.
-async fn decode_rate(client: &Client, user: &str) -> anyhow::Result<f64> {
+pub(super) async fn decode_rate(client: &Client, user: &str) -> anyhow::Result<f64> {
     let chat = client
         .call(
             Method::POST,
@@ -306,7 +306,7 @@ async fn decode_rate(client: &Client, user: &str) -> anyhow::Result<f64> {
 }
 
 /// Writes `n` mixed documents; returns their names below `dir`.
-fn write_mixed(dir: &Path, n: usize) -> anyhow::Result<Vec<String>> {
+pub(super) fn write_mixed(dir: &Path, n: usize) -> anyhow::Result<Vec<String>> {
     let lines = sentences(n * 3);
     let mut names = Vec::with_capacity(n);
     for i in 0..n {

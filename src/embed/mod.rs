@@ -39,6 +39,11 @@ pub const MAX_BATCH: usize = 32;
 /// in one batch took RSS from 0.3 to 1.6 GB, eight keep it a few hundred MB, at the same
 /// speed per text (long texts are compute-bound, not batch-bound).
 const BATCH_CHARS: usize = 8 * 1024;
+/// Padded characters per batch of ingest work (two full windows): ingestion yields to a reply
+/// only between batches, and the batch in flight when a reply starts runs on through it (at
+/// background priority, but still taking a share of the cores). 8K characters took ~1 s on 2
+/// cores; at 2K the in-flight batch is short, at the same speed per text.
+const INGEST_BATCH_CHARS: usize = 2 * 1024;
 
 /// The embedding model's manifest name (what `/v1/embeddings` takes as `model`).
 pub const MODEL_NAME: &str = "all-minilm-l6-v2";
@@ -361,7 +366,12 @@ fn embed_job(
     order.sort_by_key(|&i| job.texts[i].len());
     let mut out: Vec<Vec<f32>> = vec![Vec::new(); job.texts.len()];
     let mut done = 0;
-    for batch in batches(&order, |i| job.texts[i].len()) {
+    let chars = if job.ingest {
+        INGEST_BATCH_CHARS
+    } else {
+        BATCH_CHARS
+    };
+    for batch in batches(&order, |i| job.texts[i].len(), chars) {
         if job.ingest {
             shared.yield_to_chat(model);
         }
@@ -383,14 +393,14 @@ fn embed_job(
 }
 
 /// Cuts length-sorted text indices into batches of at most [`MAX_BATCH`] texts and about
-/// [`BATCH_CHARS`] padded characters (a batch is padded to its longest text).
-fn batches(order: &[usize], len: impl Fn(usize) -> usize) -> Vec<&[usize]> {
+/// `chars` padded characters (a batch is padded to its longest text).
+fn batches(order: &[usize], len: impl Fn(usize) -> usize, chars: usize) -> Vec<&[usize]> {
     let mut out = Vec::new();
     let mut start = 0;
     for end in 1..=order.len() {
         let longest = len(order[end - 1]).max(1);
         let count = end - start;
-        if count > 1 && (count > MAX_BATCH || count * longest > BATCH_CHARS) {
+        if count > 1 && (count > MAX_BATCH || count * longest > chars) {
             out.push(&order[start..end - 1]);
             start = end - 1;
         }
@@ -408,7 +418,7 @@ fn embed_batch<S: AsRef<str> + Send + Sync>(
     let mut order: Vec<usize> = (0..texts.len()).collect();
     order.sort_by_key(|&i| texts[i].as_ref().len());
     let mut out: Vec<Vec<f32>> = vec![Vec::new(); texts.len()];
-    for batch in batches(&order, |i| texts[i].as_ref().len()) {
+    for batch in batches(&order, |i| texts[i].as_ref().len(), BATCH_CHARS) {
         let group: Vec<&str> = batch.iter().map(|&i| texts[i].as_ref()).collect();
         let vectors = model
             .embed(group, Some(MAX_BATCH))
@@ -451,6 +461,11 @@ fn load(shared: &Shared) -> Result<TextEmbedding, String> {
     let options = InitOptionsUserDefined::new()
         .with_max_length(MAX_TOKENS)
         .with_intra_threads(shared.threads)
+        // ONNX Runtime's pool threads spin between and after operators by default: CPU a
+        // reply's decode threads need (measured: a third of the embedder's time during a reply
+        // was spinning). Blocking costs ingestion a little latency per operator.
+        .with_session_config("session.intra_op.allow_spinning", "0")
+        .with_session_config("session.inter_op.allow_spinning", "0")
         .with_environment(environment);
     TextEmbedding::try_new_from_user_defined(model, options)
         .map_err(|err| format!("cannot create the embedding session: {err}"))
@@ -464,7 +479,7 @@ mod tests {
     fn batches_are_bounded_by_count_and_padded_size() {
         let lens: Vec<usize> = (0..100).map(|i| if i < 70 { 50 } else { 1000 }).collect();
         let order: Vec<usize> = (0..100).collect();
-        let cut = batches(&order, |i| lens[i]);
+        let cut = batches(&order, |i| lens[i], BATCH_CHARS);
         assert_eq!(cut.iter().map(|b| b.len()).sum::<usize>(), 100);
         assert!(cut.iter().all(|b| b.len() <= MAX_BATCH));
         for b in &cut {
@@ -473,7 +488,11 @@ mod tests {
         }
         assert_eq!(cut[0].len(), 32);
         assert_eq!(cut.len(), 7, "32 + 32 + (6 short + 2 long) + 8 + 8 + 8 + 4");
-        assert!(batches(&[], |_| 1).is_empty());
-        assert_eq!(batches(&[0], |_| 1_000_000), vec![&[0][..]]);
+        assert!(batches(&[], |_| 1, BATCH_CHARS).is_empty());
+        assert_eq!(batches(&[0], |_| 1_000_000, BATCH_CHARS), vec![&[0][..]]);
+        // Ingest work: two full windows per batch.
+        let ingest = batches(&order, |i| lens[i], INGEST_BATCH_CHARS);
+        assert_eq!(ingest.iter().map(|b| b.len()).sum::<usize>(), 100);
+        assert!(ingest[ingest.len() - 1].len() <= 2, "{ingest:?}");
     }
 }

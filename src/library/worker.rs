@@ -151,6 +151,9 @@ impl Library {
         use futures_util::StreamExt;
         futures_util::stream::iter(jobs)
             .map(|job| async move {
+                // Reading and extracting run next to the embedder's batch: they wait for a
+                // reply too, file by file (it is nice-0 CPU on the runtime's threads).
+                self.yield_to_chat().await;
                 let step = self.prepare(&job).await;
                 (job, step)
             })

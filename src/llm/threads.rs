@@ -11,7 +11,8 @@
 //! How: step times are taken in windows of [`WINDOW`] tokens and compared by their median
 //! (robust to a stray slow step). The policy keeps the best window seen for each thread count.
 //! It steps down when the current count is clearly slower than one thread fewer ever was, or
-//! (before that is known) when it is far slower than its own best; the first time, it measures one
+//! (before that is known) when it is far slower than its own best, for [`CONFIRM`] windows in a
+//! row; the first time, it measures one
 //! thread fewer once ([`Probe`]) so there is something to compare with. It probes one thread more
 //! after [`PROBE_AFTER`] tokens (doubling up to [`PROBE_AFTER_MAX`] each time a probe loses), but
 //! only when the caller's CPU-load hint says a core is free; a probe is kept when it is faster.
@@ -36,6 +37,10 @@ const PROBE_AFTER: u32 = 32;
 const PROBE_AFTER_MAX: u32 = 2048;
 /// Tokens at the full count before measuring one thread fewer the first time.
 const CALIBRATE_AFTER: u32 = 16;
+/// Slow windows in a row before stepping down: one slow window is often a moment's load (the
+/// daemon's own embedding of a turn's memories, a client starting), and a change costs two
+/// context rebuilds if it has to be undone.
+const CONFIRM: u32 = 2;
 
 /// Why the count changed (logged, and counted in health).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,6 +78,8 @@ pub(super) struct ThreadPolicy {
     probe: Option<Probe>,
     /// Tokens decoded at the current count since the last change.
     since_change: u32,
+    /// Slow windows in a row at the current count.
+    slow_windows: u32,
     probe_after: u32,
 }
 
@@ -88,6 +95,7 @@ impl ThreadPolicy {
             best: vec![None; max as usize],
             probe: None,
             since_change: 0,
+            slow_windows: 0,
             probe_after: PROBE_AFTER,
         }
     }
@@ -131,7 +139,10 @@ impl ThreadPolicy {
                 self.probe_after = PROBE_AFTER;
                 return None;
             }
-            self.probe_after = (self.probe_after * 2).min(PROBE_AFTER_MAX);
+            if probe.from < c {
+                // Only a lost probe upward backs off (a lost calibration is the normal case).
+                self.probe_after = (self.probe_after * 2).min(PROBE_AFTER_MAX);
+            }
             return Some(self.change(probe.from, Reason::ProbeLost));
         }
         if c > 1 {
@@ -141,8 +152,15 @@ impl ThreadPolicy {
                 None => median > own_best * COLLAPSED,
             };
             if contended {
-                return Some(self.change(c - 1, Reason::Contention));
+                self.slow_windows += 1;
+                if self.slow_windows >= CONFIRM {
+                    // Probes upward start afresh: they are cheap while no core is spare.
+                    self.probe_after = PROBE_AFTER;
+                    return Some(self.change(c - 1, Reason::Contention));
+                }
+                return None;
             }
+            self.slow_windows = 0;
             if fewer.is_none() && self.since_change >= CALIBRATE_AFTER {
                 self.probe = Some(Probe {
                     from: c,
@@ -169,6 +187,7 @@ impl ThreadPolicy {
     fn change(&mut self, threads: u32, reason: Reason) -> Change {
         self.current = threads;
         self.since_change = 0;
+        self.slow_windows = 0;
         self.window.clear();
         Change { threads, reason }
     }
@@ -278,6 +297,16 @@ mod tests {
         // 32, 64, …, 2048 tokens apart: a handful over 8,000 tokens, not one per 32.
         assert!((3..=10).contains(&probes), "{probes} probes");
         assert_eq!(p.current(), 1);
+    }
+
+    #[test]
+    fn one_slow_window_is_a_moment_not_contention() {
+        let mut p = ThreadPolicy::new(2, true);
+        simulate(&mut p, 200, false);
+        let mut changes = feed(&mut p, WINDOW, step_ms(2, true), Some(0.0));
+        changes.extend(feed(&mut p, 4 * WINDOW, step_ms(2, false), Some(1.9)));
+        assert!(changes.is_empty(), "{changes:?}");
+        assert_eq!(p.current(), 2);
     }
 
     #[test]

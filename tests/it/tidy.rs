@@ -71,7 +71,7 @@ fn modules_import_only_the_layers_below_them() {
         ("models", &["store"]),
         ("index", &["priority", "store"]),
         ("events", &["error_code", "store"]),
-        ("llm", &["config", "models"]),
+        ("llm", &["config", "models", "priority"]),
         ("embed", &["models", "priority", "store"]),
         ("ingest", &["embed", "error_code", "index", "store"]),
         ("pool", &["config", "llm", "models", "store"]),
