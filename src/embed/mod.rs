@@ -39,11 +39,12 @@ pub const MAX_BATCH: usize = 32;
 /// in one batch took RSS from 0.3 to 1.6 GB, eight keep it a few hundred MB, at the same
 /// speed per text (long texts are compute-bound, not batch-bound).
 const BATCH_CHARS: usize = 8 * 1024;
-/// Padded characters per batch of ingest work (two full windows): ingestion yields to a reply
+/// Padded characters per batch of ingest work (one full window): ingestion yields to a reply
 /// only between batches, and the batch in flight when a reply starts runs on through it (at
 /// background priority, but still taking a share of the cores). 8K characters took ~1 s on 2
-/// cores; at 2K the in-flight batch is short, at the same speed per text.
-const INGEST_BATCH_CHARS: usize = 2 * 1024;
+/// cores and still ran 0.2 s into replies at 2K; at 1K the in-flight batch is short, at the same
+/// speed per text (long texts are compute-bound).
+const INGEST_BATCH_CHARS: usize = 1024;
 
 /// The embedding model's manifest name (what `/v1/embeddings` takes as `model`).
 pub const MODEL_NAME: &str = "all-minilm-l6-v2";
@@ -490,9 +491,10 @@ mod tests {
         assert_eq!(cut.len(), 7, "32 + 32 + (6 short + 2 long) + 8 + 8 + 8 + 4");
         assert!(batches(&[], |_| 1, BATCH_CHARS).is_empty());
         assert_eq!(batches(&[0], |_| 1_000_000, BATCH_CHARS), vec![&[0][..]]);
-        // Ingest work: two full windows per batch.
+        // Ingest work: one full window per batch.
         let ingest = batches(&order, |i| lens[i], INGEST_BATCH_CHARS);
         assert_eq!(ingest.iter().map(|b| b.len()).sum::<usize>(), 100);
-        assert!(ingest[ingest.len() - 1].len() <= 2, "{ingest:?}");
+        assert!(ingest.iter().all(|b| b.len() <= 20), "{ingest:?}");
+        assert_eq!(ingest[ingest.len() - 1].len(), 1, "{ingest:?}");
     }
 }
