@@ -566,13 +566,16 @@ impl Turn {
                 sources: self.sources.clone(),
             },
         ];
-        let stored = match self.store.append_messages(self.chat_id, &mut messages) {
+        let appended = self.store.append_messages(self.chat_id, &mut messages);
+        // Readers see the reply from here on, so the turn is over for them: whoever reads it may
+        // send the next message at once (waiting for the flush left a window in which they got
+        // `generation_in_progress`). Durability keeps its order: the next turn's own flush
+        // covers this reply too, and the final event below still waits for it.
+        drop(slot);
+        let stored = match appended {
             Ok(_) => self.store.durable().await,
             Err(err) => Err(err),
         };
-        // The turn is over once its reply is on disk: whoever reads the stored reply (or gets
-        // the final event) may send the next message or cancel at once.
-        drop(slot);
         let event = if let Err(err) = stored {
             tracing::error!(chat = %self.chat_id, error = %err, "cannot store the reply");
             ChatEvent::Error {
