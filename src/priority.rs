@@ -78,6 +78,8 @@ struct Ticks {
     total: u64,
     busy: u64,
     own: u64,
+    /// CPUs the first line sums over (every online one, not only those this process may use).
+    cpus: u64,
 }
 
 impl CpuLoad {
@@ -87,32 +89,13 @@ impl CpuLoad {
         let now = ticks()?;
         let last = self.last.replace(now)?;
         let total = now.total.checked_sub(last.total)?;
-        let online = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
         // Fewer than ~2 ticks per CPU is too coarse to tell one busy core from none.
-        if total < 2 * online as u64 {
+        if now.cpus == 0 || total < 2 * now.cpus {
             return None;
         }
         let busy = now.busy.saturating_sub(last.busy);
         let own = now.own.saturating_sub(last.own);
-        let cpus = cpus_counted()?;
-        Some(busy.saturating_sub(own) as f64 / total as f64 * cpus)
-    }
-}
-
-/// CPUs `/proc/stat`'s first line sums over (all online ones, not only those this process may use).
-fn cpus_counted() -> Option<f64> {
-    #[cfg(target_os = "linux")]
-    {
-        let stat = std::fs::read_to_string("/proc/stat").ok()?;
-        let n = stat
-            .lines()
-            .filter(|l| l.starts_with("cpu") && l.as_bytes().get(3).is_some_and(u8::is_ascii_digit))
-            .count();
-        (n > 0).then_some(n as f64)
-    }
-    #[cfg(not(target_os = "linux"))]
-    {
-        None
+        Some(busy.saturating_sub(own) as f64 / total as f64 * now.cpus as f64)
     }
 }
 
@@ -130,6 +113,10 @@ fn ticks() -> Option<Ticks> {
             .map(|f| f.parse().ok())
             .collect::<Option<_>>()?;
         let total: u64 = fields.iter().sum();
+        let cpus = stat
+            .lines()
+            .filter(|l| l.starts_with("cpu") && l.as_bytes().get(3).is_some_and(u8::is_ascii_digit))
+            .count() as u64;
         let idle = fields.get(3)? + fields.get(4)?;
         let own = std::fs::read_to_string("/proc/self/stat").ok()?;
         // The command name may hold spaces: fields are counted after its closing parenthesis;
@@ -142,6 +129,7 @@ fn ticks() -> Option<Ticks> {
             total,
             busy: total - idle,
             own: utime + stime,
+            cpus,
         })
     }
     #[cfg(not(target_os = "linux"))]

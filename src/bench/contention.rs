@@ -149,15 +149,15 @@ pub(super) fn run(
         daemon.stop();
     }
     if let Some(peer) = peer {
-        let idle_rates = peer_rates(peer, &model_path, physical, tokens, runs)?;
+        let mut idle_rates = peer_rates(peer, &model_path, physical, tokens, runs)?;
         let burner = Burner::start()?;
-        let busy_rates = peer_rates(peer, &model_path, physical, tokens, runs)?;
+        let mut busy_rates = peer_rates(peer, &model_path, physical, tokens, runs)?;
         drop(burner);
         let first_busy = busy_rates[0];
         rows.push(Row {
             name: format!("llama-cpp-python {physical} threads"),
-            idle: median(&mut idle_rates.clone()),
-            busy: median(&mut busy_rates.clone()),
+            idle: median(&mut idle_rates),
+            busy: median(&mut busy_rates),
             first_busy,
             changes: None,
             decode_threads: None,
