@@ -71,9 +71,15 @@ pub struct RawConfig {
     /// Simultaneous client connections [default: 256].
     #[arg(long, env = "HEARTH_MAX_CONNECTIONS", value_name = "N")]
     pub max_connections: Option<u32>,
-    /// Seconds a client may take to send its request headers [default: 10].
+    /// Seconds a client may take to send its request headers, and may keep a connection idle between requests [default: 10].
     #[arg(long, env = "HEARTH_HEADER_TIMEOUT_SECS", value_name = "SECS")]
     pub header_timeout_secs: Option<u64>,
+    /// Seconds a client may take to send a JSON request body, and the grace before an upload must keep the minimum rate [default: 30].
+    #[arg(long, env = "HEARTH_BODY_TIMEOUT_SECS", value_name = "SECS")]
+    pub body_timeout_secs: Option<u64>,
+    /// Slowest average upload rate accepted after the body timeout's grace, in KiB/s [default: 16].
+    #[arg(long, env = "HEARTH_MIN_UPLOAD_KIB_PER_SEC", value_name = "KIB")]
+    pub min_upload_kib_per_sec: Option<u64>,
     /// Seconds a streaming client may stop reading before its generation is cancelled [default: 30].
     #[arg(long, env = "HEARTH_STALL_TIMEOUT_SECS", value_name = "SECS")]
     pub stall_timeout_secs: Option<u64>,
@@ -186,6 +192,8 @@ impl RawConfig {
             max_body_bytes: over.max_body_bytes.or(self.max_body_bytes),
             max_connections: over.max_connections.or(self.max_connections),
             header_timeout_secs: over.header_timeout_secs.or(self.header_timeout_secs),
+            body_timeout_secs: over.body_timeout_secs.or(self.body_timeout_secs),
+            min_upload_kib_per_sec: over.min_upload_kib_per_sec.or(self.min_upload_kib_per_sec),
             stall_timeout_secs: over.stall_timeout_secs.or(self.stall_timeout_secs),
             shutdown_grace_secs: over.shutdown_grace_secs.or(self.shutdown_grace_secs),
             cache_mb: over.cache_mb.or(self.cache_mb),
@@ -322,7 +330,15 @@ pub struct RagConfig {
 pub struct ServerConfig {
     pub max_body_bytes: u64,
     pub max_connections: usize,
+    /// Also the idle time allowed between requests on a kept-alive connection (hyper starts the
+    /// header timer when a connection goes idle).
     pub header_timeout: Duration,
+    /// A JSON body must have arrived within this; an upload gets it as grace (see
+    /// `min_upload_bytes_per_sec`).
+    pub body_timeout: Duration,
+    /// After `body_timeout`, an upload must have averaged at least this rate: it may take
+    /// `body_timeout + received / rate` in all, so a stalled or trickling body ends with 408.
+    pub min_upload_bytes_per_sec: u64,
     pub shutdown_grace: Duration,
 }
 
@@ -367,6 +383,13 @@ const DEFAULT_MAX_BODY_BYTES: u64 = 1024 * 1024;
 const DEFAULT_MAX_CONNECTIONS: u32 = 256;
 /// Slow-header (slowloris) defence.
 const DEFAULT_HEADER_TIMEOUT_SECS: u64 = 10;
+/// A JSON body is at most `max_body_bytes` (1 MiB): any client sends that in well under a
+/// second; 30 s is for a paused debugger, not a plan. Without it, 16 connections sending half a
+/// body held every connection slot for as long as they liked.
+const DEFAULT_BODY_TIMEOUT_SECS: u64 = 30;
+/// Uploads come over a local socket or loopback at hundreds of MB/s; 16 KiB/s is slower than any
+/// working client (a 64 MiB upload may take over an hour) and still ends a trickle.
+const DEFAULT_MIN_UPLOAD_KIB_PER_SEC: u64 = 16;
 /// A client that reads nothing for this long is treated as gone.
 const DEFAULT_STALL_TIMEOUT_SECS: u64 = 30;
 /// Desktop apps expect a quick exit; 10 s lets a reply in flight finish its last tokens.
@@ -477,6 +500,12 @@ pub fn resolve(raw: RawConfig, runtime_dir: Option<&Path>) -> anyhow::Result<Con
         .header_timeout_secs
         .unwrap_or(DEFAULT_HEADER_TIMEOUT_SECS);
     check_range("header_timeout_secs", header_timeout, 1, 3600)?;
+    let body_timeout = raw.body_timeout_secs.unwrap_or(DEFAULT_BODY_TIMEOUT_SECS);
+    check_range("body_timeout_secs", body_timeout, 1, 3600)?;
+    let min_upload_kib = raw
+        .min_upload_kib_per_sec
+        .unwrap_or(DEFAULT_MIN_UPLOAD_KIB_PER_SEC);
+    check_range("min_upload_kib_per_sec", min_upload_kib, 1, 1 << 20)?;
     let stall_timeout = raw.stall_timeout_secs.unwrap_or(DEFAULT_STALL_TIMEOUT_SECS);
     check_range("stall_timeout_secs", stall_timeout, 1, 3600)?;
     let grace = raw
@@ -580,6 +609,8 @@ pub fn resolve(raw: RawConfig, runtime_dir: Option<&Path>) -> anyhow::Result<Con
             max_body_bytes,
             max_connections: usize::try_from(max_connections)?,
             header_timeout: Duration::from_secs(header_timeout),
+            body_timeout: Duration::from_secs(body_timeout),
+            min_upload_bytes_per_sec: min_upload_kib * 1024,
             shutdown_grace: Duration::from_secs(grace),
         },
         rag: RagConfig {

@@ -57,6 +57,8 @@ error_codes! {
     GenerationInProgress = "generation_in_progress",
     ManagedByWatch = "managed_by_watch",
     BodyTooLarge = "body_too_large",
+    /// A request body that did not arrive in time (JSON) or at the minimum rate (uploads): 408.
+    BodyTimeout = "body_timeout",
     MessageTooLong = "message_too_long",
     UnsupportedMediaType = "unsupported_media_type",
     InvalidRequest = "invalid_request",

@@ -61,6 +61,9 @@ pub struct ExtractReport {
     pub unchanged: u32,
     /// Facts dropped because the user forgot all memories while the job ran.
     pub discarded: u32,
+    /// Facts dropped because they only repeat a memory that was recalled into the turn's prompt
+    /// (a recalled fact must not be learned again from the conversation it was recalled into).
+    pub known: u32,
     pub error: Option<String>,
     pub queued_at: Millis,
     pub started_at: Millis,

@@ -232,9 +232,16 @@ impl Jobs {
                 chat_id,
                 message_id,
                 message,
+                recalled,
             } => {
-                self.extract(job, *user_id, *chat_id, *message_id, message, shutdown)
-                    .await
+                let source = ExtractSource {
+                    user_id: *user_id,
+                    chat_id: *chat_id,
+                    message_id: *message_id,
+                    message,
+                    recalled,
+                };
+                self.extract(job, source, shutdown).await
             }
         }
     }
@@ -288,13 +295,26 @@ impl Jobs {
     async fn extract(
         &self,
         job: &BgJob,
-        user_id: UserId,
-        chat_id: Option<ChatId>,
-        message_id: Option<MessageId>,
-        message: &str,
+        source: ExtractSource<'_>,
         shutdown: &CancellationToken,
     ) -> Result<(), JobError> {
         let inner = &*self.inner;
+        let ExtractSource {
+            user_id,
+            chat_id,
+            message_id,
+            message,
+            recalled,
+        } = source;
+        // The recalled memories as they are now (one deleted since is simply not known).
+        let mut known = Vec::with_capacity(recalled.len());
+        for id in recalled {
+            if let Some(memory) = inner.store.memory(*id)? {
+                if memory.user_id == user_id {
+                    known.push(memory.text);
+                }
+            }
+        }
         let mut report = ExtractReport {
             user_id,
             chat_id,
@@ -305,6 +325,7 @@ impl Jobs {
             updated: 0,
             unchanged: 0,
             discarded: 0,
+            known: 0,
             error: None,
             queued_at: job.queued_at,
             started_at: now_millis(),
@@ -323,7 +344,7 @@ impl Jobs {
             let output = self
                 .generate(
                     job,
-                    &extract::messages(message),
+                    &extract::messages(message, &known),
                     Constrained {
                         grammar: extract::grammar(),
                         max_tokens: extract::MAX_TOKENS,
@@ -347,6 +368,11 @@ impl Jobs {
                 Ok(facts) => {
                     report.status = "ok";
                     report.facts = extract::grounded(facts, message);
+                    let before = report.facts.len();
+                    report
+                        .facts
+                        .retain(|fact| !known.iter().any(|k| extract::repeats(fact, k)));
+                    report.known = u32::try_from(before - report.facts.len()).unwrap_or(u32::MAX);
                 }
                 Err(err) => {
                     report.status = "failed";
@@ -367,10 +393,12 @@ impl Jobs {
                 )
                 .await;
             match stored {
-                Ok((Change::Added, _)) => report.added += 1,
-                Ok((Change::Updated, _)) => report.updated += 1,
-                Ok((Change::Unchanged, _)) => report.unchanged += 1,
-                Ok((Change::Discarded, _)) => report.discarded += 1,
+                Ok(r) => match r.change {
+                    Change::Added => report.added += 1,
+                    Change::Updated => report.updated += 1,
+                    Change::Unchanged => report.unchanged += 1,
+                    Change::Discarded => report.discarded += 1,
+                },
                 Err(err) => {
                     report.status = "failed";
                     report.error = Some(format!("cannot store {fact:?}: {err}"));
@@ -522,6 +550,15 @@ impl Jobs {
 /// What a background generation may produce: greedy, under `grammar`, at most `max_tokens`,
 /// with `repeat_penalty` over the recent tokens (titles need it: greedy decoding of a small
 /// model loops on fragments like "iling,iling,").
+/// What one extraction learns from: a user's message and the memories recalled into its turn.
+struct ExtractSource<'a> {
+    user_id: UserId,
+    chat_id: Option<ChatId>,
+    message_id: Option<MessageId>,
+    message: &'a str,
+    recalled: &'a [crate::store::MemoryId],
+}
+
 struct Constrained {
     grammar: String,
     max_tokens: u32,

@@ -633,6 +633,14 @@ impl Turn {
                 chat_id: Some(self.chat_id),
                 message_id: Some(self.message_id),
                 message: self.user_message.clone(),
+                recalled: self
+                    .sources
+                    .iter()
+                    .filter_map(|s| match s.origin {
+                        crate::store::SourceOrigin::Memory { id } => Some(id),
+                        _ => None,
+                    })
+                    .collect(),
             });
         }
         for job in jobs {

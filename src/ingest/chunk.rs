@@ -19,6 +19,22 @@ use super::extract::{Extracted, Format};
 /// `max_seq_length`; longer input is truncated).
 pub const EMBED_WINDOW_TOKENS: usize = 256;
 
+/// The largest chunk in bytes, whatever its token count. Tokens alone do not bound text: the
+/// embedder's WordPiece tokenizer turns any run longer than 100 characters without a break into a
+/// single `[UNK]`, so 100 KB (or 20 MB) with no whitespace counted as 3 tokens and became one
+/// chunk, one search hit and one prompt excerpt of that size. 4 KiB is ~3× what 256 tokens of
+/// English take (~1.2 KB) and ~5× for CJK (3 bytes per token), so ordinary text is still cut by
+/// tokens; only break-less runs meet this cap, and are cut at it (on a character boundary).
+pub const MAX_CHUNK_BYTES: usize = 4096;
+
+/// A run of non-whitespace longer than this is cut into chunks of its own (by [`cut_run`])
+/// before text-splitter sees the text around it. Given such a run, text-splitter finds no cut
+/// that fits the byte cap above word level and works grapheme by grapheme with its token overlap,
+/// which measured 5 KB of `x` → 905 chunks in 25 s and 16 KB → 11,905 chunks in 339 s. Runs up
+/// to the cap always fit one chunk by bytes, so text-splitter only splits them by tokens, where
+/// it is fast (21 KB of CJK without punctuation: 0.25 s).
+pub const MAX_RUN_BYTES: usize = MAX_CHUNK_BYTES;
+
 /// Separator between sections in `document_text`. A blank line keeps sections apart for readers
 /// of the stored text and is never part of a chunk.
 const SECTION_SEPARATOR: &str = "\n\n";
@@ -69,12 +85,12 @@ pub fn document_text(extracted: &Extracted) -> String {
 }
 
 /// Splits every section into chunks of at most `opts.max_tokens` tokens (special tokens
-/// included), in document order. Deterministic: the same input gives the same chunks.
+/// included) and at most [`MAX_CHUNK_BYTES`] bytes, in document order. Deterministic: the same input gives the same chunks.
 pub fn chunk(extracted: &Extracted, tokenizer: &Tokenizer, opts: &ChunkOptions) -> Vec<Chunk> {
-    let sizer = TokenCounter::new(tokenizer);
+    let max_tokens = opts.max_tokens.max(1);
+    let sizer = TokenCounter::new(tokenizer, max_tokens);
     // text-splitter rejects an empty capacity and an overlap that is not below it; clamping keeps
     // this infallible for any options.
-    let max_tokens = opts.max_tokens.max(1);
     let overlap = opts.overlap.min(max_tokens - 1);
     let config = || {
         let config = ChunkConfig::new(max_tokens).with_sizer(&sizer);
@@ -95,22 +111,145 @@ pub fn chunk(extracted: &Extracted, tokenizer: &Tokenizer, opts: &ChunkOptions) 
         if i > 0 {
             offset += SECTION_SEPARATOR.len();
         }
-        let pieces: Vec<(usize, &str)> = match &splitter {
-            Splitter::Markdown(s) => s.chunk_indices(&section.text).collect(),
-            Splitter::Text(s) => s.chunk_indices(&section.text).collect(),
-        };
-        for (start, text) in pieces {
-            chunks.push(Chunk {
-                text: text.to_string(),
-                page: section.page,
-                heading_path: section.heading_path.clone(),
-                start: offset + start,
-                end: offset + start + text.len(),
-            });
+        for segment in segments(&section.text) {
+            let pieces: Vec<(usize, &str)> = match segment {
+                Segment::Text(start, text) => match &splitter {
+                    Splitter::Markdown(s) => s
+                        .chunk_indices(text)
+                        .map(|(i, piece)| (start + i, piece))
+                        .collect(),
+                    Splitter::Text(s) => s
+                        .chunk_indices(text)
+                        .map(|(i, piece)| (start + i, piece))
+                        .collect(),
+                },
+                Segment::Run(start, run) => cut_run(run, &sizer, max_tokens)
+                    .into_iter()
+                    .map(|(i, piece)| (start + i, piece))
+                    .collect(),
+            };
+            for (start, text) in pieces {
+                chunks.push(Chunk {
+                    text: text.to_string(),
+                    page: section.page,
+                    heading_path: section.heading_path.clone(),
+                    start: offset + start,
+                    end: offset + start + text.len(),
+                });
+            }
         }
         offset += section.text.len();
     }
     chunks
+}
+
+/// A part of a section's text, with its byte offset in the section.
+enum Segment<'a> {
+    /// Text for the splitter: no run of non-whitespace in it is longer than [`MAX_RUN_BYTES`].
+    Text(usize, &'a str),
+    /// A run of non-whitespace longer than [`MAX_RUN_BYTES`], cut by [`cut_run`].
+    Run(usize, &'a str),
+}
+
+/// Splits `text` around its runs of non-whitespace longer than [`MAX_RUN_BYTES`], in order.
+/// Linear in the text; a section without such runs is one `Text` segment.
+fn segments(text: &str) -> Vec<Segment<'_>> {
+    // The long runs' byte ranges first, then the text between them.
+    let mut runs = Vec::new();
+    let mut run_start = None;
+    for (i, c) in text
+        .char_indices()
+        .chain(std::iter::once((text.len(), ' ')))
+    {
+        match (c.is_whitespace(), run_start) {
+            (false, None) => run_start = Some(i),
+            (true, Some(start)) => {
+                if i - start > MAX_RUN_BYTES {
+                    runs.push(start..i);
+                }
+                run_start = None;
+            }
+            _ => {}
+        }
+    }
+    let mut out = Vec::with_capacity(2 * runs.len() + 1);
+    let mut cursor = 0;
+    for run in runs {
+        if run.start > cursor {
+            out.push(Segment::Text(cursor, &text[cursor..run.start]));
+        }
+        out.push(Segment::Run(run.start, &text[run.clone()]));
+        cursor = run.end;
+    }
+    if cursor < text.len() {
+        out.push(Segment::Text(cursor, &text[cursor..]));
+    }
+    out
+}
+
+/// Cuts a run into pieces of at most [`MAX_CHUNK_BYTES`] bytes and `max_tokens` tokens, each
+/// ending on a character boundary, with their offsets in the run. A piece ends after the last
+/// punctuation mark in its final quarter when there is one (CJK prose has no spaces, but has
+/// sentence marks), else where the limits cut it. Each piece costs one tokenization of at most
+/// the byte cap, plus a binary search when the tokens do not fit.
+fn cut_run<'a>(run: &'a str, sizer: &TokenCounter, max_tokens: usize) -> Vec<(usize, &'a str)> {
+    let mut pieces = Vec::new();
+    let mut start = 0;
+    while start < run.len() {
+        let mut end = (start + MAX_CHUNK_BYTES).min(run.len());
+        while !run.is_char_boundary(end) {
+            end -= 1;
+        }
+        // The tokenizer's offsets say where the last token that fits ends (one encoding);
+        // re-encoding a prefix cut inside a word can differ, so a cut is checked, and a binary
+        // search over character boundaries is the fallback.
+        let fits = match sizer.fitting_prefix(&run[start..end], max_tokens) {
+            Some(fit) if fit == end - start => true,
+            Some(fit) if fit > 0 && sizer.size(&run[start..start + fit]) <= max_tokens => {
+                end = start + fit;
+                true
+            }
+            _ => false,
+        };
+        if !fits {
+            // Largest prefix that fits, over character boundaries; at least one character.
+            let bounds: Vec<usize> = run[start..end]
+                .char_indices()
+                .map(|(i, c)| start + i + c.len_utf8())
+                .collect();
+            let (mut lo, mut hi) = (0, bounds.len() - 1);
+            while lo < hi {
+                let mid = (lo + hi).div_ceil(2);
+                if sizer.size(&run[start..bounds[mid]]) <= max_tokens {
+                    lo = mid;
+                } else {
+                    hi = mid - 1;
+                }
+            }
+            end = bounds[lo];
+        }
+        if end < run.len() {
+            let mut quarter = start + (end - start) * 3 / 4;
+            while !run.is_char_boundary(quarter) {
+                quarter += 1;
+            }
+            if let Some((i, c)) = run[quarter..end]
+                .char_indices()
+                .rev()
+                .find(|(_, c)| c.is_ascii_punctuation() || is_sentence_mark(*c))
+            {
+                end = quarter + i + c.len_utf8();
+            }
+        }
+        pieces.push((start, &run[start..end]));
+        start = end;
+    }
+    pieces
+}
+
+/// Full-width sentence and clause marks (CJK prose).
+fn is_sentence_mark(c: char) -> bool {
+    matches!(c, '。' | '！' | '？' | '，' | '；' | '：' | '、')
 }
 
 enum Splitter<'a> {
@@ -119,6 +258,9 @@ enum Splitter<'a> {
 }
 
 /// Counts tokens the way the embedder will see them: special tokens added, nothing truncated.
+/// A piece longer than [`MAX_CHUNK_BYTES`] does not fit whatever its token count: it is sized
+/// one past the capacity without being tokenized, so text-splitter cuts it further (down to
+/// characters when there is no other boundary) and never tokenizes more than the cap at once.
 ///
 /// It works on a copy of the tokenizer with truncation and padding turned off: the shipped
 /// `tokenizer.json` pads and truncates to 128 tokens, which would make every piece look 128 tokens
@@ -127,20 +269,51 @@ enum Splitter<'a> {
 /// at least one byte), so a fallback errs towards smaller chunks.
 struct TokenCounter {
     tokenizer: Tokenizer,
+    /// The chunk capacity in tokens: the size reported for a piece over the byte cap is one more.
+    capacity: usize,
 }
 
 impl TokenCounter {
-    fn new(tokenizer: &Tokenizer) -> TokenCounter {
+    fn new(tokenizer: &Tokenizer, capacity: usize) -> TokenCounter {
         let mut tokenizer = tokenizer.clone();
         // Disabling truncation cannot fail: only a stride too large for the length is rejected.
         let _ = tokenizer.with_truncation(None);
         tokenizer.with_padding(None);
-        TokenCounter { tokenizer }
+        TokenCounter {
+            tokenizer,
+            capacity,
+        }
+    }
+}
+
+impl TokenCounter {
+    /// The byte length of the longest prefix of `text` whose tokens fit in `max_tokens` (special
+    /// tokens included), from the offsets of one encoding; `None` when encoding fails.
+    fn fitting_prefix(&self, text: &str, max_tokens: usize) -> Option<usize> {
+        let encoding = self.tokenizer.encode(text, true).ok()?;
+        if encoding.len() <= max_tokens {
+            return Some(text.len());
+        }
+        let mask = encoding.get_special_tokens_mask();
+        let specials = mask.iter().filter(|&&m| m != 0).count();
+        let allowed = max_tokens.checked_sub(specials)?;
+        let end = encoding
+            .get_offsets()
+            .iter()
+            .zip(mask)
+            .filter(|(_, &m)| m == 0)
+            .take(allowed)
+            .map(|(&(_, end), _)| end)
+            .last()?;
+        text.is_char_boundary(end).then_some(end)
     }
 }
 
 impl ChunkSizer for TokenCounter {
     fn size(&self, chunk: &str) -> usize {
+        if chunk.len() > MAX_CHUNK_BYTES {
+            return self.capacity + 1;
+        }
         match self.tokenizer.encode_fast(chunk, true) {
             Ok(encoding) => encoding.len(),
             Err(_) => chunk.len(),
@@ -275,6 +448,11 @@ mod tests {
             assert!(!chunk.text.trim().is_empty());
             let tokens = embedded_len(tokenizer, &chunk.text);
             assert!(tokens <= EMBED_WINDOW_TOKENS, "{tokens} tokens: {chunk:?}");
+            assert!(
+                chunk.text.len() <= MAX_CHUNK_BYTES,
+                "{} bytes",
+                chunk.text.len()
+            );
             // The chunk lies inside exactly one section, whose location it carries.
             let owner = ranges
                 .iter()
@@ -428,5 +606,45 @@ mod tests {
         let chunks = chunk(&extracted, &tokenizer, &ChunkOptions::default());
         check_invariants(&extracted, &chunks, &tokenizer);
         assert!(chunks.len() > 1);
+    }
+
+    #[test]
+    fn text_without_breaks_is_cut_at_the_byte_cap() {
+        // Issue 18.5: 100 KB without whitespace is one WordPiece word ([UNK]), 3 tokens in all;
+        // it became a single 100 KB chunk. Also multi-byte characters (never cut inside one) and
+        // a run inside ordinary text.
+        let tokenizer = tokenizer();
+        let ascii = "x".repeat(100 * 1024);
+        let multibyte = "é中".repeat(20_000);
+        let cjk = "中文的句子很长，没有空格。".repeat(2000);
+        let mixed = format!(
+            "{} {} {}",
+            sentences("a", 5, 5),
+            "y".repeat(30_000),
+            sentences("b", 5, 5)
+        );
+        for text in [ascii, multibyte, cjk, mixed, "z".repeat(2 << 20)] {
+            let extracted = Extracted {
+                format: Format::Text,
+                sections: vec![section(None, &[], text.clone())],
+            };
+            let started = std::time::Instant::now();
+            let chunks = chunk(&extracted, &tokenizer, &ChunkOptions::default());
+            check_invariants(&extracted, &chunks, &tokenizer);
+            // Cut near one of the caps, not far below both (the 2 MB run is not tokenized whole).
+            let tokens = if text.len() < 1 << 20 {
+                embedded_len(&tokenizer, &text)
+            } else {
+                0
+            };
+            let full = (text.len() / MAX_CHUNK_BYTES).max(tokens / EMBED_WINDOW_TOKENS);
+            assert!(chunks.len() <= 2 * full + 2, "{} chunks", chunks.len());
+            eprintln!(
+                "{} bytes → {} chunks in {:?}",
+                text.len(),
+                chunks.len(),
+                started.elapsed()
+            );
+        }
     }
 }

@@ -468,7 +468,12 @@ fn render(
 ) -> Result<Vec<LlamaToken>, LlmError> {
     let chat = messages
         .iter()
-        .map(|m| LlamaChatMessage::new(m.role.as_str().to_string(), m.content.clone()))
+        .map(|m| {
+            LlamaChatMessage::new(
+                m.role.as_str().to_string(),
+                utf8::renderable(&m.content).into_owned(),
+            )
+        })
         .collect::<Result<Vec<_>, _>>()
         .map_err(|err| LlmError::Template(err.to_string()))?;
     let text = model

@@ -4,6 +4,11 @@
 //! split emoji and CJK across tokens), so pieces are buffered until they form whole characters.
 //! Bytes that can never become valid UTF-8 are replaced with U+FFFD instead of being dropped, so
 //! the client sees that something was there.
+//!
+//! Model output is also cleaned of C0 control characters other than tab, line feed and carriage
+//! return before anyone sees it: a model that emits U+0000 (byte-fallback vocabularies can) would
+//! otherwise be stored in the chat, and a NUL in history cannot be passed to llama.cpp's template
+//! renderer (a C string), which broke every later turn of that chat.
 
 /// Holds at most 3 pending bytes of an unfinished character between pushes.
 #[derive(Default)]
@@ -20,14 +25,14 @@ impl Utf8Stream {
         loop {
             match std::str::from_utf8(rest) {
                 Ok(text) => {
-                    out.push_str(text);
+                    push_clean(&mut out, text);
                     rest = &[];
                     break;
                 }
                 Err(err) => {
                     let (valid, tail) = rest.split_at(err.valid_up_to());
                     // The prefix was just validated, so this cannot fail.
-                    out.push_str(std::str::from_utf8(valid).unwrap_or_default());
+                    push_clean(&mut out, std::str::from_utf8(valid).unwrap_or_default());
                     match err.error_len() {
                         // Incomplete character at the end: keep it for the next piece.
                         None => {
@@ -53,6 +58,31 @@ impl Utf8Stream {
         }
         self.pending.clear();
         char::REPLACEMENT_CHARACTER.to_string()
+    }
+}
+
+/// Whether generated text keeps `c`: everything but the C0 controls other than `\t \n \r`
+/// (NUL, bell, escape, backspace… are never meaningful in a reply and NUL breaks rendering).
+fn keep(c: char) -> bool {
+    c >= ' ' || matches!(c, '\t' | '\n' | '\r')
+}
+
+fn push_clean(out: &mut String, text: &str) {
+    if text.chars().all(keep) {
+        out.push_str(text);
+    } else {
+        out.extend(text.chars().filter(|&c| keep(c)));
+    }
+}
+
+/// Text as the chat template may receive it: without NUL, the one character a C string cannot
+/// carry. Applied to every message rendered, so history stored before output was cleaned (or
+/// any other stored text) can never make a chat unrenderable.
+pub(crate) fn renderable(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.contains('\0') {
+        std::borrow::Cow::Owned(text.replace('\0', ""))
+    } else {
+        std::borrow::Cow::Borrowed(text)
     }
 }
 
@@ -83,5 +113,25 @@ mod tests {
         assert_eq!(stream.push(b"\xe4\xb8"), "");
         assert_eq!(stream.finish(), "\u{fffd}");
         assert_eq!(stream.push(b"ok"), "ok");
+    }
+
+    #[test]
+    fn control_characters_other_than_whitespace_are_dropped() {
+        let mut stream = Utf8Stream::default();
+        assert_eq!(stream.push(b"a\0b\x07c\td\ne\rf\x1b[0m"), "abc\td\ne\rf[0m");
+        // A NUL that arrives alone (one byte-fallback token) yields nothing.
+        assert_eq!(stream.push(b"\0"), "");
+        // Also after an invalid byte and around a split character.
+        assert_eq!(stream.push(b"\xff\0\xe4"), "\u{fffd}");
+        assert_eq!(stream.push(b"\xb8\xad\0"), "中");
+    }
+
+    #[test]
+    fn renderable_text_has_no_nul() {
+        assert_eq!(renderable("a\0b\0"), "ab");
+        assert!(matches!(
+            renderable("plain"),
+            std::borrow::Cow::Borrowed("plain")
+        ));
     }
 }

@@ -12,6 +12,13 @@
 //! or without a content word ("hi", "What is the capital of France?") say nothing about the user
 //! and are not sent to the model at all; a fact that shares no content word with the message is
 //! not derived from it and is dropped.
+//!
+//! Why recalled memories are marked: a fact recalled into a turn's prompt is often said back
+//! ("as I said, I live in Lisbon"), and learning it again feeds a loop that fills memory with
+//! rephrasings (mem0's tracker reports 97.8% junk after one). The extractor is told which facts
+//! are already known, and a fact that adds nothing to one of them ([`repeats`]) is dropped. Only
+//! the user's message is ever extracted from, never the model's reply, so a recalled memory the
+//! reply repeats is not a source either.
 
 use serde::Deserialize;
 
@@ -24,6 +31,9 @@ pub const MAX_FACT_CHARS: usize = 80;
 /// Token budget of one extraction: the grammar's longest output is `MAX_FACTS` ×
 /// `MAX_FACT_CHARS` characters plus punctuation, and no token is shorter than one character.
 pub const MAX_TOKENS: u32 = 256;
+/// Known facts listed in the extraction prompt at most (the turn recalls at most
+/// [`super::RECALL_K`]).
+pub const MAX_KNOWN_LISTED: usize = super::RECALL_K;
 /// Longest part of a message given to the extractor, in characters: facts sit in what a person
 /// writes about themselves, not in pasted documents.
 pub const MAX_INPUT_CHARS: usize = 1000;
@@ -58,11 +68,20 @@ const EXAMPLES: [(&str, &str); 3] = [
     ),
 ];
 
-/// The conversation to render with the chat template.
-pub fn messages(message: &str) -> Vec<ChatMessage> {
+/// The conversation to render with the chat template; `known` are the memories recalled into
+/// the message's turn, listed as already stored.
+pub fn messages(message: &str, known: &[String]) -> Vec<ChatMessage> {
+    let mut system = SYSTEM.to_string();
+    if !known.is_empty() {
+        system.push_str(" Already known about the user (never list these again):");
+        for fact in known.iter().take(MAX_KNOWN_LISTED) {
+            system.push_str("\n- ");
+            system.extend(fact.chars().take(super::MAX_MEMORY_CHARS));
+        }
+    }
     let mut out = vec![ChatMessage {
         role: ChatRole::System,
-        content: SYSTEM.to_string(),
+        content: system,
     }];
     for (user, answer) in EXAMPLES {
         out.push(ChatMessage {
@@ -152,6 +171,30 @@ pub fn grounded(facts: Vec<String>, message: &str) -> Vec<String> {
         .collect()
 }
 
+/// Words that reverse a fact, as [`super::normalize`] leaves them ("don't" becomes "don t", so
+/// every n't contraction leaves a "t"): a fact with one its known memory lacks says something new.
+const NEGATIONS: &[&str] = &[
+    "not", "no", "never", "t", "cannot", "nor", "without", "anymore",
+];
+
+/// Whether `fact` only repeats `known`: every content word of the fact (by stem) and every
+/// negation in it is already in the known memory. "User lives in Lisbon" repeats "I live in
+/// Lisbon"; "User lives in Porto" and "User no longer lives in Lisbon" do not.
+pub fn repeats(fact: &str, known: &str) -> bool {
+    let known_words = content_words(known);
+    let known_norm = super::normalize(known);
+    let known_all: Vec<&str> = known_norm.split(' ').collect();
+    let fact_norm = super::normalize(fact);
+    let negations_known = fact_norm
+        .split(' ')
+        .filter(|w| NEGATIONS.contains(w))
+        .all(|w| known_all.contains(&w));
+    negations_known
+        && content_words(fact)
+            .iter()
+            .all(|w| known_words.iter().any(|k| shares_stem(k, w)))
+}
+
 /// Same word up to a short suffix ("work"/"works", "nurse"/"nurses", "living"/"live").
 fn shares_stem(a: &str, b: &str) -> bool {
     let stem = |w: &str| -> String {
@@ -198,5 +241,36 @@ mod tests {
             grounded(facts, msg),
             ["User lives in Lisbon", "User works as a nurse"]
         );
+    }
+
+    #[test]
+    fn a_fact_that_adds_nothing_to_a_known_memory_repeats_it() {
+        assert!(repeats("User lives in Lisbon", "I live in Lisbon"));
+        assert!(repeats(
+            "User works as a nurse",
+            "User works as a nurse in Lisbon"
+        ));
+        assert!(repeats("The user is a nurse.", "User works as a nurse"));
+        assert!(!repeats("User lives in Porto", "I live in Lisbon"));
+        assert!(!repeats(
+            "User no longer lives in Lisbon",
+            "I live in Lisbon"
+        ));
+        assert!(!repeats("User does not like jazz", "User likes jazz"));
+        assert!(!repeats(
+            "User has a sister called Eva",
+            "User has a sister called Ann"
+        ));
+    }
+
+    #[test]
+    fn known_facts_are_listed_in_the_prompt_only_when_there_are_some() {
+        let plain = messages("I live in Lisbon.", &[]);
+        assert!(!plain[0].content.contains("Already known"));
+        let known = messages("I live in Lisbon.", &["User lives in Lisbon".to_string()]);
+        assert!(known[0]
+            .content
+            .ends_with("never list these again):\n- User lives in Lisbon"));
+        assert_eq!(known.len(), plain.len());
     }
 }

@@ -1,10 +1,14 @@
 //! Long-term memory: facts about a user, kept across chats, deduplicated, searchable, and audited.
 //!
 //! - [`Memories::remember`] stores a fact after two dedup steps: the same normalized text (a hash,
-//!   checked again inside the store's transaction) is the same memory; a fact whose embedding is
-//!   at least [`SUPERSEDE_SCORE`] similar to an existing one supersedes it (an `update` with old
-//!   and new text in the history), so "lives in Lisbon" followed by "lives in Porto" is one
-//!   memory, not a contradiction.
+//!   checked again inside the store's transaction) is the same memory; an *inferred* fact whose
+//!   embedding is at least [`SUPERSEDE_SCORE`] similar to an existing one supersedes it (an
+//!   `update` with old and new text in the history), so "lives in Lisbon" followed by "lives in
+//!   Porto" is one memory, not a contradiction. An *explicit* fact (the user or app said to store
+//!   exactly this) never replaces another one by similarity alone: similarity cannot tell a
+//!   rephrasing from a different fact about the same thing (an adversarial run saw 10 of 2,084
+//!   explicit adds replace a different fact), so it is added, and the similar memories are
+//!   returned for the client to offer a merge.
 //! - [`Memories::recall`] finds the memories most similar to a new message: an exact dot-product
 //!   scan over the user's vectors (a person has hundreds of memories, not millions).
 //! - `extract` turns a chat message into facts with grammar-constrained output; `title` makes
@@ -30,6 +34,8 @@ pub const SUPERSEDE_SCORE: f32 = 0.8;
 pub const RECALL_K: usize = 5;
 /// Cosine similarity a memory needs to be recalled for a message (MiniLM: related ~0.4+).
 pub const RECALL_MIN_SCORE: f32 = 0.3;
+/// Similar memories listed with an explicit add at most (most similar first).
+pub const MAX_SIMILAR_LISTED: usize = 5;
 /// Longest memory text, in characters: a fact is a sentence, not a document.
 pub const MAX_MEMORY_CHARS: usize = 500;
 
@@ -55,6 +61,26 @@ pub enum Change {
     Unchanged,
     /// Dropped: the user forgot all memories after the fact was learned.
     Discarded,
+}
+
+/// What [`Memories::remember`] did, with the memory it concerns (`None` when discarded).
+#[derive(Debug, Clone)]
+pub struct Remembered {
+    pub change: Change,
+    pub memory: Option<Memory>,
+    /// For an explicit add: other memories at least [`SUPERSEDE_SCORE`] similar to it, with their
+    /// scores, most similar first (at most [`MAX_SIMILAR_LISTED`]). Empty otherwise.
+    pub similar: Vec<(Memory, f32)>,
+}
+
+impl Remembered {
+    fn of(change: Change, memory: Option<Memory>) -> Remembered {
+        Remembered {
+            change,
+            memory,
+            similar: Vec::new(),
+        }
+    }
 }
 
 impl Change {
@@ -142,31 +168,37 @@ impl Memories {
         source: Option<MessageId>,
         urgency: Urgency,
         learned_at: Option<Millis>,
-    ) -> Result<(Change, Option<Memory>), MemoryError> {
+    ) -> Result<Remembered, MemoryError> {
         let text = clean(text)?;
         let hash = text_hash(&text);
         let existing = self.store.memories_with_vectors(user)?;
         if let Some((same, _)) = existing.iter().find(|(m, _)| m.hash == hash) {
-            return Ok((Change::Unchanged, Some(same.clone())));
+            return Ok(Remembered::of(Change::Unchanged, Some(same.clone())));
         }
         let vector = self.embed_one(&text, urgency).await?;
-        let closest = existing
+        let mut similar: Vec<(&Memory, f32)> = existing
             .iter()
             .map(|(m, v)| (m, dot(v, &vector)))
-            .max_by(|a, b| a.1.total_cmp(&b.1));
-        if let Some((old, score)) = closest {
-            if score >= SUPERSEDE_SCORE {
-                return Ok(
-                    match self
-                        .store
-                        .update_memory(old.id, &text, &hash, &vector, source, learned_at)?
-                    {
-                        Some(updated) => (Change::Updated, Some(updated)),
-                        None => (Change::Discarded, None),
-                    },
-                );
-            }
+            .filter(|(_, score)| *score >= SUPERSEDE_SCORE)
+            .collect();
+        similar.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let inferred = matches!(origin, MemoryOrigin::Inferred);
+        if let (true, Some((old, _))) = (inferred, similar.first()) {
+            return Ok(
+                match self
+                    .store
+                    .update_memory(old.id, &text, &hash, &vector, source, learned_at)?
+                {
+                    Some(updated) => Remembered::of(Change::Updated, Some(updated)),
+                    None => Remembered::of(Change::Discarded, None),
+                },
+            );
         }
+        let similar: Vec<(Memory, f32)> = similar
+            .into_iter()
+            .take(MAX_SIMILAR_LISTED)
+            .map(|(m, score)| (m.clone(), score))
+            .collect();
         let now = now_millis();
         let memory = Memory {
             id: uuid::Uuid::now_v7(),
@@ -178,11 +210,16 @@ impl Memories {
             created_at: now,
             updated_at: now,
         };
-        match self.store.add_memory(&memory, &vector, learned_at)? {
-            Added::Created(m) => Ok((Change::Added, Some(m))),
-            Added::Exists(m) => Ok((Change::Unchanged, Some(m))),
-            Added::Forgotten => Ok((Change::Discarded, None)),
-        }
+        let (change, memory) = match self.store.add_memory(&memory, &vector, learned_at)? {
+            Added::Created(m) => (Change::Added, Some(m)),
+            Added::Exists(m) => (Change::Unchanged, Some(m)),
+            Added::Forgotten => (Change::Discarded, None),
+        };
+        Ok(Remembered {
+            change,
+            memory,
+            similar,
+        })
     }
 
     /// Replaces a memory's text as the user edited it (no dedup: the user said so).

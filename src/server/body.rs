@@ -1,5 +1,9 @@
 //! Reading request bodies and query strings into typed values, with the size limit enforced
 //! while reading and every failure turned into a precise 4xx.
+//!
+//! Time is bounded too: a JSON body must arrive within `body_timeout`, and an upload must keep
+//! an average rate ([`Pace`]); otherwise 408 `body_timeout`, and hyper closes the connection (its
+//! body was not read to the end), which frees the connection slot a slow client was holding.
 
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use http::{Request, StatusCode};
@@ -8,15 +12,66 @@ use hyper::body::Incoming;
 use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
+use crate::config::ServerConfig;
 use crate::error_code::ErrorCode;
+
+/// The 408 of a body that did not arrive in time.
+pub(super) fn body_timeout(what: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::REQUEST_TIMEOUT,
+        ErrorCode::BodyTimeout,
+        format!("the request body did not arrive in time ({what})"),
+    )
+}
+
+/// The deadline of a streamed upload: it may take `grace + received / rate` in all, so it must
+/// average `rate` bytes per second once the grace is used up, and a stall ends it.
+pub(super) struct Pace {
+    started: tokio::time::Instant,
+    grace: std::time::Duration,
+    bytes_per_sec: u64,
+    received: u64,
+}
+
+impl Pace {
+    pub(super) fn new(config: &ServerConfig) -> Pace {
+        Pace {
+            started: tokio::time::Instant::now(),
+            grace: config.body_timeout,
+            bytes_per_sec: config.min_upload_bytes_per_sec.max(1),
+            received: 0,
+        }
+    }
+
+    /// When the next piece must have arrived by.
+    pub(super) fn deadline(&self) -> tokio::time::Instant {
+        let earned =
+            std::time::Duration::from_secs_f64(self.received as f64 / self.bytes_per_sec as f64);
+        self.started + self.grace + earned
+    }
+
+    pub(super) fn received(&mut self, bytes: usize) {
+        self.received += bytes as u64;
+    }
+}
+
+/// The error a paced stream ends with; `multer` hands it back inside its own error.
+#[derive(Debug, thiserror::Error)]
+#[error("the upload was slower than the minimum rate")]
+pub(super) struct TooSlow;
 
 /// Reads a JSON body of at most `limit` bytes into `T`.
 ///
 /// - a `Content-Type` other than JSON → 415 (a missing one is accepted: curl users forget it);
 /// - a declared or actual size above `limit` → 413, without buffering more than `limit`;
 /// - bytes that are not UTF-8 → 400 `invalid_utf8`; bad JSON syntax → 400 `invalid_json`;
-/// - valid JSON of the wrong shape (missing field, wrong type, unknown field) → 422.
-pub async fn json<T: DeserializeOwned>(req: Request<Incoming>, limit: u64) -> Result<T, ApiError> {
+/// - valid JSON of the wrong shape (missing field, wrong type, unknown field) → 422;
+/// - a body not complete within `body_timeout` → 408 `body_timeout`.
+pub async fn json<T: DeserializeOwned>(
+    req: Request<Incoming>,
+    config: &ServerConfig,
+) -> Result<T, ApiError> {
+    let limit = config.max_body_bytes;
     if let Some(ct) = req.headers().get(CONTENT_TYPE) {
         let ct = ct.to_str().unwrap_or("").to_ascii_lowercase();
         let essence = ct.split(';').next().unwrap_or("").trim();
@@ -48,7 +103,14 @@ pub async fn json<T: DeserializeOwned>(req: Request<Incoming>, limit: u64) -> Re
         }
     }
     let limit_usize = usize::try_from(limit).unwrap_or(usize::MAX);
-    let bytes = match Limited::new(req.into_body(), limit_usize).collect().await {
+    let read = Limited::new(req.into_body(), limit_usize).collect();
+    let Ok(read) = tokio::time::timeout(config.body_timeout, read).await else {
+        return Err(body_timeout(&format!(
+            "{} s for a JSON body",
+            config.body_timeout.as_secs()
+        )));
+    };
+    let bytes = match read {
         Ok(collected) => collected.to_bytes(),
         Err(err) if err.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
         Err(err) => {

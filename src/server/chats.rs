@@ -94,7 +94,7 @@ pub(super) async fn create_chat(
     app: &App,
     req: Request<Incoming>,
 ) -> Result<Response<ResBody>, ApiError> {
-    let body: CreateChat = body::json(req, app.config.max_body_bytes).await?;
+    let body: CreateChat = body::json(req, &app.config).await?;
     let title = body
         .title
         .as_deref()
@@ -164,7 +164,7 @@ pub(super) async fn patch_chat(
     id: ChatId,
     req: Request<Incoming>,
 ) -> Result<Response<ResBody>, ApiError> {
-    let patch: PatchChat = body::json(req, app.config.max_body_bytes).await?;
+    let patch: PatchChat = body::json(req, &app.config).await?;
     let title = patch
         .title
         .as_deref()
@@ -246,7 +246,7 @@ pub(super) async fn post_message(
     req: Request<Incoming>,
     received: Instant,
 ) -> Result<Response<ResBody>, ApiError> {
-    let body: PostMessage = body::json(req, app.config.max_body_bytes).await?;
+    let body: PostMessage = body::json(req, &app.config).await?;
     let events = app
         .chat
         .send(SendRequest {

@@ -19,6 +19,7 @@ use super::error::{scrub_paths, ApiError};
 use super::respond::{json_response, ok, sse_response, ResBody};
 use super::sse::SseEvent;
 use super::{body, App};
+use crate::config::ServerConfig;
 use crate::embed::Urgency;
 use crate::error_code::ErrorCode;
 use crate::ingest::{IngestError, Progress};
@@ -79,7 +80,7 @@ pub async fn upload(
         .get(ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("application/json") && !v.contains("text/event-stream"));
-    let form = read_form(req, app.rag.max_upload_bytes).await?;
+    let form = read_form(req, app.rag.max_upload_bytes, &app.config).await?;
     let name = document_name(&form)?;
     let mut file = form
         .file
@@ -237,7 +238,11 @@ const MAX_FORM_FIELD_BYTES: usize = 4096;
 
 /// Reads a multipart body: the `file` field (at most `limit` bytes, enforced while reading:
 /// 413 before the whole body is buffered) and small text fields.
-pub(super) async fn read_form(req: Request<Incoming>, limit: u64) -> Result<Form, ApiError> {
+pub(super) async fn read_form(
+    req: Request<Incoming>,
+    limit: u64,
+    config: &ServerConfig,
+) -> Result<Form, ApiError> {
     let too_large = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -267,12 +272,35 @@ pub(super) async fn read_form(req: Request<Incoming>, limit: u64) -> Result<Form
     if declared.is_some_and(|len| len > limit + framing) {
         return Err(too_large());
     }
-    let stream = BodyStream::new(req.into_body()).filter_map(|frame| async move {
+    let data = BodyStream::new(req.into_body()).filter_map(|frame| async move {
         match frame {
             Ok(frame) => frame.into_data().ok().map(Ok::<Bytes, hyper::Error>),
             Err(err) => Some(Err(err)),
         }
     });
+    // Each piece must arrive before the pace's deadline; a late one ends the stream with
+    // `TooSlow`, which multer returns inside its error.
+    let pace = body::Pace::new(config);
+    let stream = futures_util::stream::unfold(
+        (Box::pin(data), pace, false),
+        |(mut data, mut pace, failed)| async move {
+            if failed {
+                return None;
+            }
+            match tokio::time::timeout_at(pace.deadline(), data.next()).await {
+                Err(_) => {
+                    let err: Box<dyn std::error::Error + Send + Sync> = Box::new(body::TooSlow);
+                    Some((Err(err), (data, pace, true)))
+                }
+                Ok(None) => None,
+                Ok(Some(Ok(bytes))) => {
+                    pace.received(bytes.len());
+                    Some((Ok(bytes), (data, pace, false)))
+                }
+                Ok(Some(Err(err))) => Some((Err(err.into()), (data, pace, true))),
+            }
+        },
+    );
     let constraints = multer::Constraints::new().size_limit(
         multer::SizeLimit::new()
             .whole_stream(limit + framing)
@@ -282,6 +310,13 @@ pub(super) async fn read_form(req: Request<Incoming>, limit: u64) -> Result<Form
     let multipart_error = |err: multer::Error| match err {
         multer::Error::StreamSizeExceeded { .. } | multer::Error::FieldSizeExceeded { .. } => {
             too_large()
+        }
+        multer::Error::StreamReadFailed(err) if err.is::<body::TooSlow>() => {
+            body::body_timeout(&format!(
+                "an upload must average {} KiB/s after {} s",
+                config.min_upload_bytes_per_sec / 1024,
+                config.body_timeout.as_secs()
+            ))
         }
         err => ApiError::bad_request(
             ErrorCode::BadMultipart,
@@ -389,7 +424,7 @@ fn default_k() -> usize {
 /// `POST /api/v1/search` `{"scope","query","k"}` → best chunks first. No threshold: this endpoint
 /// is for clients and for debugging retrieval, so it shows scores as they are.
 pub async fn search(app: &App, req: Request<Incoming>) -> Result<Response<ResBody>, ApiError> {
-    let body: SearchRequest = body::json(req, app.config.max_body_bytes).await?;
+    let body: SearchRequest = body::json(req, &app.config).await?;
     let scope: Scope = body.scope.parse().map_err(ApiError::invalid)?;
     if body.query.trim().is_empty() {
         return Err(ApiError::invalid("query: must not be empty"));
@@ -452,7 +487,7 @@ struct EmbeddingsRequest {
 
 /// `POST /api/v1/embeddings` `{"input": "text" | ["texts"]}`.
 pub async fn embeddings(app: &App, req: Request<Incoming>) -> Result<Response<ResBody>, ApiError> {
-    let body: EmbeddingsRequest = body::json(req, app.config.max_body_bytes).await?;
+    let body: EmbeddingsRequest = body::json(req, &app.config).await?;
     let inputs = match body.input {
         Input::One(text) => vec![text],
         Input::Many(texts) => texts,

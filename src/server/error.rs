@@ -166,7 +166,9 @@ impl From<LlmError> for ApiError {
             LlmError::Unavailable(_) => {
                 ApiError::unavailable(ErrorCode::ModelUnavailable, err.to_string(), 30)
             }
-            LlmError::Template(_) => ApiError::invalid(err.to_string()),
+            // Client text is validated before it gets here and stored text is made renderable,
+            // so a template that cannot render is the model's (or ours): never the client's 4xx.
+            LlmError::Template(_) => ApiError::internal(err),
             LlmError::Inference(_) => ApiError::internal(err),
         }
     }

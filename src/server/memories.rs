@@ -130,7 +130,7 @@ pub async fn add(
     user: UserId,
     req: Request<Incoming>,
 ) -> Result<Response<ResBody>, ApiError> {
-    let body: AddMemory = body::json(req, app.config.max_body_bytes).await?;
+    let body: AddMemory = body::json(req, &app.config).await?;
     let text = crate::memory::clean(&body.text)?;
     require_user(app, user)?;
     if body.infer {
@@ -142,6 +142,7 @@ pub async fn add(
                 chat_id: None,
                 message_id: None,
                 message: text,
+                recalled: Vec::new(),
             },
             model.as_deref(),
         )?;
@@ -151,7 +152,7 @@ pub async fn add(
             &json!({"queued": true}),
         ));
     }
-    let (change, memory) = app
+    let remembered = app
         .memories
         .remember(
             user,
@@ -163,6 +164,7 @@ pub async fn add(
         )
         .await?;
     app.store.durable().await?;
+    let (change, memory) = (remembered.change, remembered.memory);
     let status = if change == Change::Added {
         StatusCode::CREATED
     } else {
@@ -170,8 +172,17 @@ pub async fn add(
     };
     Ok(json_response(
         status,
-        // Always a memory: only inferred facts (with a `learned_at`) can be discarded.
-        &json!({"change": change.as_str(), "memory": memory.as_ref().map(|m| MemoryOut::new(m, None))}),
+        // Always a memory: only inferred facts (with a `learned_at`) can be discarded. `similar`:
+        // memories this explicit text did not replace, for the client to offer a merge.
+        &json!({
+            "change": change.as_str(),
+            "memory": memory.as_ref().map(|m| MemoryOut::new(m, None)),
+            "similar": remembered
+                .similar
+                .iter()
+                .map(|(m, score)| MemoryOut::new(m, Some(*score)))
+                .collect::<Vec<_>>(),
+        }),
     ))
 }
 
@@ -212,7 +223,7 @@ pub async fn edit(
     query: Option<&str>,
     req: Request<Incoming>,
 ) -> Result<Response<ResBody>, ApiError> {
-    let body: EditMemory = body::json(req, app.config.max_body_bytes).await?;
+    let body: EditMemory = body::json(req, &app.config).await?;
     owned(app, id, query)?;
     let memory = app.memories.edit(id, &body.text).await?;
     app.store.durable().await?;

@@ -23,9 +23,10 @@ mod status;
 pub mod tcp;
 mod users;
 
+use std::collections::HashMap;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -36,7 +37,6 @@ use hyper_util::server::graceful::GracefulShutdown;
 use nix::sys::stat::{umask, Mode};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::chat::ChatService;
@@ -45,6 +45,11 @@ use crate::store::Store;
 
 /// Largest request head (request line + headers). Larger gets 431 from hyper.
 const MAX_HEADER_BYTES: usize = 64 * 1024;
+
+/// Connection slots no single peer may take (a quarter of `max_connections` when that is
+/// smaller): a client that opens connections and idles in them (an adversarial run held all 16
+/// with half-sent bodies) leaves these for the CLI, health checks and the app itself.
+const RESERVED_CONNECTIONS: usize = 4;
 
 /// What handlers share.
 pub struct App {
@@ -184,21 +189,21 @@ pub fn ensure_private_dir(dir: &Path) -> anyhow::Result<()> {
 /// connections (and the streams in them) to finish.
 pub async fn serve(mut listeners: Listeners, app: Arc<App>, shutdown: CancellationToken) {
     let graceful = GracefulShutdown::new();
-    let permits = Arc::new(Semaphore::new(app.config.max_connections));
+    let permits = Arc::new(Slots::new(app.config.max_connections));
     let grace = app.config.shutdown_grace;
     loop {
         tokio::select! {
             () = shutdown.cancelled() => break,
             accepted = accept_local(&mut listeners.local) => {
-                let stream = match accepted {
-                    Ok(Some(stream)) => stream,
+                let (stream, peer) = match accepted {
+                    Ok(Some(accepted)) => accepted,
                     Ok(None) => continue,
                     Err(err) => {
                         backoff(&err).await;
                         continue;
                     }
                 };
-                let Some(permit) = permit(&permits, &app) else { continue };
+                let Some(permit) = permit(&permits, peer) else { continue };
                 spawn_connection(stream, Transport::Local, permit, &app, &graceful);
             }
             accepted = accept_tcp(listeners.tcp.as_ref()) => {
@@ -213,7 +218,7 @@ pub async fn serve(mut listeners: Listeners, app: Arc<App>, shutdown: Cancellati
                         continue;
                     }
                 };
-                let Some(permit) = permit(&permits, &app) else { continue };
+                let Some(permit) = permit(&permits, Peer::Tcp) else { continue };
                 spawn_connection(stream, Transport::Tcp, permit, &app, &graceful);
             }
             accepted = accept_tcp(listeners.compat.as_ref()) => {
@@ -225,7 +230,7 @@ pub async fn serve(mut listeners: Listeners, app: Arc<App>, shutdown: Cancellati
                         continue;
                     }
                 };
-                let Some(permit) = permit(&permits, &app) else { continue };
+                let Some(permit) = permit(&permits, Peer::Compat) else { continue };
                 spawn_connection(stream, Transport::Compat, permit, &app, &graceful);
             }
         }
@@ -239,16 +244,20 @@ pub async fn serve(mut listeners: Listeners, app: Arc<App>, shutdown: Cancellati
     }
 }
 
-/// Accepts the next local client; `None` for one refused (another user). Cancel safe.
+/// Accepts the next local client, with the process it comes from; `None` for one refused
+/// (another user). Cancel safe.
 #[cfg(unix)]
 async fn accept_local(
     listener: &mut UnixListener,
-) -> std::io::Result<Option<tokio::net::UnixStream>> {
+) -> std::io::Result<Option<(tokio::net::UnixStream, Peer)>> {
     let (stream, _) = listener.accept().await?;
     let me = nix::unistd::geteuid().as_raw();
     // Defence in depth behind the 0700 directory and the 0600 socket (see the module doc).
     match stream.peer_cred() {
-        Ok(cred) if cred.uid() == me => Ok(Some(stream)),
+        Ok(cred) if cred.uid() == me => {
+            let peer = cred.pid().map_or(Peer::Local, Peer::Process);
+            Ok(Some((stream, peer)))
+        }
         Ok(cred) => {
             tracing::warn!(uid = cred.uid(), pid = ?cred.pid(), "refused a connection from another user");
             Ok(None)
@@ -265,8 +274,11 @@ async fn accept_local(
 #[cfg(windows)]
 async fn accept_local(
     listener: &mut pipe::PipeListener,
-) -> std::io::Result<Option<tokio::net::windows::named_pipe::NamedPipeServer>> {
-    listener.accept().await.map(Some)
+) -> std::io::Result<Option<(tokio::net::windows::named_pipe::NamedPipeServer, Peer)>> {
+    listener
+        .accept()
+        .await
+        .map(|pipe| Some((pipe, Peer::Local)))
 }
 
 async fn accept_tcp(
@@ -284,21 +296,98 @@ async fn backoff(err: &std::io::Error) {
     tokio::time::sleep(Duration::from_millis(100)).await;
 }
 
-fn permit(permits: &Arc<Semaphore>, app: &App) -> Option<OwnedSemaphorePermit> {
-    let permit = permits.clone().try_acquire_owned().ok();
-    if permit.is_none() {
+fn permit(slots: &Arc<Slots>, peer: Peer) -> Option<Slot> {
+    let slot = Slots::acquire(slots, peer);
+    if slot.is_none() {
         tracing::warn!(
-            limit = app.config.max_connections,
+            limit = slots.max,
+            per_peer = slots.per_peer,
+            ?peer,
             "connection limit reached; refusing connection"
         );
     }
-    permit
+    slot
+}
+
+/// Who holds a connection, for the per-peer share of the slots.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Peer {
+    /// A local-socket client process.
+    Process(i32),
+    /// A local client whose process is unknown (all such count as one).
+    Local,
+    /// The token-guarded TCP listener's clients (loopback; one peer).
+    Tcp,
+    /// The compatibility listener's clients (one app; one peer).
+    Compat,
+}
+
+/// Connection slots: at most `max` connections, and at most `per_peer` of them held by one
+/// [`Peer`] (`max` less [`RESERVED_CONNECTIONS`]).
+struct Slots {
+    max: usize,
+    per_peer: usize,
+    held: Mutex<SlotsHeld>,
+}
+
+#[derive(Default)]
+struct SlotsHeld {
+    total: usize,
+    by_peer: HashMap<Peer, usize>,
+}
+
+impl Slots {
+    fn new(max: usize) -> Slots {
+        let reserved = RESERVED_CONNECTIONS.min(max / 4);
+        Slots {
+            max,
+            per_peer: max - reserved,
+            held: Mutex::new(SlotsHeld::default()),
+        }
+    }
+
+    fn acquire(slots: &Arc<Slots>, peer: Peer) -> Option<Slot> {
+        let mut held = slots.held.lock().unwrap_or_else(PoisonError::into_inner);
+        let mine = held.by_peer.get(&peer).copied().unwrap_or(0);
+        if held.total >= slots.max || mine >= slots.per_peer {
+            return None;
+        }
+        held.total += 1;
+        held.by_peer.insert(peer, mine + 1);
+        Some(Slot {
+            slots: slots.clone(),
+            peer,
+        })
+    }
+}
+
+/// One held connection slot, given back when dropped.
+struct Slot {
+    slots: Arc<Slots>,
+    peer: Peer,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut held = self
+            .slots
+            .held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        held.total = held.total.saturating_sub(1);
+        if let Some(n) = held.by_peer.get_mut(&self.peer) {
+            *n -= 1;
+            if *n == 0 {
+                held.by_peer.remove(&self.peer);
+            }
+        }
+    }
 }
 
 fn spawn_connection<I>(
     io: I,
     transport: Transport,
-    permit: OwnedSemaphorePermit,
+    permit: Slot,
     app: &Arc<App>,
     graceful: &GracefulShutdown,
 ) where

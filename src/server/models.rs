@@ -180,7 +180,7 @@ pub(super) async fn add(
     req: Request<Incoming>,
 ) -> Result<Response<ResBody>, ApiError> {
     local_only(transport, "adding a model")?;
-    let body: AddModel = body::json(req, app.config.max_body_bytes).await?;
+    let body: AddModel = body::json(req, &app.config).await?;
     let path = PathBuf::from(&body.path);
     let store = app.store.clone();
     let progress = app.adding.start(
@@ -256,7 +256,7 @@ pub(super) async fn load(
         .get(http::header::CONTENT_LENGTH)
         .is_some_and(|len| len != "0");
     let body: LoadModel = if has_body {
-        body::json(req, app.config.max_body_bytes).await?
+        body::json(req, &app.config).await?
     } else {
         LoadModel::default()
     };

@@ -58,11 +58,13 @@ pub async fn handle(
             ))),
             None,
         ),
-        (Transport::Tcp, Some(policy)) => match policy.check(req.method(), req.headers()) {
-            Err(err) => (Some(render(&err)), None),
-            Ok(Verdict::Preflight { origin }) => (Some(preflight(origin)), None),
-            Ok(Verdict::Allow { cors_origin }) => (None, cors_origin),
-        },
+        (Transport::Tcp, Some(policy)) => {
+            match policy.check(req.method(), req.uri(), req.headers()) {
+                Err(err) => (Some(render(&err)), None),
+                Ok(Verdict::Preflight { origin }) => (Some(preflight(origin)), None),
+                Ok(Verdict::Allow { cors_origin }) => (None, cors_origin),
+            }
+        }
     };
     let mut response = match early {
         Some(response) => response,

@@ -218,6 +218,7 @@ fn event_data(event: &Event) -> serde_json::Value {
             "updated": r.updated,
             "unchanged": r.unchanged,
             "discarded": r.discarded,
+            "known": r.known,
             "error": r.error,
             "queued_at": r.queued_at,
             "started_at": r.started_at,

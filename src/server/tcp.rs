@@ -4,13 +4,15 @@
 //! A TCP port on localhost is reachable by every local user and, through DNS rebinding, by web
 //! pages (Ollama's CVE-2024-28224). So every request must carry the bearer token from a 0600 file
 //! in the data dir, name a loopback `Host` with our port, and come from no `Origin` or an allowed
-//! one. CORS headers are sent only to allowed origins.
+//! one. CORS headers are sent only to allowed origins. The `Host` check cannot be side-stepped:
+//! a request with two `Host` headers is refused (RFC 9112 §3.2: 400), and an absolute-form target
+//! (`GET http://evil.example/...`, whose authority a server must prefer to `Host`) must name us too.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use http::header::{HeaderValue, AUTHORIZATION, HOST, ORIGIN};
-use http::{HeaderMap, Method, StatusCode};
+use http::{HeaderMap, Method, StatusCode, Uri};
 
 use super::error::ApiError;
 use crate::error_code::ErrorCode;
@@ -60,18 +62,14 @@ impl TcpPolicy {
     }
 
     /// Checks Host, Origin and the bearer token, in that order (a preflight carries no token).
-    pub fn check(&self, method: &Method, headers: &HeaderMap) -> Result<Verdict, ApiError> {
+    pub fn check(
+        &self,
+        method: &Method,
+        uri: &Uri,
+        headers: &HeaderMap,
+    ) -> Result<Verdict, ApiError> {
         let forbidden = |code, msg: &str| ApiError::new(StatusCode::FORBIDDEN, code, msg);
-        let host = headers
-            .get(HOST)
-            .and_then(|h| h.to_str().ok())
-            .unwrap_or("");
-        if !self.host_allowed(host) {
-            return Err(forbidden(
-                ErrorCode::BadHost,
-                "Host must be a loopback address with this port",
-            ));
-        }
+        check_host(self.addr, uri, headers)?;
         let origin = match headers.get(ORIGIN) {
             None => None,
             Some(origin) => {
@@ -106,10 +104,35 @@ impl TcpPolicy {
             cors_origin: origin,
         })
     }
+}
 
-    fn host_allowed(&self, host: &str) -> bool {
-        loopback_host(self.addr, host)
+/// Checks that a request names the loopback listener at `addr`: exactly one `Host` header, which
+/// [`loopback_host`] accepts, and an absolute-form target's authority (if any) accepted as well.
+pub(super) fn check_host(
+    addr: std::net::SocketAddr,
+    uri: &Uri,
+    headers: &HeaderMap,
+) -> Result<(), ApiError> {
+    let mut hosts = headers.get_all(HOST).iter();
+    let host = hosts.next().and_then(|h| h.to_str().ok()).unwrap_or("");
+    if hosts.next().is_some() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::BadHost,
+            "a request must carry exactly one Host header",
+        ));
     }
+    let authority_ok = uri
+        .authority()
+        .is_none_or(|authority| loopback_host(addr, authority.as_str()));
+    if !authority_ok || !loopback_host(addr, host) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            ErrorCode::BadHost,
+            "Host (and an absolute request target) must be a loopback address with this port",
+        ));
+    }
+    Ok(())
 }
 
 /// Whether a request's `Host` names the loopback listener at `addr` (127.0.0.1, localhost or
@@ -179,10 +202,42 @@ mod tests {
     }
 
     #[test]
+    fn host_cannot_be_doubled_or_overridden_by_an_absolute_target() {
+        // Issue 18.6: `GET http://evil.com/api/v1/health` with a valid Host got 200, and so did
+        // a request with two Host headers.
+        let p = policy();
+        let token = format!("Bearer {}", "t".repeat(64));
+        let ours = |h: &str| {
+            let mut map = headers(&[("authorization", &token)]);
+            map.append(HOST, HeaderValue::from_str(h).unwrap());
+            map
+        };
+        let path: Uri = "/api/v1/health".parse().unwrap();
+        let code = |uri: &Uri, h: &HeaderMap| match p.check(&Method::GET, uri, h) {
+            Ok(_) => "allow".to_string(),
+            Err(e) => format!("{} {}", e.status.as_u16(), e.code.as_str()),
+        };
+        assert_eq!(code(&path, &ours("127.0.0.1:8765")), "allow");
+        let evil: Uri = "http://evil.com/api/v1/health".parse().unwrap();
+        assert_eq!(code(&evil, &ours("127.0.0.1:8765")), "403 bad_host");
+        let evil_port: Uri = "http://127.0.0.1:1/api/v1/health".parse().unwrap();
+        assert_eq!(code(&evil_port, &ours("127.0.0.1:8765")), "403 bad_host");
+        let absolute: Uri = "http://localhost:8765/api/v1/health".parse().unwrap();
+        assert_eq!(code(&absolute, &ours("127.0.0.1:8765")), "allow");
+        let mut doubled = ours("127.0.0.1:8765");
+        doubled.append(HOST, HeaderValue::from_static("127.0.0.1:8765"));
+        assert_eq!(code(&path, &doubled), "400 bad_host");
+        let mut other = ours("127.0.0.1:8765");
+        other.append(HOST, HeaderValue::from_static("evil.com"));
+        assert_eq!(code(&path, &other), "400 bad_host");
+    }
+
+    #[test]
     fn host_origin_and_token_are_all_required() {
         let p = policy();
         let token = format!("Bearer {}", "t".repeat(64));
-        let code = |m: &Method, h: &[(&'static str, &str)]| match p.check(m, &headers(h)) {
+        let uri: Uri = "/api/v1/health".parse().unwrap();
+        let code = |m: &Method, h: &[(&'static str, &str)]| match p.check(m, &uri, &headers(h)) {
             Ok(Verdict::Allow { .. }) => "allow",
             Ok(Verdict::Preflight { .. }) => "preflight",
             Err(e) => e.code.as_str(),

@@ -73,7 +73,7 @@ pub(super) async fn create_user(
     app: &App,
     req: Request<Incoming>,
 ) -> Result<Response<ResBody>, ApiError> {
-    let body: CreateUser = body::json(req, app.config.max_body_bytes).await?;
+    let body: CreateUser = body::json(req, &app.config).await?;
     let created = ensure_user(app, &body.username).await?;
     let status = if created.created {
         StatusCode::CREATED
@@ -195,7 +195,7 @@ pub(super) async fn put_settings(
     id: UserId,
     req: Request<Incoming>,
 ) -> Result<Response<ResBody>, ApiError> {
-    let patch: SettingsPatch = body::json(req, app.config.max_body_bytes).await?;
+    let patch: SettingsPatch = body::json(req, &app.config).await?;
     let next = update_settings(app, id, |s| {
         *s = Settings {
             temperature: patch.temperature.unwrap_or(s.temperature),

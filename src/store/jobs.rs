@@ -36,6 +36,11 @@ pub enum BgJobKind {
         chat_id: Option<ChatId>,
         message_id: Option<MessageId>,
         message: String,
+        /// The memories recalled into the prompt of that message's turn: the extractor is told
+        /// they are known, and a fact that only repeats one is not learned again (absent in
+        /// jobs stored before this existed).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        recalled: Vec<crate::store::MemoryId>,
     },
 }
 

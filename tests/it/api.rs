@@ -1,6 +1,8 @@
 //! The JSON API: CRUD round trips, validation, and a table of bad requests that must each get the
 //! right 4xx and leave the daemon healthy with nothing stored.
 
+use std::time::{Duration, Instant};
+
 use http::Method;
 use serde_json::json;
 
@@ -355,4 +357,152 @@ async fn every_response_carries_a_request_id_and_errors_have_retry_after_where_u
     let lower = text.to_ascii_lowercase();
     assert!(lower.contains("x-request-id: "), "{text}");
     assert!(lower.contains("allow: post"), "{text}");
+}
+
+/// Reads from `stream` until the server closes it (or `limit` passes: then panics), returning
+/// what arrived and when the connection ended.
+fn read_until_closed(
+    stream: &mut std::os::unix::net::UnixStream,
+    limit: Duration,
+) -> (String, Duration) {
+    use std::io::Read;
+    let started = Instant::now();
+    stream.set_read_timeout(Some(limit)).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(err) if err.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(err) => panic!(
+                "still open after {:?} ({err}); got {:?}",
+                started.elapsed(),
+                String::from_utf8_lossy(&got)
+            ),
+        }
+    }
+    (
+        String::from_utf8_lossy(&got).into_owned(),
+        started.elapsed(),
+    )
+}
+
+#[tokio::test]
+async fn slow_and_idle_clients_cannot_hold_the_connection_slots() {
+    // Issue 18.4: 16 connections that sent half a body held `--max-connections 16` for as long
+    // as they liked, and a body at 1 byte/s was accepted after 24 s.
+    use std::io::Write;
+    use std::os::unix::net::UnixStream;
+    let d = Daemon::start(crate::support::Opts {
+        extra: [
+            "--max-connections",
+            "8",
+            "--body-timeout-secs",
+            "2",
+            "--header-timeout-secs",
+            "2",
+        ]
+        .map(String::from)
+        .to_vec(),
+        ..tiny()
+    })
+    .await;
+    let uid = user(&d, "u").await;
+    let chat = chat_for(&d, &uid).await;
+    let half = b"POST /api/v1/users HTTP/1.1\r\nHost: h\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"name\":";
+
+    // One process floods: it gets 8 - 2 reserved slots; the rest are refused at once.
+    let mut held = Vec::new();
+    let mut refused = 0;
+    for _ in 0..8 {
+        let mut s = UnixStream::connect(&d.socket).unwrap();
+        let _ = s.write_all(half);
+        s.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        let mut probe = [0u8; 1];
+        match std::io::Read::read(&mut s, &mut probe) {
+            Ok(0) => refused += 1,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => refused += 1,
+            _ => held.push(s),
+        }
+    }
+    // 6 unless the server has not yet seen the close of this process's previous request.
+    assert!(
+        refused >= 2 && held.len() >= 5,
+        "{} held, {refused} refused",
+        held.len()
+    );
+    // Another process (curl) still gets in while the flood holds its share.
+    let health = std::process::Command::new("curl")
+        .args(["-sS", "--max-time", "5", "--unix-socket"])
+        .arg(&d.socket)
+        .arg("http://h/api/v1/health")
+        .output()
+        .unwrap();
+    assert!(health.status.success(), "{health:?}");
+    assert!(String::from_utf8_lossy(&health.stdout).contains("\"status\":\"ok\""));
+    // Each half body ends with 408 body_timeout after the 2 s body timeout, and the connection
+    // closes, giving its slot back.
+    for mut s in held {
+        let (response, after) = read_until_closed(&mut s, Duration::from_secs(10));
+        assert!(response.starts_with("HTTP/1.1 408"), "{response}");
+        assert!(response.contains("\"body_timeout\""), "{response}");
+        eprintln!("half body: 408 and closed after {after:?}");
+    }
+
+    // A trickling JSON body (one byte per 300 ms) is cut off the same way.
+    let mut s = UnixStream::connect(&d.socket).unwrap();
+    s.write_all(b"POST /api/v1/users HTTP/1.1\r\nHost: h\r\nContent-Type: application/json\r\nContent-Length: 40\r\n\r\n")
+        .unwrap();
+    let started = Instant::now();
+    let body = br#"{"name":"trickle-trickle-trickle-abc"}  "#;
+    let mut sent = 0;
+    for b in body {
+        if s.write_all(&[*b]).is_err() {
+            break;
+        }
+        sent += 1;
+        std::thread::sleep(Duration::from_millis(300));
+        if started.elapsed() > Duration::from_secs(8) {
+            break;
+        }
+    }
+    let (response, _) = read_until_closed(&mut s, Duration::from_secs(10));
+    assert!(response.starts_with("HTTP/1.1 408"), "{response}");
+    assert!(sent < body.len(), "all {sent} bytes were taken");
+
+    // An upload below the minimum rate (16 KiB/s after the 2 s grace) ends with 408 too.
+    let boundary = "XyZ";
+    let head = format!(
+        "POST /api/v1/chats/{chat}/documents HTTP/1.1\r\nHost: h\r\nContent-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: 10000000\r\n\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"slow.txt\"\r\nContent-Type: text/plain\r\n\r\n"
+    );
+    let mut s = UnixStream::connect(&d.socket).unwrap();
+    s.write_all(head.as_bytes()).unwrap();
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(8) {
+        if s.write_all(&[b'a'; 1024]).is_err() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let (response, _) = read_until_closed(&mut s, Duration::from_secs(10));
+    assert!(response.starts_with("HTTP/1.1 408"), "{response}");
+    assert!(response.contains("KiB/s"), "{response}");
+
+    // A kept-alive connection that goes idle after its request is closed by the server.
+    let mut s = UnixStream::connect(&d.socket).unwrap();
+    s.write_all(b"GET /api/v1/health HTTP/1.1\r\nHost: h\r\n\r\n")
+        .unwrap();
+    let (response, after) = read_until_closed(&mut s, Duration::from_secs(10));
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    eprintln!("idle keep-alive connection closed after {after:?}");
+
+    // And the daemon is fine: all slots are free again.
+    let health = d
+        .client
+        .call(Method::GET, "/api/v1/health", None)
+        .await
+        .unwrap();
+    assert_eq!(health["status"], "ok");
 }

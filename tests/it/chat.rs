@@ -448,3 +448,48 @@ async fn the_assistant_model_recalls_a_name_from_the_turn_before() {
         "{done}"
     );
 }
+
+#[tokio::test]
+async fn a_stored_reply_with_a_nul_does_not_break_the_chat() {
+    // Issue 18.3: a model once emitted U+0000 into 5 of 150 replies, and every later message of
+    // those chats got 422 ("cannot render the chat template: nul byte found"). New output is
+    // cleaned in the worker (unit-tested in llm/utf8.rs); replies stored before that still exist,
+    // so a chat whose history holds one must go on working.
+    let mut d = Daemon::start(Opts::default()).await;
+    let chat = d.new_chat("nul").await;
+    let (first, _) = d.ask(&chat, greedy("Say hello.")).await;
+    assert!(!first.is_empty());
+    assert!(d.terminate().success());
+    {
+        use hearth::store::{ChatId, FinishReason, Message, MessageId, Role};
+        let store = hearth::store::Store::open(&d.data_dir().join("db"), 8 << 20).unwrap();
+        let chat_id: ChatId = chat.parse().unwrap();
+        let message = |role, content: &str| Message {
+            id: MessageId::new(),
+            chat_id,
+            seq: 0,
+            role,
+            content: content.to_string(),
+            created_at: 1,
+            finish_reason: (role == Role::Assistant).then_some(FinishReason::Stop),
+            usage: None,
+            sources: Vec::new(),
+        };
+        store
+            .append_messages(
+                chat_id,
+                &mut [
+                    message(Role::User, "Name a colour."),
+                    message(Role::Assistant, "Blue\u{0}\u{0} is a colour."),
+                ],
+            )
+            .unwrap();
+        store.flush_now().unwrap();
+    }
+    d.restart().await;
+    let (text, events) = d.ask(&chat, greedy("Name another colour.")).await;
+    let done = &events.last().unwrap().data;
+    assert_eq!(events.last().unwrap().event, "done", "{events:?}");
+    assert_eq!(done["context"]["history_messages"], 4, "{done}");
+    assert!(!text.is_empty() && !text.contains('\0'), "{text:?}");
+}

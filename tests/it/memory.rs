@@ -123,19 +123,39 @@ async fn explicit_memories_dedup_edit_delete_forget_and_stay_per_user() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(same["change"], "unchanged");
     assert_eq!(same["memory"]["id"], mid.as_str());
-    // A near-identical rephrasing supersedes it: one memory, history shows the update.
+    // A near-identical rephrasing given explicitly does not replace it (issue 18.7: similarity
+    // alone replaced different facts): it is added, and the similar memory is listed with its
+    // score so a client can offer a merge.
     let (status, near) = remember(&d, &ada, "I have a dog called Rex.").await;
-    assert_eq!(status, StatusCode::OK, "{near}");
-    assert_eq!(near["change"], "updated");
-    assert_eq!(near["memory"]["id"], mid.as_str());
+    assert_eq!(status, StatusCode::CREATED, "{near}");
+    assert_eq!(near["change"], "added");
+    let near_id = near["memory"]["id"].as_str().unwrap().to_string();
+    assert_ne!(near_id, mid);
+    let similar = near["similar"].as_array().unwrap();
+    assert_eq!(similar.len(), 1, "{near}");
+    assert_eq!(similar[0]["id"], mid.as_str());
+    assert_eq!(similar[0]["text"], "I have a dog named Rex");
+    assert!(similar[0]["score"].as_f64().unwrap() >= 0.8, "{near}");
     let all = list(&d, &ada, "").await;
-    assert_eq!(all.len(), 1, "{all:?}");
-    assert_eq!(all[0]["text"], "I have a dog called Rex.");
-    let h = history(&d, &mid).await;
-    let events: Vec<&str> = h.iter().map(|e| e["event"].as_str().unwrap()).collect();
-    assert_eq!(events, ["add", "update"]);
-    assert_eq!(h[1]["old_text"], "I have a dog named Rex");
-    assert_eq!(h[1]["new_text"], "I have a dog called Rex.");
+    assert_eq!(all.len(), 2, "{all:?}");
+    assert_eq!(
+        history(&d, &mid).await.len(),
+        1,
+        "the first one is untouched"
+    );
+    // A fact about the same thing that differs: also added, never a silent replacement.
+    let (status, cat) = remember(&d, &ada, "I have a cat named Rex").await;
+    assert_eq!(status, StatusCode::CREATED, "{cat}");
+    assert_eq!(list(&d, &ada, "").await.len(), 3);
+    // The client merges by deleting the copies it does not want.
+    for id in [&near_id, cat["memory"]["id"].as_str().unwrap()] {
+        d.client
+            .call(Method::DELETE, &format!("/api/v1/memories/{id}"), None)
+            .await
+            .unwrap();
+    }
+    // Unrelated to everything: no similar list.
+    assert!(first["similar"].as_array().unwrap().is_empty(), "{first}");
 
     // An unrelated fact is a second memory; search ranks by similarity.
     let (status, nurse) = remember(&d, &ada, "I work as a nurse in Lisbon").await;
@@ -203,8 +223,8 @@ async fn explicit_memories_dedup_edit_delete_forget_and_stay_per_user() {
     assert_eq!(status, StatusCode::NOT_FOUND);
     let h = history(&d, &mid).await;
     let events: Vec<&str> = h.iter().map(|e| e["event"].as_str().unwrap()).collect();
-    assert_eq!(events, ["add", "update", "update", "delete"]);
-    assert_eq!(h[3]["old_text"], "I have two dogs, Rex and Fido");
+    assert_eq!(events, ["add", "update", "delete"]);
+    assert_eq!(h[2]["old_text"], "I have two dogs, Rex and Fido");
 
     // Forget everything: ada's memories only, with a history entry.
     let forgot = d
@@ -368,6 +388,54 @@ async fn facts_are_learned_after_done_and_recalled_in_a_new_chat() {
         .await
         .unwrap();
     assert_eq!(stored_chat["messages"][1]["sources"][0]["type"], "memory");
+
+    // Saying recalled facts again teaches nothing (issue 18.8): the memories recalled into the
+    // turn are marked as known for the extractor, and a fact that adds nothing to one of them
+    // is dropped instead of being added or rewriting the memory.
+    let texts = |all: Vec<Value>| {
+        let mut texts: Vec<String> = all
+            .iter()
+            .map(|m| m["text"].as_str().unwrap().to_string())
+            .collect();
+        texts.sort();
+        texts
+    };
+    // Every earlier turn's extraction has finished (the "Which city" question is extracted from
+    // too), so what is stored now is the baseline.
+    loop {
+        let report = next_event(&mut events, "memory_extracted", 120).await;
+        if report["message_id"] == with[0].data["message_id"] {
+            break;
+        }
+    }
+    let before = texts(list(&d, &ada, "").await);
+    let again = chat_for(&d, &ada).await;
+    let (_, turn) = d
+        .ask(
+            &again,
+            json!({"content": "Yes, as I said, I am a nurse and I live in Lisbon.", "options": {"temperature": 0, "max_tokens": 24}}),
+        )
+        .await;
+    assert!(
+        turn.iter().any(|e| e.event == "sources"
+            && e.data["sources"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|s| s["type"] == "memory")),
+        "the facts were recalled into the turn: {turn:?}"
+    );
+    let report = loop {
+        let report = next_event(&mut events, "memory_extracted", 120).await;
+        if report["message_id"] == turn[0].data["message_id"] {
+            break report;
+        }
+    };
+    eprintln!("repeat of recalled facts: {report}");
+    assert_eq!(report["status"], "ok", "{report}");
+    assert_eq!(report["added"], 0, "{report}");
+    assert_eq!(report["updated"], 0, "{report}");
+    assert_eq!(texts(list(&d, &ada, "").await), before);
 }
 
 #[tokio::test]
@@ -692,4 +760,68 @@ async fn twenty_first_messages_get_titles_without_repeated_fragments() {
         "{from_model} of {} titles written by the model, the rest the message's first words",
         titles.len()
     );
+}
+
+#[tokio::test]
+async fn inferred_facts_supersede_by_similarity_and_explicit_ones_never_do() {
+    // The rule of issue 18.7 on the real embedder, without a daemon: an inferred fact at least
+    // SUPERSEDE_SCORE similar to a memory replaces it (a changed value of one attribute); the
+    // same pair given explicitly is two memories, the first listed as similar.
+    use hearth::embed::Urgency;
+    use hearth::memory::{Change, Memories, SUPERSEDE_SCORE};
+    use hearth::store::{MemoryOrigin, Store, UserId};
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("db"), 8 << 20).unwrap();
+    let embedder = hearth::embed::Embedder::new(&crate::support::models_dir(), 1, store.clone());
+    let memories = Memories::new(store.clone(), embedder.clone());
+    let pairs = [
+        ("User lives in Lisbon", "User lives in Porto"),
+        ("My sister is Ann", "My sister is Eva"),
+        ("User works as a nurse", "User likes jazz"),
+    ];
+    for (old, new) in pairs {
+        let vectors = embedder
+            .embed(vec![old.to_string(), new.to_string()], Urgency::Query)
+            .await
+            .unwrap();
+        let score: f32 = vectors[0].iter().zip(&vectors[1]).map(|(a, b)| a * b).sum();
+        eprintln!("{old:?} / {new:?}: {score:.3}");
+        let similar = score >= SUPERSEDE_SCORE;
+        // SUPERSEDE_SCORE is set so a changed city is one attribute: that pair must be similar.
+        assert!(similar || old != "User lives in Lisbon", "{score}");
+        for origin in [MemoryOrigin::Inferred, MemoryOrigin::Explicit] {
+            let user = UserId::new();
+            let remember = |text: &'static str| {
+                memories.remember(user, text, origin, None, Urgency::Query, None)
+            };
+            let first = remember(old).await.unwrap();
+            assert_eq!(first.change, Change::Added);
+            let first_id = first.memory.unwrap().id;
+            let second = remember(new).await.unwrap();
+            let texts: Vec<String> = store
+                .memories_of(user)
+                .unwrap()
+                .into_iter()
+                .map(|m| m.text)
+                .collect();
+            match (origin, similar) {
+                (MemoryOrigin::Inferred, true) => {
+                    assert_eq!(second.change, Change::Updated, "{old:?} → {new:?}");
+                    assert_eq!(second.memory.unwrap().id, first_id);
+                    assert_eq!(texts, [new]);
+                }
+                (MemoryOrigin::Explicit, true) => {
+                    assert_eq!(second.change, Change::Added, "{old:?} → {new:?}");
+                    assert_eq!(second.similar.len(), 1);
+                    assert_eq!(second.similar[0].0.id, first_id);
+                    assert_eq!(texts.len(), 2);
+                }
+                (_, false) => {
+                    assert_eq!(second.change, Change::Added, "{old:?} → {new:?}");
+                    assert!(second.similar.is_empty());
+                    assert_eq!(texts.len(), 2);
+                }
+            }
+        }
+    }
 }

@@ -76,7 +76,7 @@ pub(super) async fn create_user(
     app: &App,
     req: Request<Incoming>,
 ) -> Result<Response<ResBody>, ApiError> {
-    let body: CreateUser = body::json(req, app.config.max_body_bytes).await?;
+    let body: CreateUser = body::json(req, &app.config).await?;
     let created = ensure_user(app, &body.username).await?;
     ok(&user_out(&created.user))
 }
@@ -133,7 +133,7 @@ pub(super) async fn put_settings(
     id: &str,
     req: Request<Incoming>,
 ) -> Result<Response<ResBody>, ApiError> {
-    let put: SettingsPut = body::json(req, app.config.max_body_bytes).await?;
+    let put: SettingsPut = body::json(req, &app.config).await?;
     let user = known_user(app, id)?;
     let model = match put.default_model {
         Some(name) if app.pool.resolve(&name).is_ok() => Some(name),
@@ -184,7 +184,7 @@ pub(super) async fn create_chat(
     app: &App,
     req: Request<Incoming>,
 ) -> Result<Response<ResBody>, ApiError> {
-    let body: CreateChat = body::json(req, app.config.max_body_bytes).await?;
+    let body: CreateChat = body::json(req, &app.config).await?;
     let user = known_user(app, &body.user_id)?;
     let title = body
         .title
@@ -378,7 +378,7 @@ pub(super) async fn stream(
     req: Request<Incoming>,
 ) -> Result<Response<ResBody>, ApiError> {
     let received = Instant::now();
-    let body: StreamRequest = body::json(req, app.config.max_body_bytes).await?;
+    let body: StreamRequest = body::json(req, &app.config).await?;
     let mode = parse_mode(&body.search_mode)?;
     let user_text = body.user_id.clone();
     let chat = ensure_chat(

@@ -27,9 +27,9 @@ use bytes::Bytes;
 use http::header::{
     HeaderValue, ACCESS_CONTROL_ALLOW_CREDENTIALS, ACCESS_CONTROL_ALLOW_HEADERS,
     ACCESS_CONTROL_ALLOW_METHODS, ACCESS_CONTROL_ALLOW_ORIGIN, ACCESS_CONTROL_MAX_AGE,
-    ACCESS_CONTROL_REQUEST_HEADERS, HOST, ORIGIN, VARY,
+    ACCESS_CONTROL_REQUEST_HEADERS, ORIGIN, VARY,
 };
-use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use serde_json::json;
@@ -51,7 +51,7 @@ pub(super) async fn handle(app: &App, req: Request<Incoming>) -> Response<ResBod
     let Some(config) = &app.compat else {
         return detail(&ApiError::internal("compat connection without a config"));
     };
-    let cors = match check(config, req.headers()) {
+    let cors = match check(config, req.uri(), req.headers()) {
         Ok(cors) => cors,
         Err(err) => return detail(&err),
     };
@@ -76,18 +76,13 @@ pub(super) async fn handle(app: &App, req: Request<Incoming>) -> Response<ResBod
 
 /// Checks `Host` and `Origin`; returns the origin to answer CORS to (none for requests without
 /// an `Origin`).
-fn check(config: &CompatConfig, headers: &HeaderMap) -> Result<Option<HeaderValue>, ApiError> {
+fn check(
+    config: &CompatConfig,
+    uri: &Uri,
+    headers: &HeaderMap,
+) -> Result<Option<HeaderValue>, ApiError> {
     let forbidden = |code, msg: &str| ApiError::new(StatusCode::FORBIDDEN, code, msg);
-    let host = headers
-        .get(HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("");
-    if !super::tcp::loopback_host(config.addr, host) {
-        return Err(forbidden(
-            ErrorCode::BadHost,
-            "Host must be 127.0.0.1 or localhost with this port",
-        ));
-    }
+    super::tcp::check_host(config.addr, uri, headers)?;
     match headers.get(ORIGIN) {
         None => Ok(None),
         Some(origin) => {
@@ -317,6 +312,10 @@ mod tests {
         }
     }
 
+    fn path() -> Uri {
+        "/api/health".parse().unwrap()
+    }
+
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
         let mut map = HeaderMap::new();
         for (k, v) in pairs {
@@ -328,13 +327,14 @@ mod tests {
     #[test]
     fn host_and_origin_are_checked() {
         let c = config();
-        assert!(check(&c, &headers(&[("host", "127.0.0.1:8000")])).is_ok());
-        assert!(check(&c, &headers(&[("host", "localhost:8000")])).is_ok());
-        assert!(check(&c, &headers(&[("host", "evil.example:8000")])).is_err());
-        assert!(check(&c, &headers(&[("host", "localhost:8001")])).is_err());
-        assert!(check(&c, &headers(&[])).is_err());
+        assert!(check(&c, &path(), &headers(&[("host", "127.0.0.1:8000")])).is_ok());
+        assert!(check(&c, &path(), &headers(&[("host", "localhost:8000")])).is_ok());
+        assert!(check(&c, &path(), &headers(&[("host", "evil.example:8000")])).is_err());
+        assert!(check(&c, &path(), &headers(&[("host", "localhost:8001")])).is_err());
+        assert!(check(&c, &path(), &headers(&[])).is_err());
         let null = check(
             &c,
+            &path(),
             &headers(&[("host", "localhost:8000"), ("origin", "null")]),
         );
         assert_eq!(null.unwrap().unwrap(), "null");
@@ -342,13 +342,13 @@ mod tests {
             ("host", "localhost:8000"),
             ("origin", "http://localhost:5173"),
         ];
-        assert!(check(&c, &headers(&dev)).unwrap().is_some());
+        assert!(check(&c, &path(), &headers(&dev)).unwrap().is_some());
         let foreign = [
             ("host", "localhost:8000"),
             ("origin", "https://evil.example"),
         ];
         assert_eq!(
-            check(&c, &headers(&foreign)).unwrap_err().status,
+            check(&c, &path(), &headers(&foreign)).unwrap_err().status,
             StatusCode::FORBIDDEN
         );
     }

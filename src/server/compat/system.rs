@@ -159,7 +159,7 @@ pub(super) async fn switch(
     app: &App,
     req: Request<Incoming>,
 ) -> Result<Response<ResBody>, ApiError> {
-    let body: Switch = body::json(req, app.config.max_body_bytes).await?;
+    let body: Switch = body::json(req, &app.config).await?;
     let provider = body.provider.trim().to_ascii_lowercase();
     let refused = |warning: String| {
         ok(&json!({

@@ -26,7 +26,7 @@ pub(super) async fn stream(
     app: &App,
     req: Request<Incoming>,
 ) -> Result<Response<ResBody>, ApiError> {
-    let form = read_form(req, app.rag.max_upload_bytes).await?;
+    let form = read_form(req, app.rag.max_upload_bytes, &app.config).await?;
     let missing = |field: &str| ApiError::invalid(format!("field required: {field}"));
     let chat_text = form
         .field("chatId")

@@ -101,7 +101,7 @@ pub(super) async fn chat_completions(
     req: Request<Incoming>,
     _received: std::time::Instant,
 ) -> Result<Response<ResBody>, ApiError> {
-    let mut fields = object(body::json(req, app.config.max_body_bytes).await?)?;
+    let mut fields = object(body::json(req, &app.config).await?)?;
     let input: Vec<InMessage> =
         take(&mut fields, "messages")?.ok_or_else(|| missing("messages"))?;
     let max_completion_tokens: Option<u32> = take(&mut fields, "max_completion_tokens")?;
@@ -162,7 +162,7 @@ pub(super) async fn completions(
     req: Request<Incoming>,
     _received: std::time::Instant,
 ) -> Result<Response<ResBody>, ApiError> {
-    let mut fields = object(body::json(req, app.config.max_body_bytes).await?)?;
+    let mut fields = object(body::json(req, &app.config).await?)?;
     let prompt: Prompt = take(&mut fields, "prompt")?.ok_or_else(|| missing("prompt"))?;
     let common = common(fields)?;
     let prompt =

@@ -29,7 +29,7 @@ pub(super) async fn embeddings(
     app: &App,
     req: Request<Incoming>,
 ) -> Result<Response<ResBody>, ApiError> {
-    let body: EmbeddingsRequest = body::json(req, app.config.max_body_bytes).await?;
+    let body: EmbeddingsRequest = body::json(req, &app.config).await?;
     let bad = |message: String| ApiError::bad_request(ErrorCode::InvalidRequest, message);
     let model = crate::embed::MODEL_NAME;
     if let Some(asked) = &body.model {
