@@ -169,6 +169,10 @@ pub struct RawConfig {
         value_delimiter = ','
     )]
     pub watch_ignore: Option<Vec<String>>,
+    /// Read watched files that have more than one hard link (another name for the same bytes may
+    /// be outside the folder) [default: false: they are skipped as `hardlink`].
+    #[arg(long, env = "HEARTH_WATCH_FOLLOW_HARDLINKS", value_name = "BOOL")]
+    pub watch_follow_hardlinks: Option<bool>,
     /// Log filter in `tracing` syntax [default: warn,hearth=info].
     #[arg(long, env = "HEARTH_LOG", value_name = "FILTER")]
     pub log: Option<String>,
@@ -214,6 +218,7 @@ impl RawConfig {
             watch_rescan_secs: over.watch_rescan_secs.or(self.watch_rescan_secs),
             watch_max_file_bytes: over.watch_max_file_bytes.or(self.watch_max_file_bytes),
             watch_ignore: over.watch_ignore.or(self.watch_ignore),
+            watch_follow_hardlinks: over.watch_follow_hardlinks.or(self.watch_follow_hardlinks),
             log: over.log.or(self.log),
         }
     }
@@ -285,6 +290,8 @@ pub struct LibraryConfig {
     pub max_file_bytes: u64,
     /// User ignore globs, on top of the built-in rules.
     pub ignore: Vec<String>,
+    /// Read files with more than one hard link (default: skip them as `hardlink`).
+    pub follow_hardlinks: bool,
     /// How long a document no file refers to any more is kept for a rename to re-link it.
     pub orphan_grace: Duration,
 }
@@ -632,6 +639,7 @@ pub fn resolve(raw: RawConfig, runtime_dir: Option<&Path>) -> anyhow::Result<Con
             rescan: Duration::from_secs(watch_rescan),
             max_file_bytes: watch_max_file_bytes,
             ignore: watch_ignore,
+            follow_hardlinks: raw.watch_follow_hardlinks.unwrap_or(false),
             orphan_grace: ORPHAN_GRACE,
         },
         log_filter: raw.log.unwrap_or_else(|| DEFAULT_LOG.to_string()),

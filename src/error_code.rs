@@ -89,6 +89,16 @@ error_codes! {
     EmbeddingFailed = "embedding_failed",
     // --- drop-folder files only
     Symlink = "symlink",
+    /// A watched file with more than one hard link (its content may live outside the folder).
+    Hardlink = "hardlink",
+    /// A watched folder nested deeper than the scan goes (`library::access::MAX_DEPTH`).
+    TooDeep = "too_deep",
+    /// A watched folder was deleted (`GET /library` `watcher_error.code`; files kept).
+    RootMissing = "root_missing",
+    /// A watched folder was moved away from its path (not read at its new place).
+    RootMoved = "root_moved",
+    /// Another folder is at a watched path now (re-opened and rescanned).
+    RootReplaced = "root_replaced",
     NotRegularFile = "not_regular_file",
     OutsideRoot = "outside_root",
     /// Over `watch_max_file_bytes`: skipped without being read.
@@ -129,6 +139,8 @@ impl ErrorCode {
                 | ErrorCode::FileTooLarge
                 | ErrorCode::BodyTooLarge
                 | ErrorCode::Symlink
+                | ErrorCode::Hardlink
+                | ErrorCode::TooDeep
                 | ErrorCode::NotRegularFile
                 | ErrorCode::OutsideRoot
                 | ErrorCode::TooLarge

@@ -39,6 +39,13 @@ pub enum Event {
     },
     /// A watched file is gone from the folder, and from search.
     FileRemoved { path: String },
+    /// A watched folder changed identity (`code`: `root_missing`, `root_moved`,
+    /// `root_replaced`) or is back as it was (`code` absent).
+    WatchRoot {
+        root: String,
+        code: Option<crate::error_code::ErrorCode>,
+        message: String,
+    },
     /// A chat's title was set by the title job.
     Title { chat_id: ChatId, title: String },
     /// A memory extraction job finished (also when it stored nothing or failed).
@@ -77,6 +84,7 @@ impl Event {
             Event::FileIndexed { .. } => "file_indexed",
             Event::FileFailed { .. } => "file_failed",
             Event::FileRemoved { .. } => "file_removed",
+            Event::WatchRoot { .. } => "watch_root",
             Event::Title { .. } => "title",
             Event::MemoryExtracted(_) => "memory_extracted",
         }

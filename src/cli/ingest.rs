@@ -53,7 +53,9 @@ fn collect(paths: &[PathBuf], rules: &crate::library::rules::Rules) -> Vec<Found
                 size: meta.len(),
             }),
             Ok(meta) if meta.is_dir() => {
-                let root = match Root::open(path) {
+                // Hard links are read: the user named this folder and can read its files
+                // anyway (the drop folder skips them: anyone may drop a link there).
+                let root = match Root::open(path, true) {
                     Ok(root) => root,
                     Err(reason) => {
                         found.push(Found::Skipped {
@@ -92,10 +94,12 @@ fn collect(paths: &[PathBuf], rules: &crate::library::rules::Rules) -> Vec<Found
                                 path: full,
                                 reason: "symbolic link (not followed)".into(),
                             }),
-                            Kind::Special => found.push(Found::Skipped {
-                                path: full,
-                                reason: "not a regular file".into(),
-                            }),
+                            Kind::Special | Kind::Hardlink | Kind::TooDeep => {
+                                found.push(Found::Skipped {
+                                    path: full,
+                                    reason: "not a regular file".into(),
+                                })
+                            }
                         }
                     }
                 }
@@ -223,7 +227,7 @@ pub(super) async fn library(config_file: Option<&Path>, args: LibraryArgs) -> an
     for root in &roots {
         writeln!(out, "watching {}", root.as_str().unwrap_or("?"))?;
     }
-    if let Some(err) = status["watcher_error"].as_str() {
+    if let Some(err) = status["watcher_error"]["message"].as_str() {
         writeln!(
             out,
             "watcher off ({err}); periodic scans keep the library in sync"

@@ -6,12 +6,24 @@
 //! are refused before any system call. The final open is non-blocking and its result is checked
 //! with `fstat`, so a FIFO or device put in a file's place is never read. The checks happen at
 //! open time, on the descriptor actually read, not only when the folder was scanned.
+//!
+//! A regular file with more than one hard link is another name for bytes that may live outside
+//! the folder (a link made to a private file): unless the user opts in, it is reported as
+//! [`Kind::Hardlink`] and never read, checked again on the opened descriptor.
+//!
+//! A root is followed by identity: the descriptor opened at start keeps pointing at the folder
+//! it opened, wherever that folder goes, so [`Root::verify`] re-opens the configured path before
+//! every scan (and before a watcher event is acted on) and compares device and inode. A deleted
+//! folder ([`RootProblem::Missing`]) or one moved away ([`RootProblem::Moved`]) is not read
+//! through the stale descriptor; a folder recreated or replaced at the path
+//! ([`RootProblem::Replaced`]) is opened anew.
 
 use std::ffi::OsStr;
 use std::io::Read;
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, PoisonError, RwLock};
 
 use crate::error_code::ErrorCode;
 use rustix::fs::{AtFlags, FileType, Mode, OFlags};
@@ -27,7 +39,10 @@ pub struct Root {
     pub path: PathBuf,
     /// `path` as UTF-8 (roots must be UTF-8; file names below them need not be).
     pub name: String,
-    dir: OwnedFd,
+    /// The folder's descriptor; replaced when the folder at `path` is another one.
+    dir: RwLock<Arc<OwnedFd>>,
+    /// Read files with more than one hard link (`watch_follow_hardlinks`).
+    follow_hardlinks: bool,
 }
 
 /// What a name in a folder is, from `lstat` (links are never followed).
@@ -41,6 +56,42 @@ pub enum Kind {
     Symlink,
     /// FIFO, socket, character or block device.
     Special,
+    /// A regular file with more than one hard link, not followed (see the module doc).
+    Hardlink,
+    /// A directory at [`MAX_DEPTH`]: listed as skipped, its contents not walked (made by the
+    /// scan, never by `lstat`).
+    TooDeep,
+}
+
+/// What [`Root::verify`] found wrong with a root.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RootProblem {
+    /// Nothing is at the configured path and the folder that was is deleted.
+    Missing,
+    /// Nothing (or no folder) is at the configured path, but the folder that was still exists
+    /// elsewhere (it or a parent was renamed): it is not read there.
+    Moved,
+    /// Another folder is at the configured path (deleted and recreated, or swapped): the root
+    /// is to be [`Root::reopen`]ed, scanned and watched anew.
+    Replaced,
+}
+
+impl RootProblem {
+    pub fn code(self) -> ErrorCode {
+        match self {
+            RootProblem::Missing => ErrorCode::RootMissing,
+            RootProblem::Moved => ErrorCode::RootMoved,
+            RootProblem::Replaced => ErrorCode::RootReplaced,
+        }
+    }
+
+    pub fn message(self) -> &'static str {
+        match self {
+            RootProblem::Missing => "the watched folder was deleted; its files are kept as they were until it is back",
+            RootProblem::Moved => "the watched folder was moved or renamed away from its configured path; it is not read at its new place",
+            RootProblem::Replaced => "another folder is at the watched path now; it was opened and scanned",
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +100,8 @@ pub enum AccessError {
     Symlink,
     #[error("not a regular file")]
     NotRegular,
+    #[error("the file has more than one hard link (watch_follow_hardlinks is off)")]
+    Hardlink,
     #[error("the path leaves the watched folder")]
     Escapes,
     #[error("no longer exists")]
@@ -65,6 +118,7 @@ impl AccessError {
         match self {
             AccessError::Symlink => ErrorCode::Symlink,
             AccessError::NotRegular => ErrorCode::NotRegularFile,
+            AccessError::Hardlink => ErrorCode::Hardlink,
             AccessError::Escapes => ErrorCode::OutsideRoot,
             AccessError::NotFound => ErrorCode::NotFound,
             AccessError::TooLarge { .. } => ErrorCode::TooLarge,
@@ -83,8 +137,9 @@ fn io(err: Errno) -> AccessError {
     }
 }
 
-fn kind_of(stat: &rustix::fs::Stat) -> Kind {
+fn kind_of(stat: &rustix::fs::Stat, follow_hardlinks: bool) -> Kind {
     match FileType::from_raw_mode(stat.st_mode) {
+        FileType::RegularFile if stat.st_nlink > 1 && !follow_hardlinks => Kind::Hardlink,
         FileType::RegularFile => Kind::File {
             size: u64::try_from(stat.st_size).unwrap_or(0),
             mtime_ns: i128::from(stat.st_mtime) * 1_000_000_000 + i128::from(stat.st_mtime_nsec),
@@ -113,7 +168,7 @@ fn components(relative: &[u8]) -> Result<Vec<&[u8]>, AccessError> {
 impl Root {
     /// Opens a folder to watch. The path is canonicalized once here (the user's own symlinks
     /// to the folder itself are fine); nothing below it is followed.
-    pub fn open(path: &Path) -> Result<Root, String> {
+    pub fn open(path: &Path, follow_hardlinks: bool) -> Result<Root, String> {
         let canonical = std::fs::canonicalize(path)
             .map_err(|err| format!("watch folder {}: {err}", path.display()))?;
         let name = canonical
@@ -129,13 +184,61 @@ impl Root {
         Ok(Root {
             path: canonical,
             name,
-            dir,
+            dir: RwLock::new(Arc::new(dir)),
+            follow_hardlinks,
         })
+    }
+
+    fn dir(&self) -> Arc<OwnedFd> {
+        self.dir
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Checks that the folder at the configured path is the one held (see the module doc).
+    pub fn verify(&self) -> Result<(), RootProblem> {
+        let held = self.dir();
+        // A deleted directory has no links left; a moved one still has its own.
+        let held_alive = rustix::fs::fstat(&*held).is_ok_and(|s| s.st_nlink > 0);
+        let gone = if held_alive {
+            RootProblem::Moved
+        } else {
+            RootProblem::Missing
+        };
+        let Ok(now) = rustix::fs::open(
+            &self.path,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        ) else {
+            return Err(gone);
+        };
+        let same = match (rustix::fs::fstat(&now), rustix::fs::fstat(&*held)) {
+            (Ok(a), Ok(b)) => a.st_dev == b.st_dev && a.st_ino == b.st_ino,
+            _ => false,
+        };
+        if same {
+            Ok(())
+        } else {
+            Err(RootProblem::Replaced)
+        }
+    }
+
+    /// Holds the folder now at the configured path from here on.
+    pub fn reopen(&self) -> Result<(), AccessError> {
+        let now = rustix::fs::open(
+            &self.path,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(io)?;
+        *self.dir.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(now);
+        Ok(())
     }
 
     /// The directory `relative` (empty = the root), reached without following links.
     fn open_dir(&self, relative: &[u8]) -> Result<OwnedFd, AccessError> {
-        let mut dir = rustix::io::dup(&self.dir).map_err(io)?;
+        let mut dir = rustix::io::dup(&*self.dir()).map_err(io)?;
         for part in components(relative)? {
             dir = rustix::fs::openat(
                 &dir,
@@ -157,7 +260,7 @@ impl Root {
         let dir = self.open_dir(&parents.join(&b'/'))?;
         let stat = rustix::fs::statat(&dir, OsStr::from_bytes(last), AtFlags::SYMLINK_NOFOLLOW)
             .map_err(io)?;
-        Ok(kind_of(&stat))
+        Ok(kind_of(&stat, self.follow_hardlinks))
     }
 
     /// Reads a regular file below the root, at most `limit` bytes. Returns the bytes and the
@@ -176,9 +279,13 @@ impl Root {
             Mode::empty(),
         )
         .map_err(io)?;
-        let kind = kind_of(&rustix::fs::fstat(&fd).map_err(io)?);
+        let kind = kind_of(&rustix::fs::fstat(&fd).map_err(io)?, self.follow_hardlinks);
         let Kind::File { size, .. } = kind else {
-            return Err(AccessError::NotRegular);
+            return Err(if kind == Kind::Hardlink {
+                AccessError::Hardlink
+            } else {
+                AccessError::NotRegular
+            });
         };
         if size > limit {
             return Err(AccessError::TooLarge { limit });
@@ -204,7 +311,7 @@ impl Root {
                 continue;
             }
             match rustix::fs::statat(&dir, entry.file_name(), AtFlags::SYMLINK_NOFOLLOW) {
-                Ok(stat) => out.push((name.to_vec(), kind_of(&stat))),
+                Ok(stat) => out.push((name.to_vec(), kind_of(&stat, self.follow_hardlinks))),
                 // Deleted between readdir and stat: it is simply not there.
                 Err(Errno::NOENT) => {}
                 Err(err) => return Err(io(err)),
@@ -233,7 +340,20 @@ mod tests {
         .unwrap();
         symlink(outside.path(), dir.path().join("linkdir")).unwrap();
         nix::unistd::mkfifo(&dir.path().join("fifo"), nix::sys::stat::Mode::S_IRWXU).unwrap();
-        let root = Root::open(dir.path()).unwrap();
+        std::fs::write(outside.path().join("private.txt"), "private").unwrap();
+        std::fs::hard_link(
+            outside.path().join("private.txt"),
+            dir.path().join("hard.txt"),
+        )
+        .unwrap();
+        let root = Root::open(dir.path(), false).unwrap();
+        assert_eq!(root.stat(b"hard.txt").unwrap(), Kind::Hardlink);
+        assert!(matches!(
+            root.read(b"hard.txt", 100),
+            Err(AccessError::Hardlink)
+        ));
+        let following = Root::open(dir.path(), true).unwrap();
+        assert_eq!(following.read(b"hard.txt", 100).unwrap().0, b"private");
 
         let (bytes, kind) = root.read(b"sub/ok.txt", 100).unwrap();
         assert_eq!(bytes, b"hello");
@@ -270,8 +390,9 @@ mod tests {
         names.sort_by(|a, b| a.0.cmp(&b.0));
         let kinds: Vec<_> = names.iter().map(|(n, k)| (n.as_str(), *k)).collect();
         assert_eq!(kinds[0], ("fifo", Kind::Special));
-        assert_eq!(kinds[1], ("link.txt", Kind::Symlink));
-        assert_eq!(kinds[2], ("linkdir", Kind::Symlink));
-        assert_eq!(kinds[3], ("sub", Kind::Dir));
+        assert_eq!(kinds[1], ("hard.txt", Kind::Hardlink));
+        assert_eq!(kinds[2], ("link.txt", Kind::Symlink));
+        assert_eq!(kinds[3], ("linkdir", Kind::Symlink));
+        assert_eq!(kinds[4], ("sub", Kind::Dir));
     }
 }

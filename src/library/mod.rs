@@ -47,8 +47,9 @@ use rules::Rules;
 pub struct Status {
     pub roots: Vec<String>,
     pub watching: bool,
-    /// Why the watcher is off (the periodic scan still keeps the library right).
-    pub watcher_error: Option<String>,
+    /// Why the watcher is off: a watched folder that is gone or moved (its `root` named), or
+    /// the watcher itself failed (the periodic scan still keeps the library right).
+    pub watcher_error: Option<WatcherError>,
     pub counts: HashMap<&'static str, usize>,
     pub jobs: usize,
     /// Files seen changing, waiting to be stable.
@@ -57,6 +58,16 @@ pub struct Status {
     pub scans: u64,
     pub last_scan_ms: Option<u64>,
     pub last_scan_files: Option<usize>,
+}
+
+/// Why a root (or the whole watcher) is not being watched.
+#[derive(Debug, Clone)]
+pub struct WatcherError {
+    /// `root_missing`, `root_moved`, or `watch_failed` (the watcher could not start or add a
+    /// folder, e.g. inotify's watch limit).
+    pub code: ErrorCode,
+    pub root: Option<String>,
+    pub message: String,
 }
 
 /// A file seen changing: when, and how it looked.
@@ -75,6 +86,8 @@ struct Runtime {
     in_flight: HashSet<FileKey>,
     watcher_error: Option<String>,
     watching: bool,
+    /// Roots (by index) that are missing or moved; their files are neither read nor removed.
+    root_problems: HashMap<usize, access::RootProblem>,
     scans: u64,
     last_scan: Option<(Duration, usize)>,
 }
@@ -114,7 +127,7 @@ impl Library {
     pub fn open_roots(config: &LibraryConfig) -> Result<Vec<Root>, String> {
         let mut roots: Vec<Root> = Vec::new();
         for path in &config.roots {
-            let root = Root::open(path)?;
+            let root = Root::open(path, config.follow_hardlinks)?;
             if let Some(other) = roots
                 .iter()
                 .find(|r| r.path.starts_with(&root.path) || root.path.starts_with(&r.path))
@@ -202,8 +215,23 @@ impl Library {
         }
         Ok(Status {
             roots: self.roots(),
-            watching: rt.watching,
-            watcher_error: rt.watcher_error.clone(),
+            watching: rt.watching && rt.root_problems.is_empty(),
+            watcher_error: rt
+                .root_problems
+                .iter()
+                .min_by_key(|(i, _)| **i)
+                .map(|(&i, problem)| WatcherError {
+                    code: problem.code(),
+                    root: Some(self.inner.roots[i].name.clone()),
+                    message: problem.message().to_string(),
+                })
+                .or_else(|| {
+                    rt.watcher_error.as_ref().map(|message| WatcherError {
+                        code: ErrorCode::WatchFailed,
+                        root: None,
+                        message: message.clone(),
+                    })
+                }),
             counts,
             jobs: self.inner.store.library_job_count(),
             waiting: rt.waiting.len(),

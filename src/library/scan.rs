@@ -47,6 +47,12 @@ fn unchanged(record: &FileRecord, kind: &Kind) -> bool {
         Kind::Special => {
             record.state == FileState::Skipped && record.reason == Some(ErrorCode::NotRegularFile)
         }
+        Kind::Hardlink => {
+            record.state == FileState::Skipped && record.reason == Some(ErrorCode::Hardlink)
+        }
+        Kind::TooDeep => {
+            record.state == FileState::Skipped && record.reason == Some(ErrorCode::TooDeep)
+        }
         Kind::Dir => false,
     }
 }
@@ -66,7 +72,16 @@ pub(super) fn reconcile(
         .collect();
     let mut report = Report::default();
     let mut unknown: Vec<Vec<u8>> = Vec::new();
-    let mut stack = vec![(dir.to_vec(), 0usize)];
+    // A folder the watcher names is walked from its own depth, so the limit holds for paths.
+    let start_depth = if dir.is_empty() {
+        0
+    } else {
+        dir.split(|&b| b == b'/').count()
+    };
+    if start_depth >= MAX_DEPTH {
+        return Ok(Report::default());
+    }
+    let mut stack = vec![(dir.to_vec(), start_depth)];
     while let Some((current, depth)) = stack.pop() {
         let entries = match root.list(&current) {
             Ok(entries) => entries,
@@ -85,7 +100,14 @@ pub(super) fn reconcile(
             match kind {
                 Kind::Dir if depth + 1 < MAX_DEPTH => stack.push((relative, depth + 1)),
                 Kind::Dir => {
-                    tracing::warn!(dir = %String::from_utf8_lossy(&relative), "folder nested too deep; not scanned");
+                    // Listed (skipped, `too_deep`) so the user sees it; what is below keeps its
+                    // records (unknown, never empty).
+                    let record = known.remove(&relative);
+                    if !record.is_some_and(|r| unchanged(&r, &Kind::TooDeep)) {
+                        report
+                            .changed
+                            .push((FileKey::new(&root.name, &relative), Kind::TooDeep));
+                    }
                     unknown.push(relative);
                 }
                 kind => {

@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use super::access::Kind;
+use super::access::{Kind, MAX_DEPTH};
 use super::*;
 use crate::error_code::ErrorCode;
 use crate::events::Event;
@@ -51,6 +51,26 @@ impl Library {
                     0,
                     ErrorCode::NotRegularFile,
                     "FIFOs, sockets and devices are not read",
+                )
+                .await
+            }
+            Kind::Hardlink => {
+                self.skip(
+                    &key,
+                    0,
+                    0,
+                    ErrorCode::Hardlink,
+                    "a file with more than one hard link may live outside the folder; set watch_follow_hardlinks to read it",
+                )
+                .await
+            }
+            Kind::TooDeep => {
+                self.skip(
+                    &key,
+                    0,
+                    0,
+                    ErrorCode::TooDeep,
+                    &format!("folders nested deeper than {MAX_DEPTH} levels are not scanned"),
                 )
                 .await
             }

@@ -8,7 +8,7 @@ use std::time::Instant;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::access::Kind;
+use super::access::{Kind, RootProblem, MAX_DEPTH};
 use super::*;
 use crate::store::{FileKey, JobKind};
 
@@ -61,10 +61,10 @@ impl Library {
     pub(super) async fn scanner(
         self,
         mut rx: mpsc::UnboundedReceiver<Watched>,
-        _watcher: Option<notify::RecommendedWatcher>,
+        mut watcher: Option<notify::RecommendedWatcher>,
         shutdown: CancellationToken,
     ) {
-        self.full_scan().await;
+        self.full_scan(&mut watcher).await;
         let mut tick = tokio::time::interval(STABILITY_TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut next_scan = tokio::time::Instant::now() + self.inner.config.rescan;
@@ -79,31 +79,105 @@ impl Library {
                     }
                     Some(Watched::Rescan(why)) => {
                         tracing::info!(reason = %why, "watcher asked for a rescan");
-                        self.full_scan().await;
+                        self.full_scan(&mut watcher).await;
                     }
                     None => {}
                 },
                 // Ticks only while files wait to become stable: an idle daemon sleeps.
                 _ = tick.tick(), if !self.runtime().waiting.is_empty() => self.check_waiting().await,
                 () = tokio::time::sleep_until(next_scan) => {
-                    self.full_scan().await;
+                    self.full_scan(&mut watcher).await;
                     next_scan = tokio::time::Instant::now() + self.inner.config.rescan;
                 }
-                () = self.inner.rescan.notified() => self.full_scan().await,
+                () = self.inner.rescan.notified() => self.full_scan(&mut watcher).await,
             }
         }
     }
 
-    async fn full_scan(&self) {
+    async fn full_scan(&self, watcher: &mut Option<notify::RecommendedWatcher>) {
         let started = Instant::now();
         let mut files = 0;
         for index in 0..self.inner.roots.len() {
-            files += self.scan(index, Vec::new()).await;
+            if self.check_root(index, watcher) {
+                files += self.scan(index, Vec::new()).await;
+            }
         }
         let mut rt = self.runtime();
         rt.scans += 1;
         rt.last_scan = Some((started.elapsed(), files));
         tracing::debug!(files, ms = started.elapsed().as_millis(), "reconcile scan");
+    }
+
+    /// Whether root `index` is the folder at its path, so it may be scanned. A missing or moved
+    /// root is recorded (reported by `status` and as a `watch_root` event) and not scanned: its
+    /// files keep their records. A replaced one is re-opened and watched anew.
+    fn check_root(&self, index: usize, watcher: &mut Option<notify::RecommendedWatcher>) -> bool {
+        let root = &self.inner.roots[index];
+        let problem = match root.verify() {
+            Ok(()) => None,
+            Err(RootProblem::Replaced) => match root.reopen() {
+                Ok(()) => Some(RootProblem::Replaced),
+                // Gone again between the two looks: the next scan sees what it is.
+                Err(_) => return false,
+            },
+            Err(problem) => Some(problem),
+        };
+        let before = {
+            let mut rt = self.runtime();
+            match problem {
+                Some(p @ (RootProblem::Missing | RootProblem::Moved)) => {
+                    rt.root_problems.insert(index, p)
+                }
+                _ => rt.root_problems.remove(&index),
+            }
+        };
+        let event = |code: Option<crate::error_code::ErrorCode>, message: &str| {
+            self.inner.events.emit(crate::events::Event::WatchRoot {
+                root: root.name.clone(),
+                code,
+                message: message.to_string(),
+            });
+        };
+        match problem {
+            Some(p @ (RootProblem::Missing | RootProblem::Moved)) => {
+                if before != Some(p) {
+                    tracing::warn!(root = %root.name, code = %p.code(), "{}", p.message());
+                    event(Some(p.code()), p.message());
+                }
+                false
+            }
+            Some(RootProblem::Replaced) => {
+                tracing::warn!(root = %root.name, "{}", RootProblem::Replaced.message());
+                event(
+                    Some(RootProblem::Replaced.code()),
+                    RootProblem::Replaced.message(),
+                );
+                self.rewatch(index, watcher);
+                true
+            }
+            None => {
+                if before.is_some() {
+                    tracing::info!(root = %root.name, "the watched folder is back");
+                    event(None, "the watched folder is back at its path");
+                    self.rewatch(index, watcher);
+                }
+                true
+            }
+        }
+    }
+
+    /// Watches root `index` again (its folder was replaced or is back).
+    fn rewatch(&self, index: usize, watcher: &mut Option<notify::RecommendedWatcher>) {
+        use notify::{RecursiveMode, Watcher};
+        let Some(watcher) = watcher else {
+            return;
+        };
+        let root = &self.inner.roots[index];
+        // The old watch may be gone with its folder; removing it is best effort.
+        let _ = watcher.unwatch(&root.path);
+        if let Err(err) = watcher.watch(&root.path, RecursiveMode::Recursive) {
+            self.watcher_failed(format!("cannot watch {}: {err}", root.name));
+        }
     }
 
     /// Reconciles one directory tree with the store; returns the files seen.
@@ -141,8 +215,19 @@ impl Library {
             return;
         };
         tracing::trace!(path = %path.display(), "watcher event");
+        // Events of a folder that is gone, moved or replaced are not acted on (deleting a
+        // folder reports each file deleted, a moved one reports its new contents under the old
+        // path); the full scan sorts out what the root is now.
+        if self.inner.roots[root].verify().is_err() {
+            self.inner.rescan.notify_one();
+            return;
+        }
         if relative.is_empty() {
             self.scan(root, Vec::new()).await;
+            return;
+        }
+        // Below the scan's depth limit: the folder at the limit is listed as `too_deep`.
+        if relative.split(|&b| b == b'/').count() > MAX_DEPTH {
             return;
         }
         match self.inner.roots[root].stat(&relative) {

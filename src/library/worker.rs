@@ -205,6 +205,13 @@ impl Library {
             let reused = matches!(step, Step::Reuse { .. });
             let settled = match step {
                 Step::Gone => self.settle(&key, Some(job.seq), FileOutcome::Removed).await,
+                Step::RootUnavailable => {
+                    if let Err(err) = self.inner.store.drop_library_job(&key, job.seq) {
+                        tracing::warn!(error = %err, "cannot drop a job of an unavailable root");
+                    }
+                    self.runtime().in_flight.remove(&key);
+                    continue;
+                }
                 Step::Changed(kind) => {
                     // Modified after it was queued: drop the job and wait for it to settle.
                     if let Err(err) = self.inner.store.drop_library_job(&key, job.seq) {
@@ -322,13 +329,19 @@ impl Library {
         let Some(key) = job.key() else {
             return Step::Gone;
         };
-        if job.kind == JobKind::Remove {
-            return Step::Gone;
-        }
         let Some(root) = self.inner.roots.iter().find(|r| r.name == key.root()) else {
             // The root is no longer configured: its files leave the library.
             return Step::Gone;
         };
+        // Neither read through a stale descriptor nor removed because a deleted or moved
+        // folder shows nothing.
+        if root.verify().is_err() {
+            self.inner.rescan.notify_one();
+            return Step::RootUnavailable;
+        }
+        if job.kind == JobKind::Remove {
+            return Step::Gone;
+        }
         let limit = self.inner.config.max_file_bytes;
         let relative = key.relative().to_vec();
         let inner = self.inner.clone();
@@ -518,6 +531,9 @@ impl Library {
 /// What a queued file needs, decided after reading it.
 enum Step {
     Gone,
+    /// Its root is not the folder at the root's path (deleted, moved, replaced): the job is
+    /// dropped and the record kept as it is; the scan that sorts the root out queues again.
+    RootUnavailable,
     /// Changed since it was queued.
     Changed(Kind),
     NotIndexed(FileRecord),

@@ -22,7 +22,11 @@ pub fn status(app: &App) -> Result<Response<ResBody>, ApiError> {
     ok(&json!({
         "roots": s.roots,
         "watching": s.watching,
-        "watcher_error": s.watcher_error,
+        "watcher_error": s.watcher_error.map(|e| json!({
+            "code": e.code.as_str(),
+            "root": e.root,
+            "message": e.message,
+        })),
         "counts": s.counts,
         "jobs": s.jobs,
         "waiting": s.waiting,

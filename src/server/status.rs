@@ -207,6 +207,11 @@ fn event_data(event: &Event) -> serde_json::Value {
             "message": scrub_paths(message),
         }),
         Event::FileRemoved { path } => json!({ "path": path }),
+        Event::WatchRoot {
+            root,
+            code,
+            message,
+        } => json!({"root": root, "code": code.map(|c| c.as_str()), "message": message}),
         Event::Title { chat_id, title } => json!({"chat_id": chat_id, "title": title}),
         Event::MemoryExtracted(r) => json!({
             "user_id": r.user_id,

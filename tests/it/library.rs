@@ -427,6 +427,17 @@ async fn hostile_entries_are_skipped_with_a_reason_and_nothing_outside_is_read()
     }
     std::fs::create_dir_all(r.join("node_modules/pkg")).unwrap();
     std::fs::write(r.join("node_modules/pkg/readme.md"), "ignored").unwrap();
+    // Issue 18.2: a hard link to a file outside (another name for its bytes) is not read, and
+    // a file 70 folders deep is not silently missing: the folder at the depth limit (64) is
+    // listed as skipped.
+    std::fs::hard_link(outside.path().join("secret.txt"), r.join("hard.txt")).unwrap();
+    let deep: Vec<String> = (0..70).map(|i| format!("d{i}")).collect();
+    std::fs::create_dir_all(r.join(deep.join("/"))).unwrap();
+    std::fs::write(
+        r.join(deep.join("/")).join("deep.txt"),
+        "Deep: a mole dug here.",
+    )
+    .unwrap();
 
     let d = Daemon::start(watching(
         r,
@@ -459,7 +470,7 @@ async fn hostile_entries_are_skipped_with_a_reason_and_nothing_outside_is_read()
     let list = wait_files(&d, Duration::from_secs(30), "every entry settled", |l| {
         indexed(l, "growing.md")
             && l.get("swap.txt").is_some_and(|f| f["state"] == "skipped")
-            && l.len() >= 12
+            && l.len() >= 14
     })
     .await;
     drop(list);
@@ -485,6 +496,14 @@ async fn hostile_entries_are_skipped_with_a_reason_and_nothing_outside_is_read()
     expect("bad.pdf", "failed", Some("corrupt_document"));
     expect("photo.png", "skipped", Some("unsupported_format"));
     expect("swap.txt", "skipped", Some("symlink"));
+    expect("hard.txt", "skipped", Some("hardlink"));
+    expect(&deep[..64].join("/"), "skipped", Some("too_deep"));
+    assert!(
+        !list
+            .keys()
+            .any(|k| k.ends_with("deep.txt") || k.starts_with(&deep[..65].join("/"))),
+        "nothing below the limit is listed as a file"
+    );
     expect("growing.md", "indexed", None);
     let odd = list
         .values()
@@ -716,4 +735,145 @@ async fn hearth_ingest_counts_a_file_over_the_upload_limit_as_skipped() {
         .await
         .unwrap();
     assert_eq!(docs["documents"].as_array().unwrap().len(), 1, "{docs}");
+}
+
+/// Polls `GET /library` until `check` holds (panics with the last status after `limit`).
+async fn wait_status(
+    d: &Daemon,
+    limit: Duration,
+    what: &str,
+    check: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + limit;
+    loop {
+        let s = status(d).await;
+        if check(&s) {
+            return s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}: {s}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_deleted_recreated_or_moved_folder_is_followed_by_identity() {
+    // Issue 18.2 (a)-(c): deleting and recreating the watched folder disabled the library until
+    // a restart while /library said all was well; after its parent was renamed, hearth read the
+    // folder at its new place under the old path; deleting it dropped all its records. The
+    // periodic scan is off here (1 h) so every step is the watcher's or an explicit rescan's.
+    let top = tempfile::tempdir().unwrap();
+    let parent = top.path().join("parent");
+    let r = parent.join("notes");
+    std::fs::create_dir_all(&r).unwrap();
+    let root_name = r.canonicalize().unwrap().display().to_string();
+    let otter = "Otters hold hands while they sleep so they do not drift apart.";
+    std::fs::write(r.join("otter.txt"), otter).unwrap();
+    let d = Daemon::start(watching(&r, &["--watch-rescan-secs", "3600"])).await;
+    let seen = record_events(&d).await;
+    let list = wait_files(&d, BOUND, "otter indexed", |l| indexed(l, "otter.txt")).await;
+    let otter_doc = list["otter.txt"]["document_id"].clone();
+    assert!(otter_doc.is_string(), "{list:#?}");
+    let ok = wait_idle(&d, BOUND).await;
+    assert_eq!(ok["watching"], true, "{ok}");
+    assert!(ok["watcher_error"].is_null(), "{ok}");
+
+    // Deleted: the watcher's delete events lead to a check of the root, which is reported, and
+    // the records stay as they were.
+    std::fs::remove_dir_all(&r).unwrap();
+    let gone = wait_status(&d, BOUND, "root_missing", |s| {
+        s["watcher_error"]["code"] == "root_missing"
+    })
+    .await;
+    assert_eq!(gone["watching"], false, "{gone}");
+    assert_eq!(gone["watcher_error"]["root"], root_name.as_str(), "{gone}");
+    wait_idle(&d, BOUND).await;
+    let kept = files(&d).await;
+    assert_eq!(kept["otter.txt"]["state"], "indexed", "{kept:#?}");
+
+    // Recreated with the same file and a new one: the next scan (asked for here; the periodic
+    // one otherwise) re-opens it and reconciles (the same bytes keep their document: nothing is
+    // re-embedded), and the watcher is armed on the new folder.
+    std::fs::create_dir_all(&r).unwrap();
+    std::fs::write(r.join("otter.txt"), otter).unwrap();
+    std::fs::write(
+        r.join("heron.txt"),
+        "Herons stand still for minutes before they strike.",
+    )
+    .unwrap();
+    let rescan = Instant::now();
+    d.client
+        .call(Method::POST, "/api/v1/library/rescan", None)
+        .await
+        .unwrap();
+    let list = wait_files(&d, BOUND, "recreated folder indexed", |l| {
+        indexed(l, "heron.txt") && indexed(l, "otter.txt")
+    })
+    .await;
+    eprintln!(
+        "rescan of the recreated folder → files indexed in {:?}",
+        rescan.elapsed()
+    );
+    assert_eq!(
+        list["otter.txt"]["document_id"], otter_doc,
+        "re-linked, not re-embedded"
+    );
+    let back = wait_status(&d, BOUND, "watching again", |s| s["watching"] == true).await;
+    assert!(back["watcher_error"].is_null(), "{back}");
+    let scans = back["scans"].as_u64().unwrap();
+    // Only the watcher can see this one now (no periodic scan).
+    std::fs::write(
+        r.join("crane.txt"),
+        "Cranes dance in pairs in early spring.",
+    )
+    .unwrap();
+    wait_files(&d, BOUND, "crane indexed by the re-armed watcher", |l| {
+        indexed(l, "crane.txt")
+    })
+    .await;
+    assert_eq!(
+        status(&d).await["scans"].as_u64().unwrap(),
+        scans,
+        "no scan was needed"
+    );
+
+    // Moved away (its parent renamed): a change there is not read under the old path; the
+    // root is reported as moved and its records are kept.
+    let moved_parent = top.path().join("moved");
+    std::fs::rename(&parent, &moved_parent).unwrap();
+    std::fs::write(
+        moved_parent.join("notes/stork.txt"),
+        "Storks nest on chimneys and church towers.",
+    )
+    .unwrap();
+    wait_status(&d, BOUND, "root_moved", |s| {
+        s["watcher_error"]["code"] == "root_moved"
+    })
+    .await;
+    wait_idle(&d, BOUND).await;
+    let list = files(&d).await;
+    assert!(
+        !list.contains_key("stork.txt"),
+        "read at its new place: {list:#?}"
+    );
+    assert_eq!(list["heron.txt"]["state"], "indexed");
+
+    let codes: Vec<Value> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|e| e.event == "watch_root")
+        .map(|e| e.data["code"].clone())
+        .collect();
+    assert_eq!(
+        codes,
+        [
+            json!("root_missing"),
+            json!("root_replaced"),
+            json!("root_moved")
+        ],
+        "one event per change"
+    );
 }

@@ -223,7 +223,7 @@ fn readme_error_table_matches_the_error_codes() {
             word.chars()
                 .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
                 && word.contains('_')
-                || matches!(*word, "unauthorized" | "internal" | "symlink")
+                || matches!(*word, "unauthorized" | "internal" | "symlink" | "hardlink")
         })
         .collect();
     let codes: BTreeSet<&str> = hearth::error_code::ErrorCode::ALL
