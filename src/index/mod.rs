@@ -118,10 +118,20 @@ impl Index {
             let hits = index.search(&scopes, &query, k, min_score)?;
             let mut found = Vec::with_capacity(hits.len());
             for hit in hits {
-                if let (Some(document), Some(chunk)) = (
+                if let (Some(document), Some(mut chunk)) = (
                     index.store.document(hit.document)?,
                     index.store.chunk(hit.document, hit.chunk)?,
                 ) {
+                    // A store written before chunks were capped may hold longer ones: no hit
+                    // (and no prompt excerpt made from one) exceeds the cap.
+                    if chunk.text.len() > crate::store::MAX_CHUNK_BYTES {
+                        let mut end = crate::store::MAX_CHUNK_BYTES;
+                        while !chunk.text.is_char_boundary(end) {
+                            end -= 1;
+                        }
+                        chunk.text.truncate(end);
+                        chunk.end = chunk.start + end as u64;
+                    }
                     found.push(Found {
                         document,
                         chunk,
@@ -460,6 +470,15 @@ mod tests {
     }
 
     fn store_doc(store: &Store, scope: &Scope, vectors: &[Vec<f32>]) -> DocumentId {
+        store_doc_with(store, scope, vectors, "t")
+    }
+
+    fn store_doc_with(
+        store: &Store,
+        scope: &Scope,
+        vectors: &[Vec<f32>],
+        text: &str,
+    ) -> DocumentId {
         let doc = Document {
             id: DocumentId::new(),
             scope: scope.clone(),
@@ -475,11 +494,11 @@ mod tests {
         let chunks: Vec<ChunkRecord> = vectors
             .iter()
             .map(|_| ChunkRecord {
-                text: "t".into(),
+                text: text.into(),
                 page: None,
                 heading_path: vec![],
                 start: 0,
-                end: 1,
+                end: text.len() as u64,
             })
             .collect();
         store.insert_document(&doc, &chunks, vectors).unwrap();
@@ -582,5 +601,34 @@ mod tests {
         assert!(hits.iter().all(|h| h.document == doc));
         let hits = top_k(&ids, &data, 2, &[1.0, 0.0], 10, 0.7, &deleted);
         assert_eq!(hits.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn hits_of_chunks_stored_before_the_cap_are_cut_to_it() {
+        // Issue 18.5: a store written by an earlier version may hold a 100 KB chunk; its hit
+        // (and a prompt excerpt made from it) is cut to MAX_CHUNK_BYTES on a character boundary.
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db"), 8 << 20).unwrap();
+        let dim = 8;
+        let long = "é".repeat(50_000);
+        store_doc_with(&store, &Scope::Library, &[unit(1, dim)], &long);
+        let options = IndexOptions {
+            dir: None,
+            hnsw_min_rows: 500,
+            ef_search: 50,
+        };
+        let index = Index::new(store.clone(), "m", dim, options);
+        let found = index
+            .find(vec![Scope::Library], unit(1, dim), 1, -1.0)
+            .await
+            .unwrap();
+        let text = &found[0].chunk.text;
+        assert!(
+            text.len() <= crate::store::MAX_CHUNK_BYTES,
+            "{}",
+            text.len()
+        );
+        assert!(text.len() > crate::store::MAX_CHUNK_BYTES - 2);
+        assert_eq!(found[0].chunk.end - found[0].chunk.start, text.len() as u64);
     }
 }

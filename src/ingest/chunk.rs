@@ -19,13 +19,8 @@ use super::extract::{Extracted, Format};
 /// `max_seq_length`; longer input is truncated).
 pub const EMBED_WINDOW_TOKENS: usize = 256;
 
-/// The largest chunk in bytes, whatever its token count. Tokens alone do not bound text: the
-/// embedder's WordPiece tokenizer turns any run longer than 100 characters without a break into a
-/// single `[UNK]`, so 100 KB (or 20 MB) with no whitespace counted as 3 tokens and became one
-/// chunk, one search hit and one prompt excerpt of that size. 4 KiB is ~3× what 256 tokens of
-/// English take (~1.2 KB) and ~5× for CJK (3 bytes per token), so ordinary text is still cut by
-/// tokens; only break-less runs meet this cap, and are cut at it (on a character boundary).
-pub const MAX_CHUNK_BYTES: usize = 4096;
+/// The largest chunk in bytes, whatever its token count (see the constant's doc in `store`).
+pub use crate::store::MAX_CHUNK_BYTES;
 
 /// A run of non-whitespace longer than this is cut into chunks of its own (by [`cut_run`])
 /// before text-splitter sees the text around it. Given such a run, text-splitter finds no cut

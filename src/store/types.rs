@@ -124,6 +124,14 @@ pub const MAX_TOKENS_LIMIT: u32 = 32768;
 pub const MAX_MODEL_NAME_BYTES: usize = 256;
 /// Upper bound of the system prompt in bytes; it is sent with every request.
 pub const MAX_SYSTEM_PROMPT_BYTES: usize = 16 * 1024;
+/// The largest chunk in bytes, whatever its token count. Tokens alone do not bound text: the
+/// embedder's WordPiece tokenizer turns any run longer than 100 characters without a break into a
+/// single `[UNK]`, so 100 KB (or 20 MB) with no whitespace counted as 3 tokens and became one
+/// chunk, one search hit and one prompt excerpt of that size. 4 KiB is ~3× what 256 tokens of
+/// English take (~1.2 KB) and ~5× for CJK (3 bytes per token), so ordinary text is still cut by
+/// tokens; only break-less runs meet this cap, and are cut at it (on a character boundary).
+/// `ingest` cuts chunks to it; `index` cuts the hits of chunks stored before the cap existed.
+pub const MAX_CHUNK_BYTES: usize = 4096;
 
 impl Default for Settings {
     fn default() -> Self {

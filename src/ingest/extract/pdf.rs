@@ -1,5 +1,7 @@
-//! PDF: text per page through `pdf-extract`, fenced: a structural check rejects page-tree and
-//! form cycles first, then the parser runs on its own large-stack thread inside `catch_unwind`.
+//! PDF: text per page through `pdf-extract`, fenced: every Flate stream's inflated size is
+//! checked on the raw bytes before the parser sees them (a 2 MB file inflating to 2 GiB drove
+//! the daemon to 4.5 GB), a structural check rejects page-tree and form cycles, then the parser
+//! runs on its own large-stack thread inside `catch_unwind`.
 
 use std::collections::HashSet;
 use std::panic::{self, AssertUnwindSafe};
@@ -62,7 +64,60 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     format!("parser failed: {message}")
 }
 
+/// The `stream` keyword's length; `endstream` ends in it too.
+const STREAM_KEYWORD: &[u8] = b"stream";
+
+/// Rejects a PDF with a Flate stream that inflates to more than `max_unpacked_bytes` (the DOCX
+/// rule), before lopdf parses anything: lopdf inflates object streams while loading and
+/// pdf-extract inflates page contents, both without a bound. Every `stream` keyword followed by
+/// a zlib header is inflated into a counter, at most one byte over the limit; other streams
+/// (images in other codecs, encrypted data) fail the header check or decode and are left to the
+/// parser. Costs one extra inflate of the file's Flate streams.
+fn check_pdf_streams(bytes: &[u8], limits: &Limits) -> Result<(), ExtractError> {
+    use std::io::Read;
+    let limit = limits.max_unpacked_bytes;
+    let mut pos = 0;
+    while let Some(found) = bytes[pos..]
+        .windows(STREAM_KEYWORD.len())
+        .position(|w| w == STREAM_KEYWORD)
+    {
+        let keyword = pos + found;
+        pos = keyword + STREAM_KEYWORD.len();
+        if bytes[..keyword].ends_with(b"end") {
+            continue;
+        }
+        let data = match &bytes[pos..] {
+            [b'\r', b'\n', rest @ ..] | [b'\n', rest @ ..] => rest,
+            _ => continue,
+        };
+        // A zlib header: deflate method, and the check bits make the pair a multiple of 31.
+        let zlib = data.len() >= 2
+            && data[0] & 0x0f == 8
+            && (u16::from(data[0]) << 8 | u16::from(data[1])) % 31 == 0;
+        if !zlib {
+            continue;
+        }
+        let mut inflated = flate2::bufread::ZlibDecoder::new(data).take(limit + 1);
+        let mut counted = 0u64;
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match inflated.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => counted += n as u64,
+            }
+        }
+        if counted > limit {
+            return Err(ExtractError::UnpackedTooLarge {
+                part: "a pdf stream",
+                limit,
+            });
+        }
+    }
+    Ok(())
+}
+
 fn pdf_sections(bytes: &[u8], limits: &Limits) -> Result<Vec<Section>, ExtractError> {
+    check_pdf_streams(bytes, limits)?;
     let mut doc =
         Document::load_mem(bytes).map_err(|e| ExtractError::Corrupt(format!("pdf: {e}")))?;
     if doc.is_encrypted() && doc.decrypt("").is_err() {
@@ -248,6 +303,53 @@ impl<'a> FormCheck<'a> {
 mod tests {
     use super::super::test_support::*;
     use super::*;
+
+    /// A one-page PDF whose content stream is Flate-compressed: a line of text followed by
+    /// `padding` spaces (valid content that inflates to any size).
+    fn flate_pdf(padding: usize) -> Vec<u8> {
+        use std::io::Write;
+        let mut content = String::from("BT /F1 12 Tf 72 720 Td (Inflated text) Tj ET");
+        content.push_str(&" ".repeat(padding));
+        let mut encoder =
+            flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+        encoder.write_all(content.as_bytes()).unwrap();
+        let compressed = encoder.finish().unwrap();
+        assemble_pdf(&[
+            Obj::Dict("<< /Type /Catalog /Pages 2 0 R >>".into()),
+            Obj::Dict("<< /Type /Pages /Kids [4 0 R] /Count 1 >>".into()),
+            Obj::Dict("<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>".into()),
+            Obj::Dict(
+                "<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] \
+                 /Resources << /Font << /F1 3 0 R >> >> /Contents 5 0 R >>"
+                    .into(),
+            ),
+            Obj::Binary("/Filter /FlateDecode", compressed),
+        ])
+    }
+
+    #[test]
+    fn a_pdf_stream_that_inflates_past_the_limit_is_refused_before_parsing() {
+        // Issue 18.1: a 2 MB PDF whose stream inflated to 2 GiB drove the daemon to 4.48 GB and
+        // ended indexed. Same rule as DOCX parts: more than max_unpacked_bytes → file_too_large.
+        let pdf = flate_pdf(4 << 20);
+        assert!(pdf.len() < 64 * 1024, "{} bytes on disk", pdf.len());
+        let limits = Limits {
+            max_unpacked_bytes: 1 << 20,
+            ..Limits::default()
+        };
+        let e = err_with("bomb.pdf", &pdf, &limits);
+        assert!(
+            matches!(e, ExtractError::UnpackedTooLarge { limit, .. } if limit == 1 << 20),
+            "{e}"
+        );
+        assert_eq!(e.code(), ErrorCode::FileTooLarge);
+        // Under the default limit the same file is an ordinary document.
+        let extracted = ok("bomb.pdf", &pdf);
+        assert!(
+            texts(&extracted)[0].contains("Inflated text"),
+            "{extracted:?}"
+        );
+    }
 
     #[test]
     fn pdf_gives_one_section_per_page_with_page_numbers() {

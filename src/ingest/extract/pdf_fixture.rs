@@ -10,6 +10,8 @@ pub(crate) enum Obj {
     Stream(String),
     /// A stream with extra dictionary entries, e.g. a form XObject's `/Subtype /Form`.
     StreamWith(&'static str, String),
+    /// A stream of raw bytes with extra dictionary entries, e.g. `/Filter /FlateDecode`.
+    Binary(&'static str, Vec<u8>),
 }
 
 /// Assembles a PDF from numbered objects (1-based, in order) with a correct xref table, so
@@ -19,6 +21,19 @@ pub(crate) fn assemble_pdf(objects: &[Obj]) -> Vec<u8> {
     let mut offsets = Vec::new();
     for (i, object) in objects.iter().enumerate() {
         offsets.push(out.len());
+        if let Obj::Binary(entries, content) = object {
+            out.extend_from_slice(
+                format!(
+                    "{} 0 obj\n<< {entries} /Length {} >>\nstream\n",
+                    i + 1,
+                    content.len()
+                )
+                .as_bytes(),
+            );
+            out.extend_from_slice(content);
+            out.extend_from_slice(b"\nendstream\nendobj\n");
+            continue;
+        }
         let body = match object {
             Obj::Dict(dict) => dict.clone(),
             Obj::Stream(content) => {
@@ -31,6 +46,7 @@ pub(crate) fn assemble_pdf(objects: &[Obj]) -> Vec<u8> {
                 "<< {entries} /Length {} >>\nstream\n{content}\nendstream",
                 content.len()
             ),
+            Obj::Binary(..) => unreachable!("written above"),
         };
         out.extend_from_slice(format!("{} 0 obj\n{body}\nendobj\n", i + 1).as_bytes());
     }
