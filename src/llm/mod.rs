@@ -232,6 +232,8 @@ struct Shared {
     decode_threads: AtomicU32,
     /// Times the thread policy changed them.
     thread_changes: AtomicU64,
+    /// Of those, the steps down because decode collapsed under other programs' load.
+    thread_drops: AtomicU64,
 }
 
 /// The inference threads of a loaded model, for health.
@@ -245,6 +247,9 @@ pub struct Threads {
     pub adaptive: bool,
     /// How often the decode count changed since the model loaded.
     pub changes: u64,
+    /// How many of those changes were steps down for contention (the rest are probes and
+    /// their undoing), so a reader can tell load from calibration.
+    pub contention: u64,
 }
 
 enum LoadState {
@@ -297,6 +302,7 @@ impl Llm {
             refusal: Mutex::new(None),
             decode_threads: AtomicU32::new(threads),
             thread_changes: AtomicU64::new(0),
+            thread_drops: AtomicU64::new(0),
         });
         let thread_shared = shared.clone();
         let spawned = std::thread::Builder::new()
@@ -353,6 +359,7 @@ impl Llm {
             batch: config.threads,
             adaptive: config.adaptive_threads && config.threads > 1,
             changes: self.shared.thread_changes.load(Ordering::Relaxed),
+            contention: self.shared.thread_drops.load(Ordering::Relaxed),
         }
     }
 

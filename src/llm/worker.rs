@@ -26,7 +26,7 @@ use llama_cpp_2::token::LlamaToken;
 use llama_cpp_2::LlamaStateSeqFlags;
 use tokio::sync::mpsc;
 
-use super::threads::{Change, ThreadPolicy};
+use super::threads::{Change, Reason, ThreadPolicy};
 use super::utf8::Utf8Stream;
 use super::{
     backend, Finish, GenEvent, Generation, LoadStage, LoadState, Loaded, Outcome, Refusal,
@@ -259,6 +259,11 @@ impl Engine<'_> {
                 self.shared
                     .thread_changes
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if change.reason == Reason::Contention {
+                    self.shared
+                        .thread_drops
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
                 // The next spare-core reading covers the time since this change.
                 self.load.others_busy();
                 tracing::debug!(

@@ -160,6 +160,7 @@ pub(super) fn loaded_out(model: &LoadedModel) -> Value {
             "batch": model.threads.batch,
             "adaptive": model.threads.adaptive,
             "changes": model.threads.changes,
+            "contention": model.threads.contention,
         },
         "queue": {"waiting": model.queued, "capacity": model.queue_capacity},
     })

@@ -15,5 +15,4 @@ mod readme;
 mod setup;
 mod sidecar;
 mod support;
-mod threads;
 mod tidy;
