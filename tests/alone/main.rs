@@ -4,6 +4,5 @@
 //! Same real daemons and models as `it`.
 
 #[path = "../it/support/mod.rs"]
-#[allow(dead_code)]
 mod support;
 mod threads;
