@@ -92,6 +92,13 @@ pub struct RawConfig {
     /// Seconds one file's text extraction may take [default: 60].
     #[arg(long, env = "HEARTH_EXTRACT_TIMEOUT_SECS", value_name = "SECS")]
     pub extract_timeout_secs: Option<u64>,
+    /// Address space of one extraction worker process, in MiB: a file whose parsing needs more
+    /// fails with extract_resource_limit [default: 1024].
+    #[arg(long, env = "HEARTH_EXTRACT_MEMORY_MIB", value_name = "MIB")]
+    pub extract_memory_mib: Option<u64>,
+    /// Extraction worker processes at most (files beyond wait) [default: 2].
+    #[arg(long, env = "HEARTH_EXTRACT_WORKERS", value_name = "N")]
+    pub extract_workers: Option<u32>,
     /// Threads for the embedding model [default: as --threads].
     #[arg(long, env = "HEARTH_EMBED_THREADS", value_name = "N")]
     pub embed_threads: Option<u32>,
@@ -204,6 +211,8 @@ impl RawConfig {
             background_nice: over.background_nice.or(self.background_nice),
             max_upload_bytes: over.max_upload_bytes.or(self.max_upload_bytes),
             extract_timeout_secs: over.extract_timeout_secs.or(self.extract_timeout_secs),
+            extract_memory_mib: over.extract_memory_mib.or(self.extract_memory_mib),
+            extract_workers: over.extract_workers.or(self.extract_workers),
             embed_threads: over.embed_threads.or(self.embed_threads),
             retrieval_k: over.retrieval_k.or(self.retrieval_k),
             retrieval_min_score: over.retrieval_min_score.or(self.retrieval_min_score),
@@ -326,6 +335,9 @@ pub struct LlmConfig {
 pub struct RagConfig {
     pub max_upload_bytes: u64,
     pub extract_timeout: Duration,
+    /// `RLIMIT_AS` of an extraction worker.
+    pub extract_memory_mib: u64,
+    pub extract_workers: usize,
     pub embed_threads: usize,
     pub retrieval_k: usize,
     pub retrieval_min_score: f32,
@@ -405,6 +417,12 @@ const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 10;
 const DEFAULT_MAX_UPLOAD_BYTES: u64 = 64 * 1024 * 1024;
 /// Extraction of a sane document takes well under a second; a minute means a hostile file.
 const DEFAULT_EXTRACT_TIMEOUT_SECS: u64 = 60;
+/// A book-length PDF extracts in well under 300 MiB; 1 GiB leaves room for the parser's 256 MiB
+/// stack reservation and large DOCX files, and still stops a decompression bomb early.
+const DEFAULT_EXTRACT_MEMORY_MIB: u64 = 1024;
+/// As the drop folder's files extracted at once (`library::worker::PREPARE_CONCURRENCY`); an
+/// upload beside them waits for one.
+const DEFAULT_EXTRACT_WORKERS: u32 = 2;
 /// Five ~250-token chunks (~1,250 tokens) leave most of a 4k context to the conversation.
 const DEFAULT_RETRIEVAL_K: u32 = 5;
 /// all-MiniLM-L6-v2 cosine: related passages score ~0.4–0.8, unrelated text ~0–0.2.
@@ -529,6 +547,11 @@ pub fn resolve(raw: RawConfig, runtime_dir: Option<&Path>) -> anyhow::Result<Con
         .extract_timeout_secs
         .unwrap_or(DEFAULT_EXTRACT_TIMEOUT_SECS);
     check_range("extract_timeout_secs", extract_timeout, 1, 3600)?;
+    let extract_memory_mib = raw.extract_memory_mib.unwrap_or(DEFAULT_EXTRACT_MEMORY_MIB);
+    // A worker reserves 256 MiB of stack for the PDF parser's thread alone.
+    check_range("extract_memory_mib", extract_memory_mib, 512, 1 << 20)?;
+    let extract_workers = raw.extract_workers.unwrap_or(DEFAULT_EXTRACT_WORKERS);
+    check_range("extract_workers", u64::from(extract_workers), 1, 16)?;
     let embed_threads = raw.embed_threads.unwrap_or(threads);
     check_range("embed_threads", u64::from(embed_threads), 1, 256)?;
     let retrieval_k = raw.retrieval_k.unwrap_or(DEFAULT_RETRIEVAL_K);
@@ -623,6 +646,8 @@ pub fn resolve(raw: RawConfig, runtime_dir: Option<&Path>) -> anyhow::Result<Con
         rag: RagConfig {
             max_upload_bytes,
             extract_timeout: Duration::from_secs(extract_timeout),
+            extract_memory_mib,
+            extract_workers: usize::try_from(extract_workers)?,
             embed_threads: usize::try_from(embed_threads)?,
             retrieval_k: usize::try_from(retrieval_k)?,
             retrieval_min_score: min_score,

@@ -298,6 +298,13 @@ fn build_app(
             },
             extract_timeout: config.rag.extract_timeout,
         },
+        crate::ingest::worker::Extractor::Workers(std::sync::Arc::new(
+            crate::ingest::worker::WorkerPool::new(crate::ingest::worker::WorkerSettings {
+                program: crate::ingest::worker::this_program(),
+                memory_mib: config.rag.extract_memory_mib,
+                max_workers: config.rag.extract_workers,
+            }),
+        )),
     );
     // Documents embedded by an older model file are re-embedded in the background.
     let maintenance = ingestor.clone();

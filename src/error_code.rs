@@ -86,6 +86,10 @@ error_codes! {
     CorruptDocument = "corrupt_document",
     FileTooLarge = "file_too_large",
     ExtractionTimeout = "extraction_timeout",
+    /// The extraction worker hit its memory or CPU limit on this file.
+    ExtractResourceLimit = "extract_resource_limit",
+    /// The extraction worker died (or its parser panicked) on this file; retried later.
+    ExtractCrashed = "extract_crashed",
     EmbeddingFailed = "embedding_failed",
     // --- drop-folder files only
     Symlink = "symlink",
@@ -162,6 +166,7 @@ impl ErrorCode {
                 | ErrorCode::ShuttingDown
                 | ErrorCode::ReadError
                 | ErrorCode::ExtractionTimeout
+                | ErrorCode::ExtractCrashed
         )
     }
 }

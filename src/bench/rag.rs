@@ -217,6 +217,7 @@ pub(crate) fn bench_ingestor(store: &Store, embedder: &Embedder) -> Ingestor {
             extract: extract::Limits::default(),
             extract_timeout: Duration::from_secs(120),
         },
+        crate::ingest::worker::Extractor::InProcess,
     )
 }
 

@@ -158,6 +158,19 @@ enum Command {
     Completions(CompletionsArgs),
     /// Print the man page (`hearth man > hearth.1`), or write one per command with `--dir`.
     Man(ManArgs),
+    /// The daemon's sandboxed file parser (started by the daemon, fed over stdin).
+    #[command(hide = true)]
+    ExtractWorker(ExtractWorkerArgs),
+}
+
+#[derive(clap::Args)]
+pub(crate) struct ExtractWorkerArgs {
+    /// Address space limit in MiB.
+    #[arg(long, default_value_t = 1024)]
+    memory_mib: u64,
+    /// Confine, try what must be refused, print the results as JSON and exit.
+    #[arg(long)]
+    probe: bool,
 }
 
 #[derive(clap::Args)]
@@ -227,6 +240,10 @@ struct ManArgs {
 /// Runs the command line; `started` is the process start time.
 pub fn main(started: Instant) -> ExitCode {
     let cli = Cli::parse();
+    // The worker confines itself before anything else starts a thread (no runtime, no log).
+    if let Some(Command::ExtractWorker(args)) = &cli.command {
+        return crate::ingest::sandbox::worker_main(args.memory_mib, args.probe);
+    }
     let config_file = cli.config.or_else(config::default_config_file);
     let config_file = config_file.as_deref();
     let result = match cli.command {
@@ -257,6 +274,7 @@ pub fn main(started: Instant) -> ExitCode {
         )),
         Some(Command::Completions(args)) => completions(args.shell),
         Some(Command::Man(args)) => man(args.dir.as_deref()),
+        Some(Command::ExtractWorker(_)) => unreachable!("handled before"),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -7,6 +7,8 @@
 
 pub mod chunk;
 pub mod extract;
+pub mod sandbox;
+pub mod worker;
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -28,6 +30,12 @@ pub enum IngestError {
     Extract(#[from] extract::ExtractError),
     #[error("extraction took longer than {0:?}")]
     Timeout(Duration),
+    /// The extraction worker hit a limit (memory, CPU) on this file.
+    #[error("{0}")]
+    ResourceLimit(String),
+    /// The extraction worker died, or its parser panicked.
+    #[error("{0}")]
+    Crashed(String),
     #[error(transparent)]
     Embed(#[from] EmbedError),
     #[error(transparent)]
@@ -45,6 +53,8 @@ impl IngestError {
         match self {
             IngestError::Extract(err) => err.code(),
             IngestError::Timeout(_) => ErrorCode::ExtractionTimeout,
+            IngestError::ResourceLimit(_) => ErrorCode::ExtractResourceLimit,
+            IngestError::Crashed(_) => ErrorCode::ExtractCrashed,
             IngestError::Embed(EmbedError::Unavailable(_)) => ErrorCode::EmbedderUnavailable,
             IngestError::Embed(_) => ErrorCode::EmbeddingFailed,
             IngestError::Store(_) => ErrorCode::StoreUnavailable,
@@ -115,22 +125,35 @@ pub struct Ingestor {
     embedder: Embedder,
     index: Index,
     limits: IngestLimits,
+    extractor: worker::Extractor,
     tokenizer: Arc<OnceLock<Result<Arc<tokenizers::Tokenizer>, String>>>,
 }
 
 impl Ingestor {
-    pub fn new(store: Store, embedder: Embedder, index: Index, limits: IngestLimits) -> Ingestor {
+    pub fn new(
+        store: Store,
+        embedder: Embedder,
+        index: Index,
+        limits: IngestLimits,
+        extractor: worker::Extractor,
+    ) -> Ingestor {
         Ingestor {
             store,
             embedder,
             index,
             limits,
+            extractor,
             tokenizer: Arc::default(),
         }
     }
 
     pub fn limits(&self) -> &IngestLimits {
         &self.limits
+    }
+
+    /// Where extraction runs (health shows the worker pool).
+    pub fn extractor(&self) -> &worker::Extractor {
+        &self.extractor
     }
 
     /// The embedder's tokenizer (verified against the manifest, loaded once), for counting:
@@ -214,17 +237,17 @@ impl Ingestor {
         filename: &str,
         bytes: Arc<Vec<u8>>,
     ) -> Result<Prepared, IngestError> {
-        let limits = self.limits.extract;
-        let name = filename.to_string();
-        // A hostile file may make a parser spin: the caller gets a timeout error; the thread is
-        // abandoned (Rust threads cannot be killed) and ends when the parser does.
-        let extracted = tokio::time::timeout(
-            self.limits.extract_timeout,
-            tokio::task::spawn_blocking(move || extract::extract(&name, &bytes, &limits)),
-        )
-        .await
-        .map_err(|_| IngestError::Timeout(self.limits.extract_timeout))?
-        .map_err(|err| extract::ExtractError::Corrupt(format!("extractor crashed: {err}")))??;
+        // In a worker process (the daemon): a hostile file costs the worker, and dropping
+        // this future (file changed, upload aborted, shutdown) kills the worker's job.
+        let extracted = self
+            .extractor
+            .extract(
+                filename,
+                bytes,
+                self.limits.extract,
+                self.limits.extract_timeout,
+            )
+            .await?;
 
         let options = chunk::ChunkOptions {
             max_tokens: crate::embed::MAX_TOKENS,

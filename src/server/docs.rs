@@ -178,7 +178,12 @@ pub(super) fn ingest_error(err: IngestError) -> ApiError {
         IngestError::Extract(crate::ingest::extract::ExtractError::TooLarge { .. }) => {
             StatusCode::PAYLOAD_TOO_LARGE
         }
-        IngestError::Extract(_) | IngestError::Timeout(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        // The file is what is too costly to read.
+        IngestError::Extract(_) | IngestError::Timeout(_) | IngestError::ResourceLimit(_) => {
+            StatusCode::UNPROCESSABLE_ENTITY
+        }
+        // A parser's crash is hearth's failure, not the client's.
+        IngestError::Crashed(_) => StatusCode::INTERNAL_SERVER_ERROR,
         IngestError::Embed(_) | IngestError::Tokenizer(_) => StatusCode::SERVICE_UNAVAILABLE,
         IngestError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
         IngestError::Task(_) => StatusCode::INTERNAL_SERVER_ERROR,

@@ -116,7 +116,7 @@ fn xml_error<R>(
 ) -> ExtractError {
     if capped.exceeded {
         return ExtractError::UnpackedTooLarge {
-            part,
+            part: part.to_string(),
             limit: limits.max_unpacked_bytes,
         };
     }

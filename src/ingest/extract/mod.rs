@@ -35,7 +35,7 @@ use crate::error_code::ErrorCode;
 
 /// The kind of document a file was recognised as. It decides how text is pulled out and, later,
 /// which splitter chunks it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Format {
     Text,
     Markdown,
@@ -62,7 +62,7 @@ impl Format {
 }
 
 /// The text of one document, in reading order.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Extracted {
     pub format: Format,
     /// Never empty, and no section's text is blank: an extraction that finds no text is
@@ -72,7 +72,7 @@ pub struct Extracted {
 
 /// A run of text with its location: PDF pages give one section per page; headings in
 /// Markdown/HTML/DOCX start new sections.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Section {
     /// 1-based physical page number (not the printed page label); `None` for formats without
     /// pages.
@@ -86,7 +86,8 @@ pub struct Section {
 }
 
 /// Why a file produced no text. Each variant maps to a stable `code()` for the API.
-#[derive(Debug, thiserror::Error)]
+/// (Serialisable: the extraction worker sends it to the daemon.)
+#[derive(Debug, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum ExtractError {
     /// A format hearth does not read (images, spreadsheets, binary data, encrypted files).
     #[error("unsupported format: {0}")]
@@ -109,7 +110,7 @@ pub enum ExtractError {
     /// A part inside a DOCX unpacks to more than `Limits::max_unpacked_bytes` (a zip bomb, or a
     /// document far larger than any we index).
     #[error("{part} unpacks to more than {limit} bytes")]
-    UnpackedTooLarge { part: &'static str, limit: u64 },
+    UnpackedTooLarge { part: String, limit: u64 },
 }
 
 impl ExtractError {
@@ -130,7 +131,7 @@ impl ExtractError {
 
 /// Bounds on one extraction, so that a single file can neither exhaust memory nor occupy the
 /// ingest worker for long.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Limits {
     /// Size of the input file.
     pub max_bytes: u64,
@@ -227,7 +228,7 @@ mod tests {
             ExtractError::TooManyPages { pages: 2, limit: 1 },
             ExtractError::TextTooLarge { limit: 1 },
             ExtractError::UnpackedTooLarge {
-                part: DOCX_BODY_PART,
+                part: DOCX_BODY_PART.to_string(),
                 limit: 1,
             },
         ];

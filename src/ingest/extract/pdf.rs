@@ -108,7 +108,7 @@ fn check_pdf_streams(bytes: &[u8], limits: &Limits) -> Result<(), ExtractError> 
         }
         if counted > limit {
             return Err(ExtractError::UnpackedTooLarge {
-                part: "a pdf stream",
+                part: "a pdf stream".to_string(),
                 limit,
             });
         }
