@@ -84,12 +84,22 @@ struct Runtime {
     waiting: HashMap<FileKey, Observation>,
     /// Files the worker holds right now (reported as `indexing`).
     in_flight: HashSet<FileKey>,
+    /// Files being parsed by an extraction worker now: cancelling one kills that worker's job
+    /// (the watcher does when the file changes or goes).
+    extracting: HashMap<FileKey, Extracting>,
     watcher_error: Option<String>,
     watching: bool,
     /// Roots (by index) that are missing or moved; their files are neither read nor removed.
     root_problems: HashMap<usize, access::RootProblem>,
     scans: u64,
     last_scan: Option<(Duration, usize)>,
+}
+
+/// A file in an extraction worker: what was read, and how to stop it.
+struct Extracting {
+    size: u64,
+    mtime_ns: i128,
+    cancel: tokio_util::sync::CancellationToken,
 }
 
 /// The drop-folder service; cheap to clone.

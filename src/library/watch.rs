@@ -210,11 +210,38 @@ impl Library {
     }
 
     /// A path the watcher reported: look at it now.
+    /// Ends the parsing of the file at `relative`, or of files below it when it is no longer a
+    /// folder (the watcher saw them change or go): their worker jobs are killed and the worker
+    /// re-reads what is there now. A folder that is still there (an event about the folder
+    /// itself) stops nothing, or a burst of new files would keep restarting the ones in it.
+    fn stop_extracting(&self, root: usize, relative: &[u8]) {
+        if relative.is_empty() || self.runtime().extracting.is_empty() {
+            return;
+        }
+        let now = self.inner.roots[root].stat(relative);
+        let folder_gone = !matches!(now, Ok(Kind::Dir));
+        let name = &self.inner.roots[root].name;
+        let rt = self.runtime();
+        for (key, job) in &rt.extracting {
+            let r = key.relative();
+            // The same file with the same size and time: an event that changed nothing read.
+            let same = matches!(now, Ok(Kind::File { size, mtime_ns })
+                if size == job.size && mtime_ns == job.mtime_ns);
+            let below = (r == relative && !same)
+                || (folder_gone && r.starts_with(relative) && r.get(relative.len()) == Some(&b'/'));
+            if key.root() == name.as_str() && below {
+                tracing::debug!(file = %key.display(), "file changed while parsed: job stopped");
+                job.cancel.cancel();
+            }
+        }
+    }
+
     async fn path_changed(&self, path: &Path) {
         let Some((root, relative)) = self.locate(path) else {
             return;
         };
         tracing::trace!(path = %path.display(), "watcher event");
+        self.stop_extracting(root, &relative);
         // Events of a folder that is gone, moved or replaced are not acted on (deleting a
         // folder reports each file deleted, a moved one reports its new contents under the old
         // path); the full scan sorts out what the root is now.

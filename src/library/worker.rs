@@ -428,7 +428,30 @@ impl Library {
                 ))
             }
         }
-        match self.inner.ingestor.prepare(&key.display(), bytes).await {
+        let cancel = CancellationToken::new();
+        self.runtime().extracting.insert(
+            key.clone(),
+            Extracting {
+                size,
+                mtime_ns,
+                cancel: cancel.clone(),
+            },
+        );
+        let display = key.display().to_string();
+        let prepared = tokio::select! {
+            prepared = self.inner.ingestor.prepare(&display, bytes) => Some(prepared),
+            // Dropping `prepare` kills the worker's job at once.
+            () = cancel.cancelled() => None,
+        };
+        self.runtime().extracting.remove(&key);
+        let Some(prepared) = prepared else {
+            // The file changed or went while it was parsed: what is there now decides.
+            return match root.stat(key.relative()) {
+                Ok(kind @ Kind::File { .. }) => Step::Changed(kind),
+                _ => Step::Gone,
+            };
+        };
+        match prepared {
             Ok(prepared) => Step::Embed {
                 hash,
                 size,

@@ -63,6 +63,9 @@ pub(super) fn health(app: &App) -> Result<Response<ResBody>, ApiError> {
             "active_turns": app.chat.active_turns(),
         },
         "background": background(app.jobs.status()),
+        // The sandboxed extraction workers: how many run, how they were confined, and how
+        // many files hit a limit or crashed one.
+        "extraction": app.ingestor.extractor().status(),
         "store": app.store.counts().ok(),
     });
     let code = if status == "ok" {

@@ -53,13 +53,23 @@ fn docx(heading: &str, paragraphs: &[&str]) -> Vec<u8> {
 }
 
 /// Uploads with curl (a real multipart client) and returns the SSE events.
-fn upload(d: &Daemon, chat: &str, filename: &str, bytes: &[u8]) -> Vec<(String, Value)> {
+pub(crate) fn upload(d: &Daemon, chat: &str, filename: &str, bytes: &[u8]) -> Vec<(String, Value)> {
+    upload_to(&d.socket, chat, filename, bytes)
+}
+
+/// Uploads with curl to a daemon's socket (usable from a thread of its own).
+pub(crate) fn upload_to(
+    socket: &Path,
+    chat: &str,
+    filename: &str,
+    bytes: &[u8],
+) -> Vec<(String, Value)> {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join(filename);
     std::fs::write(&path, bytes).unwrap();
     let out = Command::new("curl")
         .args(["-sS", "-N", "--unix-socket"])
-        .arg(&d.socket)
+        .arg(socket)
         .arg("-F")
         .arg(format!("file=@{}", path.display()))
         .arg(format!("http://h/api/v1/chats/{chat}/documents"))

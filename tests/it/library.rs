@@ -21,7 +21,7 @@ use crate::support::{Daemon, Opts, TINY_MODEL};
 const BOUND: Duration = Duration::from_secs(15);
 
 /// A daemon on the tiny chat model (answers are not judged here) watching `dir`.
-fn watching(dir: &Path, extra: &[&str]) -> Opts {
+pub(crate) fn watching(dir: &Path, extra: &[&str]) -> Opts {
     let mut args = vec!["--watch".to_string(), dir.display().to_string()];
     if !extra.contains(&"--watch-stable-ms") {
         args.extend(["--watch-stable-ms".to_string(), "200".to_string()]);
@@ -34,7 +34,7 @@ fn watching(dir: &Path, extra: &[&str]) -> Opts {
     }
 }
 
-async fn files(d: &Daemon) -> HashMap<String, Value> {
+pub(crate) async fn files(d: &Daemon) -> HashMap<String, Value> {
     let mut out = HashMap::new();
     let mut after: Option<String> = None;
     loop {
@@ -61,7 +61,7 @@ async fn status(d: &Daemon) -> Value {
 }
 
 /// Polls until `check` holds on the file list (panics with the last list after `limit`).
-async fn wait_files(
+pub(crate) async fn wait_files(
     d: &Daemon,
     limit: Duration,
     what: &str,

@@ -12,6 +12,7 @@ mod memory;
 mod models;
 mod openai;
 mod readme;
+mod sandbox;
 mod setup;
 mod sidecar;
 mod support;
