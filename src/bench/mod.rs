@@ -19,6 +19,7 @@
 mod contention;
 mod corpus;
 mod decode;
+mod extract;
 mod health;
 mod library;
 mod memory;
@@ -101,6 +102,10 @@ pub struct BenchArgs {
     /// idle and under a CPU burner.
     #[arg(long)]
     contention: bool,
+    /// Measure extraction instead: PDFs/s through the sandboxed worker processes vs in process,
+    /// worker start time, and this process's memory while a worker refuses a PDF bomb.
+    #[arg(long)]
+    extract: bool,
     /// Internal: be `--contention`'s CPU burner for this many seconds.
     #[arg(long, hide = true, value_name = "SECS")]
     burn_secs: Option<u64>,
@@ -134,7 +139,9 @@ pub fn run(
     let manifest = Manifest::builtin();
     let entry = manifest.chat_model(args.model.as_deref())?;
     let models_dir = &config.models_dir;
-    let table = if args.library {
+    let table = if args.extract {
+        extract::run(rt)?
+    } else if args.library {
         library::run(
             models_dir,
             &entry.name,

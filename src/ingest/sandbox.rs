@@ -52,7 +52,9 @@ pub fn worker_main(memory_mib: u64, probe: bool) -> ExitCode {
         return run_probe(&confinement);
     }
     let mut stdin = std::io::stdin().lock();
-    let mut stdout = std::io::stdout().lock();
+    // One write per frame: stdout is line-buffered, and a frame's length prefix or text may
+    // hold newline bytes anywhere.
+    let mut stdout = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
     let hello = Hello {
         confinement,
         pid: std::process::id(),
