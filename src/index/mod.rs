@@ -59,6 +59,9 @@ pub struct Index {
     dim: usize,
     options: IndexOptions,
     scopes: Arc<RwLock<HashMap<Scope, Arc<ScopeIndex>>>>,
+    /// Documents kept but not searchable, by who hid them (a watched folder that is missing:
+    /// its files keep their records and documents until it is back).
+    hidden: Arc<RwLock<HashMap<String, HashSet<DocumentId>>>>,
 }
 
 /// One scope: its vectors, tombstones and (maybe) a graph over a prefix of the rows.
@@ -81,7 +84,33 @@ impl Index {
             dim,
             options,
             scopes: Arc::default(),
+            hidden: Arc::default(),
         }
+    }
+
+    /// Leaves `documents` out of every search until [`Index::unhide`] with the same `owner`
+    /// (replacing what `owner` hid before).
+    pub fn hide(&self, owner: &str, documents: HashSet<DocumentId>) {
+        let mut hidden = self.hidden.write().unwrap_or_else(|e| e.into_inner());
+        if documents.is_empty() {
+            hidden.remove(owner);
+        } else {
+            hidden.insert(owner.to_string(), documents);
+        }
+    }
+
+    /// Makes what `owner` hid searchable again.
+    pub fn unhide(&self, owner: &str) {
+        self.hidden
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(owner);
+    }
+
+    /// Every hidden document (empty in the common case: nothing to skip).
+    fn hidden(&self) -> HashSet<DocumentId> {
+        let hidden = self.hidden.read().unwrap_or_else(|e| e.into_inner());
+        hidden.values().flatten().copied().collect()
     }
 
     /// The `k` chunks most similar to `query` across `scopes`, best first, at or above
@@ -94,9 +123,10 @@ impl Index {
         min_score: f32,
     ) -> Result<Vec<Hit>, StoreError> {
         let mut hits = Vec::new();
+        let hidden = self.hidden();
         for scope in scopes {
             let index = self.scope(scope)?;
-            hits.extend(index.search(self.dim, query, k, min_score));
+            hits.extend(index.search(self.dim, query, k, min_score, &hidden));
         }
         hits.sort_by(|a, b| b.score.total_cmp(&a.score));
         hits.truncate(k);
@@ -153,7 +183,7 @@ impl Index {
         k: usize,
     ) -> Result<Vec<Hit>, StoreError> {
         let index = self.scope(scope)?;
-        Ok(index.exact(self.dim, query, k, f32::MIN, 0))
+        Ok(index.exact(self.dim, query, k, f32::MIN, 0, &HashSet::new()))
     }
 
     /// Whether a scope currently has a graph, and over how many rows.
@@ -352,9 +382,16 @@ impl Index {
 }
 
 impl ScopeIndex {
-    fn search(&self, dim: usize, query: &[f32], k: usize, min_score: f32) -> Vec<Hit> {
+    fn search(
+        &self,
+        dim: usize,
+        query: &[f32],
+        k: usize,
+        min_score: f32,
+        hidden: &HashSet<DocumentId>,
+    ) -> Vec<Hit> {
         let Some(graph) = &self.graph else {
-            return self.exact(dim, query, k, min_score, 0);
+            return self.exact(dim, query, k, min_score, 0, hidden);
         };
         let mut hits: Vec<Hit> = graph
             .search(query)
@@ -362,22 +399,37 @@ impl ScopeIndex {
             .filter(|(_, score)| *score >= min_score)
             .filter_map(|(row, score)| {
                 let (document, chunk) = *self.ids.get(row)?;
-                (!self.deleted.contains(&document)).then_some(Hit {
+                (!self.deleted.contains(&document) && !hidden.contains(&document)).then_some(Hit {
                     document,
                     chunk,
                     score,
                 })
             })
             .collect();
-        hits.extend(self.exact(dim, query, k, min_score, graph.rows));
+        hits.extend(self.exact(dim, query, k, min_score, graph.rows, hidden));
         hits.sort_by(|a, b| b.score.total_cmp(&a.score));
         hits.truncate(k);
         hits
     }
 
-    /// Exact top-k over rows `from..`, skipping deleted documents.
-    fn exact(&self, dim: usize, query: &[f32], k: usize, min_score: f32, from: usize) -> Vec<Hit> {
+    /// Exact top-k over rows `from..`, skipping deleted and hidden documents.
+    fn exact(
+        &self,
+        dim: usize,
+        query: &[f32],
+        k: usize,
+        min_score: f32,
+        from: usize,
+        hidden: &HashSet<DocumentId>,
+    ) -> Vec<Hit> {
         let start = (from * dim).min(self.data.len());
+        let skip;
+        let skip = if hidden.is_empty() {
+            &self.deleted
+        } else {
+            skip = self.deleted.union(hidden).copied().collect::<HashSet<_>>();
+            &skip
+        };
         top_k(
             &self.ids[from.min(self.ids.len())..],
             &self.data[start..],
@@ -385,7 +437,7 @@ impl ScopeIndex {
             query,
             k,
             min_score,
-            &self.deleted,
+            skip,
         )
     }
 }

@@ -223,6 +223,18 @@ impl Library {
         if let Some(queued) = counts.get_mut("queued") {
             *queued = queued.saturating_sub(indexing);
         }
+        // The files of a missing or moved folder count as unavailable, whatever they were.
+        let mut unavailable = 0;
+        for &i in rt.root_problems.keys() {
+            let prefix = FileKey::prefix(&self.inner.roots[i].name, b"");
+            for (_, record) in self.inner.store.files_with_prefix(&prefix)? {
+                if let Some(n) = counts.get_mut(record.state.as_str()) {
+                    *n = n.saturating_sub(1);
+                }
+                unavailable += 1;
+            }
+        }
+        counts.insert("unavailable", unavailable);
         Ok(Status {
             roots: self.roots(),
             watching: rt.watching && rt.root_problems.is_empty(),
@@ -256,7 +268,14 @@ impl Library {
 
     /// The state to report for a stored record (`indexing` is known only at runtime).
     pub fn reported_state(&self, key: &FileKey, record: &FileRecord) -> FileState {
-        if record.state == FileState::Queued && self.runtime().in_flight.contains(key) {
+        let rt = self.runtime();
+        if rt
+            .root_problems
+            .keys()
+            .any(|&i| self.inner.roots[i].name == key.root())
+        {
+            FileState::Unavailable
+        } else if record.state == FileState::Queued && rt.in_flight.contains(key) {
             FileState::Indexing
         } else {
             record.state
@@ -306,7 +325,8 @@ fn needs_work(record: &FileRecord) -> bool {
     match record.state {
         FileState::Queued | FileState::Indexing => record.job.is_none(),
         FileState::Failed => record.reason.is_some_and(ErrorCode::is_transient),
-        FileState::Indexed | FileState::Skipped => false,
+        // (Never stored.)
+        FileState::Indexed | FileState::Skipped | FileState::Unavailable => false,
     }
 }
 

@@ -47,6 +47,20 @@ impl Library {
                 return None;
             }
         }
+        // Each root's parent, not recursively: a root deleted and made again (or moved back)
+        // is seen at once, not at the next periodic scan. Not when the parent lies inside a
+        // root, whose recursive watch already covers it (watching it again would replace it).
+        for root in &self.inner.roots {
+            let Some(parent) = root.path.parent() else {
+                continue;
+            };
+            if self.inner.roots.iter().any(|r| parent.starts_with(&r.path)) {
+                continue;
+            }
+            if let Err(err) = watcher.watch(parent, RecursiveMode::NonRecursive) {
+                tracing::debug!(root = %root.name, error = %err, "cannot watch the folder's parent; a recreated folder is found by the periodic scan");
+            }
+        }
         self.runtime().watching = true;
         Some(watcher)
     }
@@ -142,12 +156,16 @@ impl Library {
             Some(p @ (RootProblem::Missing | RootProblem::Moved)) => {
                 if before != Some(p) {
                     tracing::warn!(root = %root.name, code = %p.code(), "{}", p.message());
+                    self.hide_documents(index);
                     event(Some(p.code()), p.message());
                 }
                 false
             }
             Some(RootProblem::Replaced) => {
                 tracing::warn!(root = %root.name, "{}", RootProblem::Replaced.message());
+                // Its files are read again from the new folder: what was kept is searchable
+                // again (the scan right after this removes what the new folder lacks).
+                self.inner.ingestor.index().unhide(&root.name);
                 event(
                     Some(RootProblem::Replaced.code()),
                     RootProblem::Replaced.message(),
@@ -158,10 +176,53 @@ impl Library {
             None => {
                 if before.is_some() {
                     tracing::info!(root = %root.name, "the watched folder is back");
+                    self.inner.ingestor.index().unhide(&root.name);
                     event(None, "the watched folder is back at its path");
                     self.rewatch(index, watcher);
                 }
                 true
+            }
+        }
+    }
+
+    /// Leaves the documents of a missing or moved root's files out of search (their records and
+    /// documents are kept for when the folder is back). A document another folder's file or an
+    /// upload also refers to stays searchable.
+    fn hide_documents(&self, index: usize) {
+        let store = &self.inner.store;
+        let unavailable: std::collections::HashSet<String> = self
+            .runtime()
+            .root_problems
+            .keys()
+            .map(|&i| self.inner.roots[i].name.clone())
+            .collect();
+        let name = &self.inner.roots[index].name;
+        let hidden = (|| -> Result<std::collections::HashSet<_>, crate::store::StoreError> {
+            let mut hidden = std::collections::HashSet::new();
+            for (_, record) in store.files_with_prefix(&FileKey::prefix(name, b""))? {
+                let Some(doc) = record.document_id else {
+                    continue;
+                };
+                if hidden.contains(&doc) || store.document_uploaded(doc)? {
+                    continue;
+                }
+                if store
+                    .document_files(doc)?
+                    .iter()
+                    .all(|k| unavailable.contains(k.root()))
+                {
+                    hidden.insert(doc);
+                }
+            }
+            Ok(hidden)
+        })();
+        match hidden {
+            Ok(hidden) => {
+                tracing::info!(root = %name, documents = hidden.len(), "documents of an unavailable folder left out of search");
+                self.inner.ingestor.index().hide(name, hidden);
+            }
+            Err(err) => {
+                tracing::warn!(root = %name, error = %err, "cannot list the documents of an unavailable folder")
             }
         }
     }

@@ -543,7 +543,7 @@ impl Library {
                     reason: record.reason.unwrap_or(ErrorCode::Internal),
                     message: record.message.unwrap_or_default(),
                 },
-                FileState::Queued | FileState::Indexing => return,
+                FileState::Queued | FileState::Indexing | FileState::Unavailable => return,
             },
             Err(_) => return,
         };

@@ -112,7 +112,7 @@ pub fn files(app: &App, query: Option<&str>) -> Result<Response<ResBody>, ApiErr
         None | Some("") => None,
         Some(text) => Some(FileState::parse(text).ok_or_else(|| {
             ApiError::invalid(format!(
-                "state: '{text}' is not one of queued, indexing, indexed, failed, skipped"
+                "state: '{text}' is not one of queued, indexing, indexed, failed, skipped, unavailable"
             ))
         })?),
     };
@@ -132,6 +132,8 @@ pub fn files(app: &App, query: Option<&str>) -> Result<Response<ResBody>, ApiErr
     // `indexing` is a runtime overlay on stored `queued` records.
     let stored = match state {
         Some(FileState::Indexing) => Some(FileState::Queued),
+        // A runtime overlay on any stored state (the folder's files as they were).
+        Some(FileState::Unavailable) => None,
         other => other,
     };
     let mut out = Vec::new();

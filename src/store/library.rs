@@ -96,15 +96,20 @@ pub enum FileState {
     Indexed,
     Failed,
     Skipped,
+    /// Only ever reported, never stored: the file's watched folder is missing or moved away;
+    /// its record is kept as it was, and its document is not searchable until the folder is
+    /// back.
+    Unavailable,
 }
 
 impl FileState {
-    pub const ALL: [FileState; 5] = [
+    pub const ALL: [FileState; 6] = [
         FileState::Queued,
         FileState::Indexing,
         FileState::Indexed,
         FileState::Failed,
         FileState::Skipped,
+        FileState::Unavailable,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -114,6 +119,7 @@ impl FileState {
             FileState::Indexed => "indexed",
             FileState::Failed => "failed",
             FileState::Skipped => "skipped",
+            FileState::Unavailable => "unavailable",
         }
     }
 
@@ -608,6 +614,12 @@ impl Store {
             t.doc_files.insert(&doc.as_bytes()[..], encode(&refs))?;
         }
         Ok(())
+    }
+
+    /// Whether a library document was uploaded (pinned: no watched file takes it away).
+    pub fn document_uploaded(&self, doc: DocumentId) -> Result<bool, StoreError> {
+        let refs: Vec<Vec<u8>> = get(&self.inner.doc_files, doc.as_bytes())?.unwrap_or_default();
+        Ok(refs.iter().any(|r| r == UPLOAD_REF))
     }
 
     /// The watched files that refer to a library document (uploads not included).
