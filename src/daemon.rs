@@ -587,3 +587,9 @@ impl InstanceLock {
         drop(self.lock);
     }
 }
+
+/// The daemon's extraction worker process (`hearth extract-worker`, which the daemon starts for
+/// every file it parses): see `ingest::sandbox`.
+pub fn extract_worker(memory_mib: u64, probe: bool) -> std::process::ExitCode {
+    crate::ingest::sandbox::worker_main(memory_mib, probe)
+}

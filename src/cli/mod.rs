@@ -242,7 +242,7 @@ pub fn main(started: Instant) -> ExitCode {
     let cli = Cli::parse();
     // The worker confines itself before anything else starts a thread (no runtime, no log).
     if let Some(Command::ExtractWorker(args)) = &cli.command {
-        return crate::ingest::sandbox::worker_main(args.memory_mib, args.probe);
+        return crate::daemon::extract_worker(args.memory_mib, args.probe);
     }
     let config_file = cli.config.or_else(config::default_config_file);
     let config_file = config_file.as_deref();
