@@ -7,7 +7,6 @@
 //! The PDFs are generated (text pages with Flate content streams, as real exporters write
 //! them), so the bench needs no corpus.
 
-use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -29,25 +28,17 @@ const WORDS: &[&str] = &[
     "meadow", "engine", "quarry", "archive", "compass", "glacier", "timber", "beacon", "mortar",
 ];
 
-/// A PDF of `PAGES` pages of varied text, each page's content Flate-compressed.
+/// A PDF of `PAGES` pages of varied text; with `bomb_bytes`, one page of that many bytes of
+/// text operators instead.
 fn pdf(seed: usize, bomb_bytes: Option<usize>) -> Vec<u8> {
-    let mut objects: Vec<Vec<u8>> = vec![
-        b"<< /Type /Catalog /Pages 2 0 R >>".to_vec(),
-        Vec::new(), // the page tree, once the pages are known
-        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>".to_vec(),
-    ];
-    let pages = if bomb_bytes.is_some() { 1 } else { PAGES };
-    let mut kids = Vec::new();
-    for page in 0..pages {
-        let mut content = Vec::new();
-        match bomb_bytes {
-            Some(n) => {
-                let line = b"BT /F1 12 Tf 72 712 Td (bomb) Tj ET\n";
-                while content.len() < n {
-                    content.extend_from_slice(line);
-                }
-            }
-            None => {
+    let pages: Vec<Vec<u8>> = match bomb_bytes {
+        Some(n) => {
+            let line = b"BT /F1 12 Tf 72 712 Td (bomb) Tj ET\n";
+            vec![line.repeat(n / line.len())]
+        }
+        None => (0..PAGES)
+            .map(|page| {
+                let mut content = Vec::new();
                 for line in 0..40 {
                     let words: Vec<&str> = (0..9)
                         .map(|w| WORDS[(seed * 31 + page * 7 + line * 3 + w) % WORDS.len()])
@@ -57,56 +48,11 @@ fn pdf(seed: usize, bomb_bytes: Option<usize>) -> Vec<u8> {
                         format!("BT /F1 11 Tf 50 {y} Td ({}) Tj ET\n", words.join(" ")).as_bytes(),
                     );
                 }
-            }
-        }
-        let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
-        let _ = z.write_all(&content);
-        let data = z.finish().unwrap_or_default();
-        let mut stream = format!(
-            "<< /Length {} /Filter /FlateDecode >>\nstream\n",
-            data.len()
-        )
-        .into_bytes();
-        stream.extend_from_slice(&data);
-        stream.extend_from_slice(b"\nendstream");
-        objects.push(stream);
-        let contents = objects.len();
-        objects.push(
-            format!(
-                "<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents {contents} 0 R /Resources << /Font << /F1 3 0 R >> >> >>"
-            )
-            .into_bytes(),
-        );
-        kids.push(format!("{} 0 R", objects.len()));
-    }
-    objects[1] = format!(
-        "<< /Type /Pages /Kids [{}] /Count {pages} >>",
-        kids.join(" ")
-    )
-    .into_bytes();
-    let mut out = b"%PDF-1.4\n".to_vec();
-    let mut offsets = Vec::new();
-    for (i, object) in objects.iter().enumerate() {
-        offsets.push(out.len());
-        out.extend_from_slice(format!("{} 0 obj\n", i + 1).as_bytes());
-        out.extend_from_slice(object);
-        out.extend_from_slice(b"\nendobj\n");
-    }
-    let xref = out.len();
-    out.extend_from_slice(
-        format!("xref\n0 {}\n0000000000 65535 f \n", objects.len() + 1).as_bytes(),
-    );
-    for offset in offsets {
-        out.extend_from_slice(format!("{offset:010} 00000 n \n").as_bytes());
-    }
-    out.extend_from_slice(
-        format!(
-            "trailer\n<< /Size {} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n",
-            objects.len() + 1
-        )
-        .as_bytes(),
-    );
-    out
+                content
+            })
+            .collect(),
+    };
+    crate::ingest::extract::pdf_fixture::flate_pdf(&pages)
 }
 
 /// Extracts every file `CONCURRENCY` at a time; files per second.

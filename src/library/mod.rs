@@ -82,6 +82,11 @@ struct Observation {
 struct Runtime {
     /// Files waiting to be stable.
     waiting: HashMap<FileKey, Observation>,
+    /// Paths (root index, path below it) the watcher saw go, and when: removed only once gone
+    /// for the `stable` interval with their root still in place. Deleting a watched folder
+    /// reports each file gone before the folder itself, and acting at once would drop the
+    /// records a missing folder keeps.
+    gone: HashMap<(usize, Vec<u8>), Instant>,
     /// Files the worker holds right now (reported as `indexing`).
     in_flight: HashSet<FileKey>,
     /// Files being parsed by an extraction worker now: cancelling one kills that worker's job

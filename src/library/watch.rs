@@ -97,8 +97,11 @@ impl Library {
                     }
                     None => {}
                 },
-                // Ticks only while files wait to become stable: an idle daemon sleeps.
-                _ = tick.tick(), if !self.runtime().waiting.is_empty() => self.check_waiting().await,
+                // Ticks only while files wait to become stable or gone: an idle daemon sleeps.
+                _ = tick.tick(), if self.ticking() => {
+                    self.check_waiting().await;
+                    self.check_gone();
+                }
                 () = tokio::time::sleep_until(next_scan) => {
                     self.full_scan(&mut watcher).await;
                     next_scan = tokio::time::Instant::now() + self.inner.config.rescan;
@@ -331,24 +334,64 @@ impl Library {
                 }
             }
             Err(_) => {
-                // Gone (or no longer reachable without a link): it and everything below it.
-                let name = &self.inner.roots[root].name;
-                let mut gone = vec![FileKey::new(name, &relative)];
-                match self
-                    .inner
-                    .store
-                    .files_with_prefix(&FileKey::prefix(name, &relative))
-                {
-                    Ok(below) => gone.extend(below.into_iter().map(|(k, _)| k)),
-                    Err(err) => {
-                        tracing::warn!(error = %err, "cannot list files below a removed path")
-                    }
-                }
-                for key in gone {
-                    self.runtime().waiting.remove(&key);
-                    self.queue(&key, JobKind::Remove, 0, 0);
-                }
+                // Gone (or no longer reachable without a link): removed once it stays gone.
+                self.runtime()
+                    .gone
+                    .entry((root, relative))
+                    .or_insert_with(Instant::now);
             }
+        }
+    }
+
+    fn ticking(&self) -> bool {
+        let rt = self.runtime();
+        !rt.waiting.is_empty() || !rt.gone.is_empty()
+    }
+
+    /// Removes what stayed gone for the stable interval, if its root is still the folder at
+    /// its path (otherwise the root check keeps every record, and a rescan sorts it out).
+    fn check_gone(&self) {
+        let stable = self.inner.config.stable;
+        let due: Vec<(usize, Vec<u8>)> = {
+            let mut rt = self.runtime();
+            let due: Vec<_> = rt
+                .gone
+                .iter()
+                .filter(|(_, since)| since.elapsed() >= stable)
+                .map(|(k, _)| k.clone())
+                .collect();
+            for k in &due {
+                rt.gone.remove(k);
+            }
+            due
+        };
+        for (root, relative) in due {
+            if self.inner.roots[root].verify().is_err() {
+                self.inner.rescan.notify_one();
+                continue;
+            }
+            if self.inner.roots[root].stat(&relative).is_err() {
+                self.remove_below(root, &relative);
+            }
+            // Back again: its own watcher event already observed it.
+        }
+    }
+
+    /// Queues the removal of the file at `relative` and of every file below it.
+    fn remove_below(&self, root: usize, relative: &[u8]) {
+        let name = &self.inner.roots[root].name;
+        let mut gone = vec![FileKey::new(name, relative)];
+        match self
+            .inner
+            .store
+            .files_with_prefix(&FileKey::prefix(name, relative))
+        {
+            Ok(below) => gone.extend(below.into_iter().map(|(k, _)| k)),
+            Err(err) => tracing::warn!(error = %err, "cannot list files below a removed path"),
+        }
+        for key in gone {
+            self.runtime().waiting.remove(&key);
+            self.queue(&key, JobKind::Remove, 0, 0);
         }
     }
 

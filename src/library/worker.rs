@@ -445,10 +445,12 @@ impl Library {
         };
         self.runtime().extracting.remove(&key);
         let Some(prepared) = prepared else {
-            // The file changed or went while it was parsed: what is there now decides.
+            // The file changed or went while it was parsed: a changed file waits to be stable
+            // again; a gone one keeps its record until the watcher's removal (which first
+            // makes sure its whole folder is not what went).
             return match root.stat(key.relative()) {
                 Ok(kind @ Kind::File { .. }) => Step::Changed(kind),
-                _ => Step::Gone,
+                _ => Step::RootUnavailable,
             };
         };
         match prepared {
@@ -554,8 +556,9 @@ impl Library {
 /// What a queued file needs, decided after reading it.
 enum Step {
     Gone,
-    /// Its root is not the folder at the root's path (deleted, moved, replaced): the job is
-    /// dropped and the record kept as it is; the scan that sorts the root out queues again.
+    /// Its root is not the folder at the root's path (deleted, moved, replaced), or the file
+    /// went while it was parsed: the job is dropped and the record kept as it is; the scan
+    /// that sorts the root out, or the watcher's removal, queues again.
     RootUnavailable,
     /// Changed since it was queued.
     Changed(Kind),

@@ -17,7 +17,7 @@ mod corpus;
 
 /// The extractor's own PDF writer (one file, shared with its unit tests).
 #[path = "../../src/ingest/extract/pdf_fixture.rs"]
-mod pdf_fixture;
+pub(crate) mod pdf_fixture;
 
 /// A text PDF with one line per page.
 fn pdf(pages: &[&str]) -> Vec<u8> {

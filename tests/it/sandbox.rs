@@ -3,7 +3,6 @@
 //! daemon's; a killed worker fails its file and is replaced; a watched file deleted while it is
 //! parsed stops its worker job at once.
 
-use std::io::Write;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -21,52 +20,7 @@ use crate::support::{tiny, Daemon, Opts};
 /// the worker's own limits stand between it and the parser's appetite.
 fn pdf_bomb(inflated: usize) -> Vec<u8> {
     let line = b"BT /F1 12 Tf 72 712 Td (bomb) Tj ET\n";
-    let block = line.repeat(100_000);
-    let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
-    let mut written = 0;
-    while written < inflated {
-        let n = block.len().min(inflated - written);
-        z.write_all(&block[..n]).unwrap();
-        written += n;
-    }
-    let data = z.finish().unwrap();
-    let mut stream = format!(
-        "<< /Length {} /Filter /FlateDecode >>\nstream\n",
-        data.len()
-    )
-    .into_bytes();
-    stream.extend_from_slice(&data);
-    stream.extend_from_slice(b"\nendstream");
-    let objects: Vec<Vec<u8>> = vec![
-        b"<< /Type /Catalog /Pages 2 0 R >>".to_vec(),
-        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>".to_vec(),
-        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R /Resources << /Font << /F1 5 0 R >> >> >>".to_vec(),
-        stream,
-        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>".to_vec(),
-    ];
-    let mut out = b"%PDF-1.4\n".to_vec();
-    let mut offsets = Vec::new();
-    for (i, object) in objects.iter().enumerate() {
-        offsets.push(out.len());
-        out.extend_from_slice(format!("{} 0 obj\n", i + 1).as_bytes());
-        out.extend_from_slice(object);
-        out.extend_from_slice(b"\nendobj\n");
-    }
-    let xref = out.len();
-    out.extend_from_slice(
-        format!("xref\n0 {}\n0000000000 65535 f \n", objects.len() + 1).as_bytes(),
-    );
-    for offset in offsets {
-        out.extend_from_slice(format!("{offset:010} 00000 n \n").as_bytes());
-    }
-    out.extend_from_slice(
-        format!(
-            "trailer\n<< /Size {} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n",
-            objects.len() + 1
-        )
-        .as_bytes(),
-    );
-    out
+    crate::docs::pdf_fixture::flate_pdf(&[line.repeat(inflated / line.len())])
 }
 
 /// Resident memory of a process, in bytes.
@@ -104,6 +58,24 @@ fn workers(daemon: u32) -> Vec<u32> {
         }
     }
     out
+}
+
+/// A worker of the daemon that is parsing a bomb (its memory grows past 48 MiB while it does).
+async fn busy_worker(daemon: u32) -> u32 {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let busy = workers(daemon)
+            .into_iter()
+            .find(|&w| rss(w).is_some_and(|r| r > 48 << 20));
+        if let Some(worker) = busy {
+            return worker;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no worker got busy with the file"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 async fn extraction(d: &Daemon) -> Value {
@@ -236,23 +208,13 @@ async fn a_worker_killed_mid_file_fails_that_file_as_crashed_and_is_replaced() {
         let chat = chat.clone();
         std::thread::spawn(move || crate::docs::upload_to(&socket, &chat, "slow.pdf", &bomb))
     };
-    // Kill the worker once it is busy with the file (its memory grows while it parses).
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let killed = loop {
-        let busy = workers(pid)
-            .into_iter()
-            .find(|&w| rss(w).is_some_and(|r| r > 48 << 20));
-        if let Some(worker) = busy {
-            nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(worker as i32),
-                nix::sys::signal::Signal::SIGKILL,
-            )
-            .unwrap();
-            break worker;
-        }
-        assert!(Instant::now() < deadline, "no worker got busy");
-        std::thread::sleep(Duration::from_millis(5));
-    };
+    // Kill the worker once it is busy with the file.
+    let killed = busy_worker(pid).await;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(killed as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
     let events = upload_task.join().unwrap();
     let (event, data) = events.last().unwrap();
     assert_eq!(event, "error", "{events:?}");
@@ -278,17 +240,7 @@ async fn a_watched_file_deleted_while_parsed_stops_its_worker_at_once() {
     let pid = d.pid() as u32;
     let path = dir.path().join("slow.pdf");
     std::fs::write(&path, pdf_bomb(200 << 20)).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let worker = loop {
-        if let Some(w) = workers(pid)
-            .into_iter()
-            .find(|&w| rss(w).is_some_and(|r| r > 48 << 20))
-        {
-            break w;
-        }
-        assert!(Instant::now() < deadline, "the file never reached a worker");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    };
+    let worker = busy_worker(pid).await;
     let deleted = Instant::now();
     std::fs::remove_file(&path).unwrap();
     while Path::new(&format!("/proc/{worker}")).exists()

@@ -23,7 +23,7 @@ mod html;
 mod json;
 mod markdown;
 mod pdf;
-#[cfg(test)]
+#[cfg(any(test, feature = "bench"))]
 pub(crate) mod pdf_fixture;
 mod sniff;
 #[cfg(test)]

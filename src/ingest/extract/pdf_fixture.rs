@@ -1,6 +1,7 @@
 //! A PDF writer for tests: numbered objects with a correct xref table, so tests control every
-//! byte of a PDF without a PDF-writing dependency. Shared by the extractor's unit tests and the
-//! integration tests (`tests/it/docs.rs` includes this file), each of which uses part of it.
+//! byte of a PDF without a PDF-writing dependency. Shared by the extractor's unit tests, the
+//! integration tests (`tests/it/docs.rs` includes this file) and `hearth bench --extract`, each
+//! of which uses part of it.
 
 #![allow(dead_code)]
 
@@ -100,6 +101,37 @@ pub(crate) fn make_pdf(pages: &[&[&str]]) -> Vec<u8> {
         }
         content.push_str("ET");
         objects.push(Obj::Stream(content));
+    }
+    assemble_pdf(&objects)
+}
+
+/// A PDF with one page per entry of raw content-stream operators, each page's stream
+/// Flate-compressed as real exporters write them (the extraction bench's corpus, and the
+/// decompression bombs of the sandbox tests).
+pub(crate) fn flate_pdf(pages: &[Vec<u8>]) -> Vec<u8> {
+    use std::io::Write;
+    let n = pages.len();
+    let kids: Vec<String> = (0..n).map(|i| format!("{} 0 R", 4 + 2 * i)).collect();
+    let mut objects = vec![
+        Obj::Dict("<< /Type /Catalog /Pages 2 0 R >>".into()),
+        Obj::Dict(format!(
+            "<< /Type /Pages /Kids [{}] /Count {n} >>",
+            kids.join(" ")
+        )),
+        Obj::Dict("<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>".into()),
+    ];
+    for (i, content) in pages.iter().enumerate() {
+        objects.push(Obj::Dict(format!(
+            "<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] \
+             /Resources << /Font << /F1 3 0 R >> >> /Contents {} 0 R >>",
+            5 + 2 * i
+        )));
+        let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+        let _ = z.write_all(content);
+        objects.push(Obj::Binary(
+            "/Filter /FlateDecode",
+            z.finish().unwrap_or_default(),
+        ));
     }
     assemble_pdf(&objects)
 }
