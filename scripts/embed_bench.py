@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Python onnxruntime side of `hearth bench --rag`: embeddings/s on the same model files and the
-same inputs (src/bench_rag.rs builds them the same way), same thread count.
+same inputs (src/bench/rag.rs builds them the same way), same thread count.
 
-Usage: embed_bench.py MODELS_DIR THREADS → JSON [batch1/s, batch32/s, long_chunks/s]
+Usage: embed_bench.py MODELS_DIR THREADS FILE → JSON [batch1/s, batch32/s, long_chunks/s]
+(FILE: the ONNX model file in MODELS_DIR)
 Needs the packages in MODELS_DIR/.cache/pyref (scripts/test installs them).
 """
 import json
@@ -10,7 +11,7 @@ import os
 import sys
 import time
 
-models_dir, threads = sys.argv[1], int(sys.argv[2])
+models_dir, threads, model_file = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 sys.path.insert(0, os.path.join(models_dir, ".cache", "pyref"))
 import numpy as np  # noqa: E402
 import onnxruntime as ort  # noqa: E402
@@ -41,7 +42,7 @@ tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
 options = ort.SessionOptions()
 options.intra_op_num_threads = threads
 options.inter_op_num_threads = 1
-session = ort.InferenceSession(os.path.join(models_dir, "all-MiniLM-L6-v2.onnx"), options, providers=["CPUExecutionProvider"])
+session = ort.InferenceSession(os.path.join(models_dir, model_file), options, providers=["CPUExecutionProvider"])
 names = {i.name for i in session.get_inputs()}
 
 

@@ -99,6 +99,11 @@ pub struct RawConfig {
     /// Extraction worker processes at most (files beyond wait) [default: 2].
     #[arg(long, env = "HEARTH_EXTRACT_WORKERS", value_name = "N")]
     pub extract_workers: Option<u32>,
+    /// Embedding model (a manifest name with role embed): `all-minilm-l6-v2` (fp32, exact) or
+    /// `all-minilm-l6-v2-int8` (a quarter of the size; `./models/fetch embed-int8`). Vectors of
+    /// another model are re-embedded at start [default: all-minilm-l6-v2].
+    #[arg(long, env = "HEARTH_EMBED_MODEL", value_name = "NAME")]
+    pub embed_model: Option<String>,
     /// Threads for the embedding model [default: as --threads].
     #[arg(long, env = "HEARTH_EMBED_THREADS", value_name = "N")]
     pub embed_threads: Option<u32>,
@@ -213,6 +218,7 @@ impl RawConfig {
             extract_timeout_secs: over.extract_timeout_secs.or(self.extract_timeout_secs),
             extract_memory_mib: over.extract_memory_mib.or(self.extract_memory_mib),
             extract_workers: over.extract_workers.or(self.extract_workers),
+            embed_model: over.embed_model.or(self.embed_model),
             embed_threads: over.embed_threads.or(self.embed_threads),
             retrieval_k: over.retrieval_k.or(self.retrieval_k),
             retrieval_min_score: over.retrieval_min_score.or(self.retrieval_min_score),
@@ -338,6 +344,8 @@ pub struct RagConfig {
     /// `RLIMIT_AS` of an extraction worker.
     pub extract_memory_mib: u64,
     pub extract_workers: usize,
+    /// The embedding model's manifest name (checked against the manifest at start).
+    pub embed_model: String,
     pub embed_threads: usize,
     pub retrieval_k: usize,
     pub retrieval_min_score: f32,
@@ -423,6 +431,8 @@ const DEFAULT_EXTRACT_MEMORY_MIB: u64 = 1024;
 /// As the drop folder's files extracted at once (`library::worker::PREPARE_CONCURRENCY`); an
 /// upload beside them waits for one.
 const DEFAULT_EXTRACT_WORKERS: u32 = 2;
+/// The embedder the daemon uses: the exact fp32 all-MiniLM-L6-v2 (see models/manifest.toml).
+pub const DEFAULT_EMBED_MODEL: &str = "all-minilm-l6-v2";
 /// Five ~250-token chunks (~1,250 tokens) leave most of a 4k context to the conversation.
 const DEFAULT_RETRIEVAL_K: u32 = 5;
 /// all-MiniLM-L6-v2 cosine: related passages score ~0.4–0.8, unrelated text ~0–0.2.
@@ -648,6 +658,9 @@ pub fn resolve(raw: RawConfig, runtime_dir: Option<&Path>) -> anyhow::Result<Con
             extract_timeout: Duration::from_secs(extract_timeout),
             extract_memory_mib,
             extract_workers: usize::try_from(extract_workers)?,
+            embed_model: raw
+                .embed_model
+                .unwrap_or_else(|| DEFAULT_EMBED_MODEL.to_string()),
             embed_threads: usize::try_from(embed_threads)?,
             retrieval_k: usize::try_from(retrieval_k)?,
             retrieval_min_score: min_score,

@@ -115,6 +115,15 @@ pub async fn run(config: Config, life: Lifecycle, started: Instant) -> Result<()
             .context("background_model")
             .code(ErrorCode::UnknownModel)?;
     }
+    // Nothing loads yet (the embedder loads on first use); an unknown name fails here.
+    let embedder = Embedder::new(
+        &config.models_dir,
+        &config.rag.embed_model,
+        config.rag.embed_threads,
+        store.clone(),
+    )
+    .context("embed_model")
+    .code(ErrorCode::UnknownModel)?;
     let roots = crate::library::Library::open_roots(&config.library)
         .map_err(anyhow::Error::msg)
         .code(ErrorCode::WatchFailed)?;
@@ -141,6 +150,7 @@ pub async fn run(config: Config, life: Lifecycle, started: Instant) -> Result<()
         entry,
         Wiring {
             store: store.clone(),
+            embedder,
             roots,
             tcp: bound.tcp_policy,
             compat: bound.compat,
@@ -241,6 +251,8 @@ async fn bind(config: &Config) -> Result<Bound, StartError> {
 /// What `build_app` wires the services to.
 struct Wiring {
     store: Store,
+    /// Checked before binding (an unknown `embed_model` is a start error); loads on first use.
+    embedder: Embedder,
     roots: Vec<crate::library::access::Root>,
     tcp: Option<TcpPolicy>,
     compat: Option<crate::config::CompatConfig>,
@@ -258,6 +270,7 @@ fn build_app(
 ) -> Result<Arc<App>, StartError> {
     let Wiring {
         store,
+        embedder,
         roots,
         tcp,
         compat,
@@ -276,7 +289,6 @@ fn build_app(
     // The default model loads at start, so the first chat does not wait for it.
     pool.preload(entry);
     tasks.spawn(pool.clone().reap());
-    let embedder = Embedder::new(&config.models_dir, config.rag.embed_threads, store.clone());
     let index = Index::new(
         store.clone(),
         embedder.model_id(),

@@ -41,6 +41,7 @@ pub mod jobs;
 pub mod library;
 pub mod llm;
 pub mod memory;
+pub mod metrics;
 pub mod models;
 pub mod pool;
 pub mod priority;

@@ -33,9 +33,14 @@ pub(super) fn run(
     let fill = Instant::now();
     {
         let store = Store::open(&data.join("db"), 64 << 20).context("open the bench store")?;
-        let model_id = crate::embed::Embedder::new(models_dir, 1, store.clone())
-            .model_id()
-            .to_string();
+        let model_id = crate::embed::Embedder::new(
+            models_dir,
+            crate::config::DEFAULT_EMBED_MODEL,
+            1,
+            store.clone(),
+        )?
+        .model_id()
+        .to_string();
         let user = store.create_user("bench")?.user;
         let chat = store.create_chat(user.id, Some("bench"))?;
         let text = "A sentence of about the length a real chunk has. ".repeat(16);

@@ -405,7 +405,12 @@ struct Raw {
 impl Raw {
     fn new(models_dir: &Path, threads: u32, scratch: &Path) -> anyhow::Result<Raw> {
         let store = Store::open(&scratch.join("raw-db"), 64 << 20)?;
-        let embedder = Embedder::new(models_dir, usize::try_from(threads)?, store.clone());
+        let embedder = Embedder::new(
+            models_dir,
+            crate::config::DEFAULT_EMBED_MODEL,
+            usize::try_from(threads)?,
+            store.clone(),
+        )?;
         let ingestor = super::rag::bench_ingestor(&store, &embedder);
         Ok(Raw { embedder, ingestor })
     }

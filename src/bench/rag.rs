@@ -1,8 +1,10 @@
 //! `hearth bench --rag`: the document side, measured in one run and printed as one table.
 //!
-//! - embeddings/s at batch 1, batch 32 (short sentences) and for ~256-token chunks, against Python
-//!   onnxruntime on the same files with the same thread count (`scripts/embed_bench.py`, using the
-//!   packages `scripts/test` installs into `models/.cache/pyref`);
+//! - embeddings/s at batch 1, batch 32 (short sentences) and for ~256-token chunks: the fp32 file
+//!   (the default) against the int8 file and against Python onnxruntime on the same fp32 file with
+//!   the same thread count (`scripts/embed_bench.py`, using the packages `scripts/test` installs
+//!   into `models/.cache/pyref`); and each file's min cosine against an independent float64
+//!   forward pass of the weights (`tests/embed_reference.py --float64`);
 //! - end-to-end ingestion (extract → chunk → embed → store + flush) in chunks/s, as a fraction of
 //!   the raw embedder rate on the same chunks;
 //! - search latency p50/p99 and recall@10 at 10k and 100k vectors, exact scan vs HNSW, and the
@@ -32,55 +34,52 @@ pub(super) fn run(
 ) -> anyhow::Result<String> {
     let scratch = tempfile_dir()?;
     let store = Store::open(&scratch.join("db"), 64 << 20)?;
-    let embedder = Embedder::new(models_dir, threads, store.clone());
+    let embedder = Embedder::new(
+        models_dir,
+        crate::config::DEFAULT_EMBED_MODEL,
+        threads,
+        store.clone(),
+    )?;
     let mut rows: Vec<(String, String, String)> = Vec::new();
 
-    // Embedding throughput, Rust vs Python on the same inputs.
+    // Embedding throughput: the fp32 file (the daemon's) and the int8 file through the daemon's
+    // embedder, and Python onnxruntime on the same fp32 file with the same thread count.
     let short: Vec<String> = sentences(512);
     let long: Vec<String> = (0..64).map(long_chunk).collect();
-    rt.block_on(embedder.embed(short[..32].to_vec(), Urgency::Query))?; // load + warm up
-    let rust_b1 = rate(short.len().min(128), || {
-        for text in &short[..128] {
-            rt.block_on(embedder.embed(vec![text.clone()], Urgency::Query))?;
-        }
-        Ok(())
-    })?;
-    let rust_b32 = rate(short.len(), || {
-        rt.block_on(embedder.embed(short.clone(), Urgency::Query))
-            .map(drop)
-            .map_err(Into::into)
-    })?;
-    let rust_long = rate(long.len(), || {
-        rt.block_on(embedder.embed(long.clone(), Urgency::Query))
-            .map(drop)
-            .map_err(Into::into)
-    })?;
-    let python = python_rates(models_dir, threads);
-    for (name, rust, py) in [
-        (
-            "embeddings/s, batch 1 (short)",
-            rust_b1,
-            python.as_ref().ok().map(|p| p.0),
-        ),
-        (
-            "embeddings/s, batch 32 (short)",
-            rust_b32,
-            python.as_ref().ok().map(|p| p.1),
-        ),
-        (
-            "embeddings/s, 256-token chunks",
-            rust_long,
-            python.as_ref().ok().map(|p| p.2),
-        ),
-    ] {
-        let (py_text, ratio) = match py {
-            Some(py) => (format!("{py:.1}"), format!("{:.3}", rust / py)),
-            None => ("n/a".into(), "n/a".into()),
+    let fp32 = embed_rates(&embedder, &short, &long, rt)?;
+    let int8 = Embedder::new(models_dir, INT8_MODEL, threads, store.clone())
+        .map_err(anyhow::Error::from)
+        .and_then(|e| {
+            let rates = embed_rates(&e, &short, &long, rt);
+            e.shutdown();
+            rates
+        });
+    let python = python_rates(models_dir, threads, FP32_FILE);
+    let names = [
+        "embeddings/s, batch 1 (short)",
+        "embeddings/s, batch 32 (short)",
+        "embeddings/s, 256-token chunks",
+    ];
+    for (i, name) in names.iter().enumerate() {
+        let ratio = |other: Option<f64>| match other {
+            Some(v) => format!("{v:.1} ({:.2}x)", fp32[i] / v),
+            None => "n/a".into(),
         };
         rows.push((
-            name.into(),
-            format!("{rust:.1}"),
-            format!("python {py_text}, ratio {ratio}"),
+            format!("{name}, fp32"),
+            format!("{:.1}", fp32[i]),
+            format!(
+                "int8 file {}, python onnxruntime {}",
+                ratio(int8.as_ref().ok().map(|r| r[i])),
+                ratio(python.as_ref().ok().map(|r| r[i]))
+            ),
+        ));
+    }
+    if let Err(err) = &int8 {
+        rows.push((
+            "int8 file".into(),
+            "skipped".into(),
+            format!("{err:#} (./models/fetch embed-int8)"),
         ));
     }
     if let Err(err) = &python {
@@ -89,6 +88,34 @@ pub(super) fn run(
             "skipped".into(),
             format!("{err:#}"),
         ));
+    }
+    // Exactness: min cosine against an independent float64 forward pass of the weights, on
+    // short sentences and full 256-token windows.
+    let sample: Vec<String> = short[..24].iter().chain(&long[..8]).cloned().collect();
+    match float64_reference(models_dir, &sample) {
+        Ok(reference) => {
+            let fp32 = rt.block_on(embedder.embed(sample.clone(), Urgency::Query))?;
+            rows.push((
+                "min cosine vs float64, fp32".into(),
+                format!("{:.6}", min_cosine(&fp32, &reference)),
+                format!("{} texts; target >= 0.9999", sample.len()),
+            ));
+            if let Ok(e) = Embedder::new(models_dir, INT8_MODEL, threads, store.clone()) {
+                if let Ok(int8) = rt.block_on(e.embed(sample.clone(), Urgency::Query)) {
+                    rows.push((
+                        "min cosine vs float64, int8 file".into(),
+                        format!("{:.6}", min_cosine(&int8, &reference)),
+                        format!("{} texts", sample.len()),
+                    ));
+                }
+                e.shutdown();
+            }
+        }
+        Err(err) => rows.push((
+            "float64 reference".into(),
+            "skipped".into(),
+            format!("{err:#}"),
+        )),
     }
 
     // End-to-end ingestion vs the raw embedder on the same chunks.
@@ -186,7 +213,7 @@ pub(super) fn run(
     embedder.shutdown();
     let _ = std::fs::remove_dir_all(&scratch);
 
-    let mut out = format!("hearth bench --rag: {threads} thread(s), all-MiniLM-L6-v2 (int8 ONNX), same machine, same run\n");
+    let mut out = format!("hearth bench --rag: {threads} thread(s), all-MiniLM-L6-v2 (fp32 ONNX), same machine, same run\n");
     out.push_str(&format!(
         "{:<40} {:>10}  {}\n",
         "measure", "value", "comparison / target"
@@ -234,13 +261,84 @@ fn rate(n: usize, f: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<f64>
     Ok(n as f64 / started.elapsed().as_secs_f64().max(1e-9))
 }
 
-/// (batch 1, batch 32, long chunks) embeddings/s from Python onnxruntime on the same files.
-fn python_rates(models_dir: &Path, threads: usize) -> anyhow::Result<(f64, f64, f64)> {
+/// The int8 embedder (the previous default) and the fp32 file's name, for the comparisons.
+const INT8_MODEL: &str = "all-minilm-l6-v2-int8";
+const FP32_FILE: &str = "all-MiniLM-L6-v2.fp32.onnx";
+
+/// [batch 1, batch 32, long chunks] embeddings/s of `embedder` (loaded and warmed up first).
+fn embed_rates(
+    embedder: &Embedder,
+    short: &[String],
+    long: &[String],
+    rt: &tokio::runtime::Runtime,
+) -> anyhow::Result<[f64; 3]> {
+    rt.block_on(embedder.embed(short[..32].to_vec(), Urgency::Query))?; // load + warm up
+    let b1 = rate(short.len().min(128), || {
+        for text in &short[..128] {
+            rt.block_on(embedder.embed(vec![text.clone()], Urgency::Query))?;
+        }
+        Ok(())
+    })?;
+    let b32 = rate(short.len(), || {
+        rt.block_on(embedder.embed(short.to_vec(), Urgency::Query))
+            .map(drop)
+            .map_err(Into::into)
+    })?;
+    let chunks = rate(long.len(), || {
+        rt.block_on(embedder.embed(long.to_vec(), Urgency::Query))
+            .map(drop)
+            .map_err(Into::into)
+    })?;
+    Ok([b1, b32, chunks])
+}
+
+/// Smallest cosine between paired unit vectors.
+fn min_cosine(got: &[Vec<f32>], reference: &[Vec<f64>]) -> f64 {
+    got.iter()
+        .zip(reference)
+        .map(|(a, b)| a.iter().zip(b).map(|(x, y)| f64::from(*x) * y).sum::<f64>())
+        .fold(f64::INFINITY, f64::min)
+}
+
+/// Unit vectors of `texts` from the float64 forward pass in `tests/embed_reference.py`.
+fn float64_reference(models_dir: &Path, texts: &[String]) -> anyhow::Result<Vec<Vec<f64>>> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/embed_reference.py");
+    let mut child = Command::new("python3")
+        .arg(&script)
+        .arg(models_dir)
+        .arg("--float64")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .context("cannot run python3")?;
+    let input = serde_json::to_vec(texts)?;
+    let mut stdin = child.stdin.take().context("stdin")?;
+    let writer = std::thread::spawn(move || std::io::Write::write_all(&mut stdin, &input));
+    let out = child.wait_with_output()?;
+    writer
+        .join()
+        .map_err(|_| anyhow::anyhow!("writer panicked"))??;
+    if !out.status.success() {
+        anyhow::bail!(
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .last()
+                .unwrap_or("python failed")
+        );
+    }
+    serde_json::from_slice(&out.stdout).context("python output")
+}
+
+/// [batch 1, batch 32, long chunks] embeddings/s from Python onnxruntime on `file`.
+fn python_rates(models_dir: &Path, threads: usize, file: &str) -> anyhow::Result<[f64; 3]> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/embed_bench.py");
     let out = Command::new("python3")
         .arg(&script)
         .arg(models_dir)
         .arg(threads.to_string())
+        .arg(file)
         .output()
         .context("cannot run python3")?;
     if !out.status.success() {
@@ -254,7 +352,7 @@ fn python_rates(models_dir: &Path, threads: usize) -> anyhow::Result<(f64, f64, 
     }
     let v: Vec<f64> = serde_json::from_slice(&out.stdout).context("python output")?;
     match v.as_slice() {
-        [a, b, c] => Ok((*a, *b, *c)),
+        [a, b, c] => Ok([*a, *b, *c]),
         _ => anyhow::bail!("python printed {v:?}"),
     }
 }

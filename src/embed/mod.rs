@@ -24,7 +24,8 @@ use fastembed::{
 };
 use tokio::sync::{mpsc, oneshot};
 
-use crate::models::{self, Manifest, VerifiedModel};
+use crate::metrics::METRICS;
+use crate::models::{self, Manifest, Role, VerifiedModel};
 use crate::store::Store;
 
 /// Vector dimension of all-MiniLM-L6-v2.
@@ -46,10 +47,8 @@ const BATCH_CHARS: usize = 8 * 1024;
 /// speed per text (long texts are compute-bound).
 const INGEST_BATCH_CHARS: usize = 1024;
 
-/// The embedding model's manifest name (what `/v1/embeddings` takes as `model`).
-pub const MODEL_NAME: &str = "all-minilm-l6-v2";
-/// Manifest names of the files the embedder needs.
-const MODEL: &str = MODEL_NAME;
+/// Manifest names of the files the embedder needs besides the model (which is a setting:
+/// `embed_model`, fp32 or int8; both take the same tokenizer files).
 const RUNTIME: &str = "onnxruntime";
 const TOKENIZER: &str = "all-minilm-l6-v2-tokenizer";
 const CONFIG: &str = "all-minilm-l6-v2-config";
@@ -95,6 +94,8 @@ struct Shared {
     models_dir: PathBuf,
     threads: usize,
     store: Store,
+    /// The model's manifest name (what `/v1/embeddings` takes as `model`).
+    model: String,
     model_id: String,
     state: Mutex<EmbedState>,
     queue: Mutex<Lanes>,
@@ -130,25 +131,49 @@ struct Job {
 }
 
 impl Embedder {
-    /// A handle; nothing is loaded until the first request.
-    pub fn new(models_dir: &Path, threads: usize, store: Store) -> Embedder {
+    /// A handle for the manifest's embedding model `model`; nothing is loaded until the first
+    /// request. A name that is not an embedding model of the manifest is an error.
+    pub fn new(
+        models_dir: &Path,
+        model: &str,
+        threads: usize,
+        store: Store,
+    ) -> Result<Embedder, EmbedError> {
         let manifest = Manifest::builtin();
-        let sha = manifest
-            .entry(MODEL)
-            .map(|e| e.sha256[..12].to_string())
-            .unwrap_or_default();
-        Embedder {
+        let entry = manifest
+            .entries
+            .iter()
+            .find(|e| e.name == model && e.role == Role::Embed)
+            .ok_or_else(|| {
+                let known: Vec<&str> = manifest
+                    .entries
+                    .iter()
+                    .filter(|e| e.role == Role::Embed)
+                    .map(|e| e.name.as_str())
+                    .collect();
+                EmbedError::Unavailable(format!(
+                    "'{model}' is not an embedding model; known: {}",
+                    known.join(", ")
+                ))
+            })?;
+        Ok(Embedder {
             shared: Arc::new(Shared {
                 models_dir: models_dir.to_path_buf(),
                 threads: threads.max(1),
                 store,
-                model_id: format!("{MODEL}@{sha}"),
+                model: model.to_string(),
+                model_id: format!("{model}@{}", &entry.sha256[..12]),
                 state: Mutex::new(EmbedState::Idle),
                 queue: Mutex::new(Lanes::default()),
                 wake: Condvar::new(),
                 pause: Mutex::new(None),
             }),
-        }
+        })
+    }
+
+    /// The model's manifest name.
+    pub fn model_name(&self) -> &str {
+        &self.shared.model
     }
 
     /// Identifies the model (name and hash prefix); stored with every vector so vectors of
@@ -421,6 +446,8 @@ fn embed_batch<S: AsRef<str> + Send + Sync>(
     let mut out: Vec<Vec<f32>> = vec![Vec::new(); texts.len()];
     for batch in batches(&order, |i| texts[i].as_ref().len(), BATCH_CHARS) {
         let group: Vec<&str> = batch.iter().map(|&i| texts[i].as_ref()).collect();
+        METRICS.embedded.add(group.len() as u64);
+        METRICS.embed_batch.observe(group.len() as f64);
         let vectors = model
             .embed(group, Some(MAX_BATCH))
             .map_err(|err| EmbedError::Failed(err.to_string()))?;
@@ -451,7 +478,7 @@ fn load(shared: &Shared) -> Result<TextEmbedding, String> {
         .with_name("hearth")
         .build()
         .map_err(|err| format!("cannot start ONNX Runtime: {err}"))?;
-    let onnx = read(&verify(MODEL)?)?;
+    let onnx = read(&verify(&shared.model)?)?;
     let files = TokenizerFiles {
         tokenizer_file: read(&verify(TOKENIZER)?)?,
         config_file: read(&verify(CONFIG)?)?,

@@ -96,6 +96,10 @@ struct Runtime {
     watching: bool,
     /// Roots (by index) that are missing or moved; their files are neither read nor removed.
     root_problems: HashMap<usize, access::RootProblem>,
+    /// The stored states of a missing or moved root's files, counted once when `status` first
+    /// needs them (its files cannot change while it is away): a status call or a `/metrics`
+    /// scrape does not walk the root's records every time. Dropped when the problem changes.
+    unavailable: HashMap<usize, Vec<(&'static str, usize)>>,
     scans: u64,
     last_scan: Option<(Duration, usize)>,
 }
@@ -222,7 +226,7 @@ impl Library {
             .into_iter()
             .map(|(s, n)| (s.as_str(), n))
             .collect();
-        let rt = self.runtime();
+        let mut rt = self.runtime();
         let indexing = rt.in_flight.len();
         counts.insert("indexing", indexing);
         if let Some(queued) = counts.get_mut("queued") {
@@ -230,13 +234,21 @@ impl Library {
         }
         // The files of a missing or moved folder count as unavailable, whatever they were.
         let mut unavailable = 0;
-        for &i in rt.root_problems.keys() {
-            let prefix = FileKey::prefix(&self.inner.roots[i].name, b"");
-            for (_, record) in self.inner.store.files_with_prefix(&prefix)? {
-                if let Some(n) = counts.get_mut(record.state.as_str()) {
-                    *n = n.saturating_sub(1);
+        let missing: Vec<usize> = rt.root_problems.keys().copied().collect();
+        for i in missing {
+            if let std::collections::hash_map::Entry::Vacant(slot) = rt.unavailable.entry(i) {
+                let prefix = FileKey::prefix(&self.inner.roots[i].name, b"");
+                let mut by_state: HashMap<&'static str, usize> = HashMap::new();
+                for (_, record) in self.inner.store.files_with_prefix(&prefix)? {
+                    *by_state.entry(record.state.as_str()).or_insert(0) += 1;
                 }
-                unavailable += 1;
+                slot.insert(by_state.into_iter().collect());
+            }
+            for &(state, n) in rt.unavailable.get(&i).into_iter().flatten() {
+                if let Some(count) = counts.get_mut(state) {
+                    *count = count.saturating_sub(n);
+                }
+                unavailable += n;
             }
         }
         counts.insert("unavailable", unavailable);

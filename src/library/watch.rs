@@ -141,12 +141,16 @@ impl Library {
         };
         let before = {
             let mut rt = self.runtime();
-            match problem {
+            let before = match problem {
                 Some(p @ (RootProblem::Missing | RootProblem::Moved)) => {
                     rt.root_problems.insert(index, p)
                 }
                 _ => rt.root_problems.remove(&index),
+            };
+            if before != rt.root_problems.get(&index).copied() {
+                rt.unavailable.remove(&index);
             }
+            before
         };
         let event = |code: Option<crate::error_code::ErrorCode>, message: &str| {
             self.inner.events.emit(crate::events::Event::WatchRoot {

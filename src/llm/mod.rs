@@ -17,7 +17,7 @@ mod worker;
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock, PoisonError, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::model::{LlamaChatMessage, LlamaChatTemplate, LlamaModel};
@@ -510,7 +510,8 @@ struct Queue {
 
 struct QueueState {
     /// One FIFO lane per priority, highest last.
-    lanes: [std::collections::VecDeque<Generation>; 3],
+    /// Each job with when it was queued (time to first token counts from there).
+    lanes: [std::collections::VecDeque<(Instant, Generation)>; 3],
     closed: bool,
 }
 
@@ -543,7 +544,7 @@ impl Queue {
         if waiting >= self.capacity {
             return Err(LlmError::QueueFull(waiting));
         }
-        state.lanes[job.priority as usize].push_back(job);
+        state.lanes[job.priority as usize].push_back((Instant::now(), job));
         drop(state);
         self.ready.notify_one();
         Ok(())
@@ -554,8 +555,9 @@ impl Queue {
         !self.lock().lanes[Priority::Interactive as usize].is_empty()
     }
 
-    /// Blocks until a job is available (highest priority first) or the queue is closed.
-    fn pop(&self) -> Option<Generation> {
+    /// Blocks until a job is available (highest priority first) or the queue is closed; the
+    /// job and when it was queued.
+    fn pop(&self) -> Option<(Instant, Generation)> {
         let mut state = self.lock();
         loop {
             if state.closed {
@@ -580,7 +582,11 @@ impl Queue {
         let jobs: Vec<Generation> = {
             let mut state = self.lock();
             state.closed = true;
-            state.lanes.iter_mut().flat_map(|l| l.drain(..)).collect()
+            state
+                .lanes
+                .iter_mut()
+                .flat_map(|l| l.drain(..).map(|(_, job)| job))
+                .collect()
         };
         // Jobs that never started end as cancelled, so their callers finish cleanly.
         for job in jobs {

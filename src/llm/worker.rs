@@ -33,6 +33,7 @@ use super::{
     Sampling, Shared,
 };
 use crate::config::LlmConfig;
+use crate::metrics::METRICS;
 use crate::models::{ModelError, VerifiedModel};
 use crate::priority::CpuLoad;
 
@@ -140,7 +141,7 @@ where
     };
     let mut kv = KvCache::default();
     let mut bg_kv = KvCache::default();
-    while let Some(job) = shared.queue.pop() {
+    while let Some((queued_at, job)) = shared.queue.pop() {
         let preempt =
             || job.priority < super::Priority::Interactive && shared.queue.interactive_waiting();
         let outcome = if job.priority == super::Priority::Interactive {
@@ -150,7 +151,15 @@ where
                 // The chat needs the room the cached background prefix holds.
                 drop_background(&mut eng.ctx, &mut kv, &mut bg_kv);
             }
-            generate(&mut eng, &mut kv, &job, config.stall_timeout, &preempt)
+            let _active = METRICS.streams_active.track();
+            generate(
+                &mut eng,
+                &mut kv,
+                &job,
+                queued_at,
+                config.stall_timeout,
+                &preempt,
+            )
         } else {
             background(
                 &mut eng,
@@ -167,6 +176,7 @@ where
             kv.tokens.clear();
             bg_kv.tokens.clear();
         }
+        count(&outcome);
         tracing::debug!(
             finish = ?outcome.finish,
             prompt_tokens = outcome.prompt_tokens,
@@ -187,6 +197,23 @@ where
     shared.set_state(LoadState::Unloaded);
     drop(verified);
     tracing::info!(model = %shared.name, "chat model unloaded");
+}
+
+/// Adds a finished generation to the metrics.
+fn count(outcome: &Outcome) {
+    METRICS
+        .prompt_evaluated
+        .add(u64::from(outcome.prompt_evaluated));
+    METRICS.prompt_reused.add(u64::from(outcome.prompt_reused));
+    METRICS.generated.add(u64::from(outcome.completion_tokens));
+    let finish = match outcome.finish {
+        Finish::Stop => 0,
+        Finish::Length => 1,
+        Finish::Cancelled => 2,
+        Finish::Preempted => 3,
+        Finish::Error => 4,
+    };
+    METRICS.generations[finish].inc();
 }
 
 /// The KV cache's size: one key and one value per layer, token and embedding dimension, in f16
@@ -333,7 +360,7 @@ fn background(
         }
         chat_kv.tokens.clear();
     }
-    run_seq(eng, bg_kv, BACKGROUND_SEQ, job, stall, preempt)
+    run_seq(eng, bg_kv, BACKGROUND_SEQ, job, None, stall, preempt)
 }
 
 /// Removes the background sequence from the cache.
@@ -349,17 +376,21 @@ fn generate(
     eng: &mut Engine<'_>,
     kv: &mut KvCache,
     job: &Generation,
+    queued_at: Instant,
     stall: Duration,
     preempt: &dyn Fn() -> bool,
 ) -> Outcome {
-    run_seq(eng, kv, CHAT_SEQ, job, stall, preempt)
+    run_seq(eng, kv, CHAT_SEQ, job, Some(queued_at), stall, preempt)
 }
 
+/// Runs one generation in `seq`. `queued_at` is set for chat generations, whose time to first
+/// token and per-token latency go to the metrics.
 fn run_seq(
     eng: &mut Engine<'_>,
     kv: &mut KvCache,
     seq: i32,
     job: &Generation,
+    queued_at: Option<Instant>,
     stall: Duration,
     preempt: &dyn Fn() -> bool,
 ) -> Outcome {
@@ -477,6 +508,11 @@ fn run_seq(
             break Finish::Stop;
         }
         outcome.completion_tokens += 1;
+        if outcome.completion_tokens == 1 {
+            if let Some(queued_at) = queued_at {
+                METRICS.ttft.observe_duration(queued_at.elapsed());
+            }
+        }
         piece.clear();
         vocab.token_to_piece_into(token, &mut piece, false, None);
         let chunk = text.push(&piece);
@@ -502,7 +538,11 @@ fn run_seq(
             outcome.decode = decode_started.elapsed();
             return fail(outcome, format!("decode failed: {err}"));
         }
-        retune = eng.observe(step.elapsed());
+        let took = step.elapsed();
+        if queued_at.is_some() {
+            METRICS.token_latency.observe_duration(took);
+        }
+        retune = eng.observe(took);
         kv.tokens.push(token);
         pos += 1;
         logits_index = 0;

@@ -13,6 +13,7 @@ pub mod docs;
 pub mod error;
 pub mod library;
 pub mod memories;
+mod metrics;
 pub mod models;
 mod openai;
 pub mod pipe;

@@ -23,6 +23,7 @@ use super::respond::{error_response, ResBody};
 use super::tcp::Verdict;
 use super::{chats, docs, library, memories, models, status, users, App, Transport};
 use crate::error_code::ErrorCode;
+use crate::metrics::METRICS;
 use crate::store::{ChatId, Scope, UserId};
 
 /// Path prefix of every endpoint.
@@ -36,8 +37,11 @@ pub async fn handle(
 ) -> Result<Response<ResBody>, Infallible> {
     if transport == Transport::Compat {
         // Another backend's API, with its own checks and error shape.
-        return Ok(super::compat::handle(&app, req).await);
+        let response = super::compat::handle(&app, req).await;
+        METRICS.request("compat", response.status().as_u16());
+        return Ok(response);
     }
+    let route_pattern = super::metrics::route_pattern(req.uri().path());
     static NEXT_ID: AtomicU64 = AtomicU64::new(1);
     let request_id = format!("{:08x}", NEXT_ID.fetch_add(1, Ordering::Relaxed));
     let span = tracing::debug_span!("request", id = %request_id, method = %req.method(), path = %req.uri().path());
@@ -95,6 +99,7 @@ pub async fn handle(
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert("x-request-id", value);
     }
+    METRICS.request(route_pattern, response.status().as_u16());
     Ok(response)
 }
 
@@ -124,6 +129,12 @@ async fn route(
     received: Instant,
 ) -> Result<Response<ResBody>, ApiError> {
     let path = req.uri().path().to_string();
+    if path == super::metrics::PATH {
+        return match *req.method() {
+            Method::GET => super::metrics::metrics(app),
+            _ => Err(ApiError::method_not_allowed("GET")),
+        };
+    }
     if path.starts_with(super::openai::PREFIX) {
         return super::openai::route(app, req, received).await;
     }

@@ -7,13 +7,18 @@
 //! that is a full scan of every chunk, on the async runtime, twenty times a second. Reading five
 //! keys costs microseconds.
 //!
+//! The drop folder's files are counted per stored state the same way (`files.<state>`): the
+//! library's status and `GET /metrics` read four keys instead of walking every file's record.
+//!
 //! A store written before the counters existed gets them once, when it is opened: each tree is
-//! counted then (the only scan), and a marker says the counters are complete.
+//! counted then (the only scan), and a marker says the counters are complete (one marker for the
+//! record counts, one for the file states, which came later).
 
 use sled::transaction::TransactionalTree;
 use sled::Tree;
 
-use super::{StoreCounts, StoreError, TxResult};
+use super::library::{FileRecord, FileState};
+use super::{codec, StoreCounts, StoreError, TxResult};
 
 /// A counted kind of record: its key in the `counts` tree.
 #[derive(Clone, Copy, Debug)]
@@ -47,6 +52,20 @@ impl Counted {
 
 /// Present once every counter is complete (written last by [`ensure`]).
 const COMPLETE: &[u8] = b"complete";
+/// Present once the file-state counters are complete (written last by [`ensure_files`]).
+const FILES_COMPLETE: &[u8] = b"complete.files";
+
+/// The states a file's record is stored with (the others are only reported).
+pub(super) const STORED_FILE_STATES: [FileState; 4] = [
+    FileState::Queued,
+    FileState::Indexed,
+    FileState::Failed,
+    FileState::Skipped,
+];
+
+fn file_key(state: FileState) -> Vec<u8> {
+    format!("files.{}", state.as_str()).into_bytes()
+}
 
 fn decode(bytes: Option<sled::IVec>) -> u64 {
     bytes
@@ -58,16 +77,85 @@ fn decode(bytes: Option<sled::IVec>) -> u64 {
 /// Adds `delta` (negative: removes) to a counter inside a transaction. A counter never goes
 /// below zero.
 pub(super) fn add(counts: &TransactionalTree, what: Counted, delta: i64) -> TxResult<()> {
+    add_key(counts, what.key(), delta)
+}
+
+fn add_key(counts: &TransactionalTree, key: &[u8], delta: i64) -> TxResult<()> {
     if delta == 0 {
         return Ok(());
     }
-    let current = decode(counts.get(what.key())?);
+    let current = decode(counts.get(key)?);
     let next = if delta >= 0 {
         current.saturating_add(delta.unsigned_abs())
     } else {
         current.saturating_sub(delta.unsigned_abs())
     };
-    counts.insert(what.key(), &next.to_be_bytes()[..])?;
+    counts.insert(key, &next.to_be_bytes()[..])?;
+    Ok(())
+}
+
+/// Moves one file between state counters inside the transaction that changes its record
+/// (`None`: no record before, or none after).
+pub(super) fn file_changed(
+    counts: &TransactionalTree,
+    old: Option<FileState>,
+    new: Option<FileState>,
+) -> TxResult<()> {
+    if old == new {
+        return Ok(());
+    }
+    if let Some(old) = old {
+        add_key(counts, &file_key(old), -1)?;
+    }
+    if let Some(new) = new {
+        add_key(counts, &file_key(new), 1)?;
+    }
+    Ok(())
+}
+
+/// Key of the drop folder's queued-job counter.
+const JOBS: &[u8] = b"library_jobs";
+
+/// Adds `delta` to the drop folder's queued-job counter inside a transaction.
+pub(super) fn jobs_changed(counts: &TransactionalTree, delta: i64) -> TxResult<()> {
+    add_key(counts, JOBS, delta)
+}
+
+/// Queued drop-folder jobs: one read.
+pub(super) fn read_jobs(counts: &Tree) -> Result<usize, StoreError> {
+    Ok(usize::try_from(decode(counts.get(JOBS)?)).unwrap_or(usize::MAX))
+}
+
+/// Files per stored state: four reads.
+pub(super) fn read_files(counts: &Tree) -> Result<Vec<(FileState, usize)>, StoreError> {
+    STORED_FILE_STATES
+        .into_iter()
+        .map(|state| {
+            let n = decode(counts.get(file_key(state))?);
+            Ok((state, usize::try_from(n).unwrap_or(usize::MAX)))
+        })
+        .collect()
+}
+
+/// Makes the file-state and job counters complete: a store from before them is counted once,
+/// at open.
+pub(super) fn ensure_files(counts: &Tree, files: &Tree, jobs: &Tree) -> Result<(), StoreError> {
+    if counts.contains_key(FILES_COMPLETE)? {
+        return Ok(());
+    }
+    let queued = u64::try_from(jobs.len()).unwrap_or(u64::MAX);
+    counts.insert(JOBS, &queued.to_be_bytes()[..])?;
+    let mut per_state = [0u64; STORED_FILE_STATES.len()];
+    for entry in files.iter() {
+        let record: FileRecord = codec::decode(&entry?.1)?;
+        if let Some(i) = STORED_FILE_STATES.iter().position(|s| *s == record.state) {
+            per_state[i] += 1;
+        }
+    }
+    for (state, n) in STORED_FILE_STATES.into_iter().zip(per_state) {
+        counts.insert(file_key(state), &n.to_be_bytes()[..])?;
+    }
+    counts.insert(FILES_COMPLETE, &[][..])?;
     Ok(())
 }
 

@@ -226,6 +226,37 @@ fn abort(err: StoreError) -> ConflictableTransactionError<StoreError> {
 }
 
 impl Trees<'_> {
+    /// Writes a file's record (`None`: removes it); `old` is the record the transaction read.
+    /// Keeps the per-state file counters exact.
+    fn put_file(
+        &self,
+        key: &[u8],
+        old: Option<&FileRecord>,
+        new: Option<&FileRecord>,
+    ) -> TxResult<()> {
+        match new {
+            Some(record) => {
+                self.files.insert(key, encode(record))?;
+            }
+            None => {
+                self.files.remove(key)?;
+            }
+        }
+        counts::file_changed(self.counts, old.map(|r| r.state), new.map(|r| r.state))
+    }
+
+    /// Queues a job (its `seq` is new), counted.
+    fn put_job(&self, job: &LibraryJob) -> TxResult<()> {
+        let previous = self.jobs.insert(&job.seq.to_be_bytes()[..], encode(job))?;
+        counts::jobs_changed(self.counts, counts::added(&previous))
+    }
+
+    /// Removes a job if it is still there, counted.
+    fn remove_job(&self, seq: u64) -> TxResult<()> {
+        let previous = self.jobs.remove(&seq.to_be_bytes()[..])?;
+        counts::jobs_changed(self.counts, counts::removed(&previous))
+    }
+
     fn refs(&self, doc: DocumentId) -> TxResult<Vec<Vec<u8>>> {
         Ok(tx_get::<Vec<Vec<u8>>>(self.doc_files, doc.as_bytes())?.unwrap_or_default())
     }
@@ -422,12 +453,7 @@ impl Store {
 
     /// Number of files in each stored state.
     pub fn file_counts(&self) -> Result<Vec<(FileState, usize)>, StoreError> {
-        let mut counts = [0usize; 5];
-        for entry in self.inner.files.iter() {
-            let record: FileRecord = decode(&entry?.1)?;
-            counts[record.state as usize] += 1;
-        }
-        Ok(FileState::ALL.into_iter().zip(counts).collect())
+        counts::read_files(&self.inner.counts)
     }
 
     /// Queues work on a file: writes the job and the file's new state in one transaction,
@@ -452,7 +478,7 @@ impl Store {
         self.library_tx(|t| {
             let old: Option<FileRecord> = tx_get(t.files, key.as_bytes())?;
             if let Some(previous) = old.as_ref().and_then(|r| r.job) {
-                t.jobs.remove(&previous.to_be_bytes()[..])?;
+                t.remove_job(previous)?;
             }
             let record = match (kind, old.clone()) {
                 (JobKind::Upsert, old) => FileRecord {
@@ -484,8 +510,8 @@ impl Store {
                 },
                 (JobKind::Remove, None) => return Ok(None),
             };
-            t.files.insert(key.as_bytes(), encode(&record))?;
-            t.jobs.insert(&seq.to_be_bytes()[..], encode(&job))?;
+            t.put_file(key.as_bytes(), old.as_ref(), Some(&record))?;
+            t.put_job(&job)?;
             Ok(Some(job.clone()))
         })
     }
@@ -500,8 +526,9 @@ impl Store {
             .collect()
     }
 
+    /// Queued jobs: one counter read (see `counts.rs`).
     pub fn library_job_count(&self) -> usize {
-        self.inner.library_jobs.len()
+        counts::read_jobs(&self.inner.counts).unwrap_or(0)
     }
 
     /// Writes a file's outcome, and removes its job (`job`), in one transaction. A job that a
@@ -518,10 +545,10 @@ impl Store {
             if let Some(seq) = job {
                 let current = old.as_ref().and_then(|r| r.job);
                 if current != Some(seq) {
-                    t.jobs.remove(&seq.to_be_bytes()[..])?;
+                    t.remove_job(seq)?;
                     return Ok(Settled::default());
                 }
-                t.jobs.remove(&seq.to_be_bytes()[..])?;
+                t.remove_job(seq)?;
             }
             let old_doc = old.as_ref().and_then(|r| r.document_id);
             let mut settled = Settled {
@@ -553,7 +580,7 @@ impl Store {
                         job: None,
                         ..record.clone()
                     };
-                    t.files.insert(key.as_bytes(), encode(&record))?;
+                    t.put_file(key.as_bytes(), old.as_ref(), Some(&record))?;
                     if t.link(doc.id, key.as_bytes())? {
                         settled.became_visible = true;
                         // A re-linked orphan: name it after the file that has it now.
@@ -574,11 +601,11 @@ impl Store {
                         job: None,
                         ..record.clone()
                     };
-                    t.files.insert(key.as_bytes(), encode(&record))?;
+                    t.put_file(key.as_bytes(), old.as_ref(), Some(&record))?;
                     None
                 }
                 FileOutcome::Removed => {
-                    t.files.remove(key.as_bytes())?;
+                    t.put_file(key.as_bytes(), old.as_ref(), None)?;
                     None
                 }
             };
@@ -595,11 +622,14 @@ impl Store {
     /// queued again once it is stable (or by the next scan, which sees a queued file with no job).
     pub fn drop_library_job(&self, key: &FileKey, seq: u64) -> Result<(), StoreError> {
         self.library_tx(|t| {
-            t.jobs.remove(&seq.to_be_bytes()[..])?;
-            if let Some(mut record) = tx_get::<FileRecord>(t.files, key.as_bytes())? {
-                if record.job == Some(seq) {
-                    record.job = None;
-                    t.files.insert(key.as_bytes(), encode(&record))?;
+            t.remove_job(seq)?;
+            if let Some(old) = tx_get::<FileRecord>(t.files, key.as_bytes())? {
+                if old.job == Some(seq) {
+                    let record = FileRecord {
+                        job: None,
+                        ..old.clone()
+                    };
+                    t.put_file(key.as_bytes(), Some(&old), Some(&record))?;
                 }
             }
             Ok(())
@@ -851,5 +881,87 @@ mod tests {
             .queue_file(&unknown, JobKind::Remove, 0, 0, 0)
             .unwrap()
             .is_none());
+    }
+
+    #[test]
+    fn file_state_counters_follow_every_write_and_are_rebuilt_for_an_older_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let exact = |store: &Store| {
+            assert_eq!(
+                store.file_counts().unwrap(),
+                store.scanned_file_counts(),
+                "counters differ from the records"
+            );
+        };
+        {
+            let store = Store::open(&path, 8 << 20).unwrap();
+            let a = FileKey::new("/root", b"a.txt");
+            let b = FileKey::new("/root", b"b.txt");
+            let c = FileKey::new("/root", b"c.txt");
+            indexed(&store, &a, &doc("h1", 1), true);
+            exact(&store);
+            // Queued, then failed; re-queued (replacing its job); dropped job.
+            let job = store
+                .queue_file(&b, JobKind::Upsert, 1, 1, 0)
+                .unwrap()
+                .unwrap();
+            exact(&store);
+            let failed = FileRecord {
+                size: 1,
+                mtime_ns: 1,
+                state: FileState::Failed,
+                reason: None,
+                message: None,
+                content_hash: None,
+                document_id: None,
+                chunks: 0,
+                indexed_at: None,
+                updated_at: 0,
+                job: None,
+            };
+            store
+                .settle_file(&b, Some(job.seq), &FileOutcome::NotIndexed(failed), 0)
+                .unwrap();
+            exact(&store);
+            let job = store
+                .queue_file(&c, JobKind::Upsert, 1, 1, 0)
+                .unwrap()
+                .unwrap();
+            store
+                .queue_file(&c, JobKind::Upsert, 2, 2, 0)
+                .unwrap()
+                .unwrap();
+            store.drop_library_job(&c, job.seq).unwrap();
+            exact(&store);
+            // A removal: queued (state kept), then settled.
+            let job = store
+                .queue_file(&a, JobKind::Remove, 0, 0, 0)
+                .unwrap()
+                .unwrap();
+            exact(&store);
+            store
+                .settle_file(&a, Some(job.seq), &FileOutcome::Removed, 0)
+                .unwrap();
+            exact(&store);
+            let counts: Vec<usize> = store.file_counts().unwrap().iter().map(|c| c.1).collect();
+            assert_eq!(counts, vec![1, 0, 1, 0], "queued, indexed, failed, skipped");
+            // As a store written before the file counters: no marker, no counters.
+            assert_eq!(store.library_job_count(), store.inner.library_jobs.len());
+            assert_eq!(store.library_job_count(), 1, "c's second job");
+            for key in [
+                "complete.files",
+                "files.queued",
+                "files.failed",
+                "library_jobs",
+            ] {
+                store.inner.counts.remove(key).unwrap();
+            }
+            store.flush_now().unwrap();
+        }
+        let store = Store::open(&path, 8 << 20).unwrap();
+        exact(&store);
+        assert_eq!(store.file_counts().unwrap()[0].1, 1);
+        assert_eq!(store.library_job_count(), 1);
     }
 }

@@ -166,6 +166,7 @@ impl Store {
             Counted::Documents => inner.documents.clone(),
             Counted::Chunks => inner.chunks.clone(),
         })?;
+        counts::ensure_files(&inner.counts, &inner.files, &inner.library_jobs)?;
         Ok(Store {
             inner: Arc::new(inner),
         })
@@ -222,6 +223,23 @@ impl Store {
     /// Record counts, for health and status: five key reads (see `counts.rs`).
     pub fn counts(&self) -> Result<StoreCounts, StoreError> {
         counts::read(&self.inner.counts)
+    }
+
+    /// Files per stored state by walking the `files` tree (what the counters must equal).
+    #[doc(hidden)]
+    pub fn scanned_file_counts(&self) -> Vec<(FileState, usize)> {
+        let mut out: Vec<(FileState, usize)> = counts::STORED_FILE_STATES
+            .into_iter()
+            .map(|s| (s, 0))
+            .collect();
+        for entry in self.inner.files.iter().flatten() {
+            if let Ok(record) = codec::decode::<FileRecord>(&entry.1) {
+                if let Some(slot) = out.iter_mut().find(|(s, _)| *s == record.state) {
+                    slot.1 += 1;
+                }
+            }
+        }
+        out
     }
 
     /// The same counts by scanning the five trees, as health did before the counters: for the

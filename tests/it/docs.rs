@@ -469,7 +469,7 @@ async fn a_question_answered_only_by_a_document_gets_sources_citing_it() {
 }
 
 #[tokio::test]
-async fn embeddings_match_python_onnxruntime() {
+async fn embeddings_match_python_onnxruntime_and_a_float64_reference() {
     let d = Daemon::start(tiny()).await;
     // The embedder loads on first use, so an idle daemon has not paid for it.
     let health = d
@@ -531,26 +531,19 @@ async fn embeddings_match_python_onnxruntime() {
         .unwrap();
     assert_eq!(health["models"]["embed"]["state"], "ready", "{health}");
 
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/embed_reference.py");
-    let out = Command::new("python3")
-        .arg(script)
-        .arg(models_dir())
-        .args(texts)
-        .output()
-        .expect("python3");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let reference: Vec<Vec<f64>> = serde_json::from_slice(&out.stdout).unwrap();
-    for (i, expected) in reference.iter().enumerate() {
-        let got: Vec<f64> = data[i]["embedding"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_f64().unwrap())
-            .collect();
+    let got: Vec<Vec<f64>> = (0..texts.len())
+        .map(|i| {
+            data[i]["embedding"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap())
+                .collect()
+        })
+        .collect();
+    // The same file through Python onnxruntime: the same numbers.
+    let onnx = reference_vectors(&["--onnx", "all-MiniLM-L6-v2.fp32.onnx"], &texts);
+    for (i, (got, expected)) in got.iter().zip(&onnx).enumerate() {
         assert_eq!(got.len(), 384);
         let worst = got
             .iter()
@@ -559,6 +552,34 @@ async fn embeddings_match_python_onnxruntime() {
             .fold(0.0, f64::max);
         assert!(worst < 1e-5, "text {i}: max difference {worst}");
     }
+    // An independent float64 forward pass of the model's own weights (no ONNX at all): the
+    // daemon's fp32 file is the model, not an approximation of it (the int8 file reached 0.998).
+    let exact = reference_vectors(&["--float64"], &texts);
+    for (i, (got, expected)) in got.iter().zip(&exact).enumerate() {
+        let cosine: f64 = got.iter().zip(expected).map(|(a, b)| a * b).sum();
+        assert!(
+            cosine >= 0.9999,
+            "text {i}: cosine {cosine} against float64"
+        );
+    }
+}
+
+/// Vectors from tests/embed_reference.py in `mode` for `texts`.
+fn reference_vectors(mode: &[&str], texts: &[&str]) -> Vec<Vec<f64>> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/embed_reference.py");
+    let out = Command::new("python3")
+        .arg(script)
+        .arg(models_dir())
+        .args(mode)
+        .args(texts)
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 #[tokio::test]
@@ -671,12 +692,102 @@ async fn documents_embedded_by_another_model_are_re_embedded_not_mixed() {
 }
 
 #[tokio::test]
+async fn a_store_written_with_the_int8_embedder_is_re_embedded_by_the_exact_one() {
+    // The previous version embedded with the int8 file: a real store written by it.
+    let int8 = "all-minilm-l6-v2-int8";
+    let mut d = Daemon::start(Opts {
+        extra: vec!["--embed-model".into(), int8.into()],
+        ..tiny()
+    })
+    .await;
+    let chat = d.new_chat("int8").await;
+    let events = upload(
+        &d,
+        &chat,
+        "owl.txt",
+        b"The snowy owl hunts lemmings on the tundra at dusk.",
+    );
+    let doc = events.last().unwrap().1["document"].clone();
+    let id = doc["id"].as_str().unwrap().to_string();
+    let old = doc["model"].as_str().unwrap().to_string();
+    assert!(old.starts_with(&format!("{int8}@")), "{doc}");
+    let embedded = d
+        .client
+        .call(
+            Method::POST,
+            "/v1/embeddings",
+            Some(&json!({"input": "snowy owl", "model": int8})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(embedded["model"], int8, "{embedded}");
+    assert!(d.terminate().success());
+
+    // The default (fp32) embedder: the int8 vectors are replaced, never mixed in.
+    d.opts.extra.clear();
+    d.restart().await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let now = loop {
+        let got = d
+            .client
+            .call(Method::GET, &format!("/api/v1/documents/{id}"), None)
+            .await
+            .unwrap();
+        let model = got["model"].as_str().unwrap().to_string();
+        if model != old {
+            break model;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never re-embedded: {got}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert!(now.starts_with("all-minilm-l6-v2@"), "{now}");
+    let results = search(&d, &format!("chat:{chat}"), "what does the snowy owl hunt").await;
+    assert_eq!(results.len(), 1, "one copy, not two: {results:?}");
+    assert_eq!(results[0]["document_id"], id.as_str());
+    assert!(results[0]["score"].as_f64().unwrap() > 0.3, "{results:?}");
+    let (status, err) = d
+        .client
+        .request(
+            Method::POST,
+            "/v1/embeddings",
+            Some(&json!({"input": "snowy owl", "model": int8})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 404, "{err}");
+}
+
+#[tokio::test]
+async fn an_unknown_embed_model_is_a_start_error() {
+    let d = Daemon::stopped(Opts {
+        extra: vec!["--embed-model".into(), "tiny-random".into()],
+        ..tiny()
+    });
+    let out = d.command().output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("'tiny-random' is not an embedding model")
+            && stderr.contains("all-minilm-l6-v2-int8"),
+        "{stderr}"
+    );
+    assert!(!d.socket.exists(), "refused before binding");
+    // A sidecar's parent reads the code.
+    let out = d.command().arg("--sidecar").output().unwrap();
+    let line: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(line["code"], "unknown_model", "{line}");
+}
+
+#[tokio::test]
 async fn a_missing_onnx_runtime_is_an_error_not_a_crash() {
     // A models dir with the chat model and the embedder's model and tokenizer, but no runtime.
     let dir = tempfile::tempdir().unwrap();
     for file in [
         "tiny-random.gguf",
-        "all-MiniLM-L6-v2.onnx",
+        "all-MiniLM-L6-v2.fp32.onnx",
         "all-MiniLM-L6-v2.tokenizer.json",
         "all-MiniLM-L6-v2.config.json",
         "all-MiniLM-L6-v2.special_tokens_map.json",

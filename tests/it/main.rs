@@ -9,6 +9,7 @@ mod docs;
 mod library;
 mod lifecycle;
 mod memory;
+mod metrics;
 mod models;
 mod openai;
 mod readme;

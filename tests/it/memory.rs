@@ -772,7 +772,13 @@ async fn inferred_facts_supersede_by_similarity_and_explicit_ones_never_do() {
     use hearth::store::{MemoryOrigin, Store, UserId};
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&dir.path().join("db"), 8 << 20).unwrap();
-    let embedder = hearth::embed::Embedder::new(&crate::support::models_dir(), 1, store.clone());
+    let embedder = hearth::embed::Embedder::new(
+        &crate::support::models_dir(),
+        hearth::config::DEFAULT_EMBED_MODEL,
+        1,
+        store.clone(),
+    )
+    .unwrap();
     let memories = Memories::new(store.clone(), embedder.clone());
     let pairs = [
         ("User lives in Lisbon", "User lives in Porto"),

@@ -31,7 +31,7 @@ pub(super) async fn embeddings(
 ) -> Result<Response<ResBody>, ApiError> {
     let body: EmbeddingsRequest = body::json(req, &app.config).await?;
     let bad = |message: String| ApiError::bad_request(ErrorCode::InvalidRequest, message);
-    let model = crate::embed::MODEL_NAME;
+    let model = app.embedder.model_name();
     if let Some(asked) = &body.model {
         if asked != model {
             return Err(ApiError::not_found(
