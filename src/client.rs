@@ -192,6 +192,18 @@ impl Client {
         Ok((status, value))
     }
 
+    /// GETs a text answer (`/metrics`); a non-2xx status is an error carrying the API's message.
+    pub async fn text(&self, path: &str) -> anyhow::Result<String> {
+        let response = self.send(Method::GET, path, None).await?;
+        let status = response.status();
+        let bytes = response.into_body().collect().await?.to_bytes();
+        if !status.is_success() {
+            let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            return Err(ClientError::api(status, &body).into());
+        }
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    }
+
     /// Like [`Client::request`], but a non-2xx status is an error carrying the API's message.
     pub async fn call(
         &self,

@@ -106,6 +106,10 @@ pub struct BenchArgs {
     /// worker start time, and this process's memory while a worker refuses a PDF bomb.
     #[arg(long)]
     extract: bool,
+    /// Internal: print `--rag`'s embedding rates of this embedding model as JSON (ONNX Runtime
+    /// allows one environment per process, so each model is measured in a process of its own).
+    #[arg(long, hide = true, value_name = "MODEL")]
+    embed_rates: Option<String>,
     /// Internal: be `--contention`'s CPU burner for this many seconds.
     #[arg(long, hide = true, value_name = "SECS")]
     burn_secs: Option<u64>,
@@ -139,7 +143,10 @@ pub fn run(
     let manifest = Manifest::builtin();
     let entry = manifest.chat_model(args.model.as_deref())?;
     let models_dir = &config.models_dir;
-    let table = if args.extract {
+    let table = if let Some(model) = &args.embed_rates {
+        let threads = usize::try_from(args.threads).unwrap_or(1);
+        rag::rates_json(models_dir, model, threads, rt)?
+    } else if args.extract {
         extract::run(rt)?
     } else if args.library {
         library::run(

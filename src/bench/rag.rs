@@ -47,14 +47,9 @@ pub(super) fn run(
     let short: Vec<String> = sentences(512);
     let long: Vec<String> = (0..64).map(long_chunk).collect();
     let fp32 = embed_rates(&embedder, &short, &long, rt)?;
-    let int8 = Embedder::new(models_dir, INT8_MODEL, threads, store.clone())
-        .map_err(anyhow::Error::from)
-        .and_then(|e| {
-            let rates = embed_rates(&e, &short, &long, rt);
-            e.shutdown();
-            rates
-        });
+    let int8 = child_rates(models_dir, INT8_MODEL, threads);
     let python = python_rates(models_dir, threads, FP32_FILE);
+    let python_int8 = python_rates(models_dir, threads, INT8_FILE);
     let names = [
         "embeddings/s, batch 1 (short)",
         "embeddings/s, batch 32 (short)",
@@ -69,9 +64,10 @@ pub(super) fn run(
             format!("{name}, fp32"),
             format!("{:.1}", fp32[i]),
             format!(
-                "int8 file {}, python onnxruntime {}",
+                "int8 file {}; python onnxruntime: fp32 {}, int8 {}",
                 ratio(int8.as_ref().ok().map(|r| r[i])),
-                ratio(python.as_ref().ok().map(|r| r[i]))
+                ratio(python.as_ref().ok().map(|r| r[i])),
+                ratio(python_int8.as_ref().ok().map(|r| r[i]))
             ),
         ));
     }
@@ -80,6 +76,13 @@ pub(super) fn run(
             "int8 file".into(),
             "skipped".into(),
             format!("{err:#} (./models/fetch embed-int8)"),
+        ));
+    }
+    if let Err(err) = &python_int8 {
+        rows.push((
+            "python onnxruntime, int8 file".into(),
+            "skipped".into(),
+            format!("{err:#}"),
         ));
     }
     if let Err(err) = &python {
@@ -97,18 +100,22 @@ pub(super) fn run(
             let fp32 = rt.block_on(embedder.embed(sample.clone(), Urgency::Query))?;
             rows.push((
                 "min cosine vs float64, fp32".into(),
-                format!("{:.6}", min_cosine(&fp32, &reference)),
+                format!("{:.7}", min_cosine(&fp32, &reference)),
                 format!("{} texts; target >= 0.9999", sample.len()),
             ));
-            if let Ok(e) = Embedder::new(models_dir, INT8_MODEL, threads, store.clone()) {
-                if let Ok(int8) = rt.block_on(e.embed(sample.clone(), Urgency::Query)) {
-                    rows.push((
-                        "min cosine vs float64, int8 file".into(),
-                        format!("{:.6}", min_cosine(&int8, &reference)),
-                        format!("{} texts", sample.len()),
-                    ));
-                }
-                e.shutdown();
+            // The int8 file through Python onnxruntime (the daemon's own numbers on it agree
+            // to 1e-5: tests/it/docs.rs): this process already has its one ORT environment.
+            match onnx_reference(models_dir, INT8_FILE, &sample) {
+                Ok(int8) => rows.push((
+                    "min cosine vs float64, int8 file".into(),
+                    format!("{:.7}", min_cosine(&int8, &reference)),
+                    format!("{} texts", sample.len()),
+                )),
+                Err(err) => rows.push((
+                    "min cosine vs float64, int8 file".into(),
+                    "skipped".into(),
+                    format!("{err:#}"),
+                )),
             }
         }
         Err(err) => rows.push((
@@ -261,9 +268,52 @@ fn rate(n: usize, f: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<f64>
     Ok(n as f64 / started.elapsed().as_secs_f64().max(1e-9))
 }
 
-/// The int8 embedder (the previous default) and the fp32 file's name, for the comparisons.
+/// The int8 embedder (the previous default) and the two files, for the comparisons.
 const INT8_MODEL: &str = "all-minilm-l6-v2-int8";
 const FP32_FILE: &str = "all-MiniLM-L6-v2.fp32.onnx";
+const INT8_FILE: &str = "all-MiniLM-L6-v2.onnx";
+
+/// `hearth bench --embed-rates MODEL`: [`embed_rates`] of `model` as a JSON line.
+pub(super) fn rates_json(
+    models_dir: &Path,
+    model: &str,
+    threads: usize,
+    rt: &tokio::runtime::Runtime,
+) -> anyhow::Result<String> {
+    let scratch = tempfile_dir()?.join(model);
+    let store = Store::open(&scratch.join("db"), 16 << 20)?;
+    let embedder = Embedder::new(models_dir, model, threads, store)?;
+    let rates = embed_rates(
+        &embedder,
+        &sentences(512),
+        &(0..64).map(long_chunk).collect::<Vec<_>>(),
+        rt,
+    );
+    embedder.shutdown();
+    let _ = std::fs::remove_dir_all(&scratch);
+    Ok(format!("{}\n", serde_json::to_string(&rates?)?))
+}
+
+/// [`embed_rates`] of `model` measured by a child `hearth bench --embed-rates`.
+fn child_rates(models_dir: &Path, model: &str, threads: usize) -> anyhow::Result<[f64; 3]> {
+    let out = Command::new(std::env::current_exe()?)
+        .args(["bench", "--embed-rates", model, "--threads"])
+        .arg(threads.to_string())
+        .arg("--models-dir")
+        .arg(models_dir)
+        .output()
+        .context("cannot run hearth bench --embed-rates")?;
+    if !out.status.success() {
+        anyhow::bail!(
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .last()
+                .unwrap_or("failed")
+        );
+    }
+    serde_json::from_slice(&out.stdout).context("rates output")
+}
 
 /// [batch 1, batch 32, long chunks] embeddings/s of `embedder` (loaded and warmed up first).
 fn embed_rates(
@@ -293,20 +343,34 @@ fn embed_rates(
 }
 
 /// Smallest cosine between paired unit vectors.
-fn min_cosine(got: &[Vec<f32>], reference: &[Vec<f64>]) -> f64 {
+fn min_cosine<T: Copy + Into<f64>>(got: &[Vec<T>], reference: &[Vec<f64>]) -> f64 {
     got.iter()
         .zip(reference)
-        .map(|(a, b)| a.iter().zip(b).map(|(x, y)| f64::from(*x) * y).sum::<f64>())
+        .map(|(a, b)| a.iter().zip(b).map(|(x, y)| (*x).into() * y).sum::<f64>())
         .fold(f64::INFINITY, f64::min)
 }
 
 /// Unit vectors of `texts` from the float64 forward pass in `tests/embed_reference.py`.
 fn float64_reference(models_dir: &Path, texts: &[String]) -> anyhow::Result<Vec<Vec<f64>>> {
+    reference(models_dir, &["--float64"], texts)
+}
+
+/// Unit vectors of `texts` from Python onnxruntime on `file`.
+fn onnx_reference(
+    models_dir: &Path,
+    file: &str,
+    texts: &[String],
+) -> anyhow::Result<Vec<Vec<f64>>> {
+    reference(models_dir, &["--onnx", file], texts)
+}
+
+/// `tests/embed_reference.py MODELS_DIR MODE…` with `texts` as JSON on stdin.
+fn reference(models_dir: &Path, mode: &[&str], texts: &[String]) -> anyhow::Result<Vec<Vec<f64>>> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/embed_reference.py");
     let mut child = Command::new("python3")
         .arg(&script)
         .arg(models_dir)
-        .arg("--float64")
+        .args(mode)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
