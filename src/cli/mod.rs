@@ -140,6 +140,9 @@ enum Command {
     Settings(memories::SettingsArgs),
     /// Print background events (titles, memory extraction, drop-folder files) as they happen.
     Events(status::EventsArgs),
+    /// Print the daemon's metrics (requests, tokens, latencies, queues) in the Prometheus text
+    /// format, as `GET /metrics` serves them.
+    Metrics(status::MetricsArgs),
     /// Add files or folders to a running daemon's library (searchable from every chat), once.
     Ingest(ingest::IngestArgs),
     /// Show the drop folder: watched folders, file state counts and failures.
@@ -264,6 +267,7 @@ pub fn main(started: Instant) -> ExitCode {
         Some(Command::Memories(args)) => in_runtime(memories::memories(config_file, args)),
         Some(Command::Settings(args)) => in_runtime(memories::settings(config_file, args)),
         Some(Command::Events(args)) => in_runtime(status::events(config_file, args)),
+        Some(Command::Metrics(args)) => in_runtime(status::metrics(config_file, args)),
         Some(Command::Ingest(args)) => in_runtime(ingest::ingest(config_file, args)),
         Some(Command::Library(args)) => in_runtime(ingest::library(config_file, args)),
         #[cfg(feature = "bench")]

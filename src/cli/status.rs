@@ -137,3 +137,17 @@ pub(super) async fn events(config_file: Option<&Path>, args: EventsArgs) -> anyh
     }
     Ok(())
 }
+
+#[derive(clap::Args)]
+pub(super) struct MetricsArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+/// `hearth metrics`: the daemon's `GET /metrics`, as Prometheus scrapes it.
+pub(super) async fn metrics(config_file: Option<&Path>, args: MetricsArgs) -> anyhow::Result<()> {
+    let client = connect(config_file, &args.client)?;
+    let text = client.text("/metrics").await?;
+    std::io::stdout().write_all(text.as_bytes())?;
+    Ok(())
+}
