@@ -9,6 +9,7 @@
 //! Rendering the chat template and tokenizing happen on the caller's thread: the vocabulary is
 //! read-only and llama.cpp's tokenizer is safe to call concurrently with decoding.
 
+mod batch;
 #[cfg(feature = "bench")]
 pub mod direct;
 mod threads;
@@ -173,6 +174,22 @@ pub struct Outcome {
     pub completion_tokens: u32,
     pub prefill: Duration,
     pub decode: Duration,
+}
+
+impl Outcome {
+    /// Nothing done yet (cancelled unless it goes on) for a prompt of `prompt_len` tokens.
+    fn empty(prompt_len: usize) -> Outcome {
+        Outcome {
+            finish: Finish::Cancelled,
+            error: None,
+            prompt_tokens: u32::try_from(prompt_len).unwrap_or(u32::MAX),
+            prompt_reused: 0,
+            prompt_evaluated: 0,
+            completion_tokens: 0,
+            prefill: Duration::ZERO,
+            decode: Duration::ZERO,
+        }
+    }
 }
 
 /// The model's state as health reports it.
@@ -550,6 +567,25 @@ impl Queue {
         Ok(())
     }
 
+    /// The oldest waiting chat generation, if any (the batch admits it between steps).
+    fn try_pop_chat(&self) -> Option<(Instant, Generation)> {
+        self.lock().lanes[Priority::Interactive as usize].pop_front()
+    }
+
+    /// Puts a chat generation that found no room back at the head of its lane (it keeps its
+    /// place and its queue time; the capacity check passed when it was first queued).
+    fn push_front(&self, queued_at: Instant, job: Generation) {
+        let mut state = self.lock();
+        if state.closed {
+            drop(state);
+            let _ = job
+                .events
+                .try_send(GenEvent::Finished(Outcome::empty(job.prompt.len())));
+            return;
+        }
+        state.lanes[job.priority as usize].push_front((queued_at, job));
+    }
+
     /// True when an interactive generation is waiting: background work gives way to it.
     fn interactive_waiting(&self) -> bool {
         !self.lock().lanes[Priority::Interactive as usize].is_empty()
@@ -590,16 +626,9 @@ impl Queue {
         };
         // Jobs that never started end as cancelled, so their callers finish cleanly.
         for job in jobs {
-            let _ = job.events.try_send(GenEvent::Finished(Outcome {
-                finish: Finish::Cancelled,
-                error: None,
-                prompt_tokens: u32::try_from(job.prompt.len()).unwrap_or(u32::MAX),
-                prompt_reused: 0,
-                prompt_evaluated: 0,
-                completion_tokens: 0,
-                prefill: Duration::ZERO,
-                decode: Duration::ZERO,
-            }));
+            let _ = job
+                .events
+                .try_send(GenEvent::Finished(Outcome::empty(job.prompt.len())));
         }
         self.ready.notify_all();
     }

@@ -1,16 +1,18 @@
-//! The inference thread: loads the verified model, owns the one `LlamaContext`, and runs queued
-//! generations to completion one at a time.
+//! The inference thread: loads the verified model, owns the one `LlamaContext`, and serves the
+//! queue: chat generations batched together (`batch.rs`: one KV sequence per stream, up to
+//! `parallel`), background generations one at a time when no chat generation runs or waits.
 //!
 //! The KV cache is kept between generations: a follow-up turn in a chat shares its whole history
 //! with the previous prompt, so only the new tokens are evaluated (the longest common token prefix
-//! stays in the cache). That turns a multi-turn prompt's prefill from O(history) into O(new turn).
+//! stays in the slot's sequence). That turns a multi-turn prompt's prefill from O(history) into
+//! O(new turn), for up to `parallel` conversations at once.
 //!
-//! Background generations (titles, memory extraction) run in a second sequence of the same
-//! unified KV cache ([`BACKGROUND_SEQ`]), with its own prefix reuse, so they do not evict the
-//! chat's cached prefix. When both do not fit the context together, the chat's next generation
-//! drops the background sequence, and a background generation drops the chat's (whose next
-//! turn then evaluates its whole prompt again). They also give way to a
-//! queued interactive generation between tokens and prompt micro-batches ([`Finish::Preempted`]).
+//! Background generations (titles, memory extraction) run in a sequence of their own (the last
+//! one), with its own prefix reuse, so they do not evict the chats' cached prefixes. When they
+//! do not fit together, a chat generation drops the background sequence first, and a background
+//! generation drops idle chat caches, least recently used first (those chats' next turns then
+//! evaluate their whole prompts again). Background work also gives way to a queued interactive
+//! generation between tokens and prompt micro-batches ([`Finish::Preempted`]).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,6 +28,7 @@ use llama_cpp_2::token::LlamaToken;
 use llama_cpp_2::LlamaStateSeqFlags;
 use tokio::sync::mpsc;
 
+use super::batch::{self, Slot};
 use super::threads::{Change, Reason, ThreadPolicy};
 use super::utf8::Utf8Stream;
 use super::{
@@ -39,10 +42,6 @@ use crate::priority::CpuLoad;
 
 /// Tokens considered by the repeat penalty (llama.cpp's default window).
 const PENALTY_LAST_N: i32 = 64;
-/// Sequence of interactive generations, whose tokens stay cached between turns.
-const CHAT_SEQ: i32 = 0;
-/// Sequence of background generations (its own prefix cache).
-const BACKGROUND_SEQ: i32 = 1;
 /// Prompt micro-batch of background generations: smaller than chat's, because a queued chat
 /// waits for at most one of them (preemption is checked between micro-batches).
 const BACKGROUND_BATCH: usize = 64;
@@ -131,6 +130,7 @@ where
         "chat model ready"
     );
 
+    let parallel = i32::try_from(config.parallel).unwrap_or(1).max(1);
     let mut eng = Engine {
         ctx,
         model: &model,
@@ -138,42 +138,30 @@ where
         shared,
         policy,
         load: CpuLoad::default(),
+        n_seq: parallel + 1,
     };
-    let mut kv = KvCache::default();
+    let mut slots: Vec<Slot> = (0..parallel).map(Slot::new).collect();
     let mut bg_kv = KvCache::default();
     while let Some((queued_at, job)) = shared.queue.pop() {
-        let preempt =
-            || job.priority < super::Priority::Interactive && shared.queue.interactive_waiting();
-        let outcome = if job.priority == super::Priority::Interactive {
-            let n_ctx = eng.ctx.n_ctx() as usize;
-            let needs = job.prompt.len() + job.max_tokens as usize;
-            if !bg_kv.tokens.is_empty() && needs + bg_kv.tokens.len() > n_ctx {
-                // The chat needs the room the cached background prefix holds.
-                drop_background(&mut eng.ctx, &mut kv, &mut bg_kv);
-            }
-            let _active = METRICS.streams_active.track();
-            generate(
-                &mut eng,
-                &mut kv,
-                &job,
-                queued_at,
-                config.stall_timeout,
-                &preempt,
-            )
-        } else {
-            background(
-                &mut eng,
-                &mut kv,
-                &mut bg_kv,
-                &job,
-                config.stall_timeout,
-                &preempt,
-            )
-        };
+        if job.priority == super::Priority::Interactive {
+            batch::serve(&mut eng, &mut slots, &mut bg_kv, (queued_at, job), shared);
+            continue;
+        }
+        let preempt = || shared.queue.interactive_waiting();
+        let outcome = background(
+            &mut eng,
+            &mut slots,
+            &mut bg_kv,
+            &job,
+            config.stall_timeout,
+            &preempt,
+        );
         if outcome.finish == Finish::Error {
-            // A failed decode may have cleared the whole cache: forget both sequences.
+            // A failed decode may have cleared the whole cache: forget every sequence.
             eng.ctx.clear_kv_cache();
-            kv.tokens.clear();
+            for slot in &mut slots {
+                slot.kv.tokens.clear();
+            }
             bg_kv.tokens.clear();
         }
         count(&outcome);
@@ -200,7 +188,7 @@ where
 }
 
 /// Adds a finished generation to the metrics.
-fn count(outcome: &Outcome) {
+pub(super) fn count(outcome: &Outcome) {
     METRICS
         .prompt_evaluated
         .add(u64::from(outcome.prompt_evaluated));
@@ -236,29 +224,52 @@ fn context_params(config: &LlmConfig, decode_threads: u32) -> LlamaContextParams
         .with_n_ubatch(config.n_batch)
         .with_n_threads(i32::try_from(decode_threads).unwrap_or(1))
         .with_n_threads_batch(i32::try_from(config.threads).unwrap_or(1))
-        // Two sequences in one unified cache: each may use the whole context, together they
-        // share it (chat in CHAT_SEQ, background work in BACKGROUND_SEQ).
-        .with_n_seq_max(2)
+        // One sequence per batched chat stream plus one for background work, in one unified
+        // cache: each may use the whole context, together they share its cells.
+        .with_n_seq_max(config.parallel + 1)
         .with_kv_unified(true)
+        // Flash attention walks a sequence's cells one by one and skips other sequences'
+        // masked cells, so a stream's attention sums do not depend on where its cells sit in
+        // the shared cache: a greedy reply is the same alone and batched.
+        .with_flash_attention_policy(FLASH_ATTENTION_ENABLED)
         .with_no_perf(true)
 }
+
+/// llama.cpp's `LLAMA_FLASH_ATTN_TYPE_ENABLED` (llama-cpp-2 takes the raw enum value).
+const FLASH_ATTENTION_ENABLED: i32 = 1;
 
 /// The context, and what it takes to make it again. llama.cpp fixes a context's decode thread
 /// count when it is created (llama-cpp-2 0.1.160 wraps no `llama_set_n_threads` and keeps the
 /// context pointer private), so a thread policy change creates a new context and moves both
 /// sequences' cached tokens into it ([`Engine::retune`]).
-struct Engine<'m> {
-    ctx: LlamaContext<'m>,
-    model: &'m LlamaModel,
+pub(super) struct Engine<'m> {
+    pub(super) ctx: LlamaContext<'m>,
+    pub(super) model: &'m LlamaModel,
     backend: &'static LlamaBackend,
     shared: &'m Shared,
     policy: ThreadPolicy,
     load: CpuLoad,
+    /// Sequences of the context: the chat slots, then the background sequence.
+    n_seq: i32,
 }
 
 impl Engine<'_> {
+    /// The background generations' sequence (the last one).
+    pub(super) fn background_seq(&self) -> i32 {
+        self.n_seq - 1
+    }
+
+    /// Removes a sequence's cells; if llama.cpp cannot, the whole cache goes (the caller's
+    /// bookkeeping of other sequences is then stale, so this is only a fallback that logs).
+    pub(super) fn drop_seq(&mut self, seq: i32) {
+        if self.ctx.kv_cache_seq_rm(seq, None, None).is_err() {
+            tracing::warn!(seq, "cannot remove a KV sequence; clearing the cache");
+            self.ctx.clear_kv_cache();
+        }
+    }
+
     /// Records a one-token decode step's time; a thread change to make before the next one.
-    fn observe(&mut self, step: Duration) -> Option<Change> {
+    pub(super) fn observe(&mut self, step: Duration) -> Option<Change> {
         let threads = f64::from(self.policy.current());
         let load = &mut self.load;
         self.policy.observe(step, || {
@@ -272,7 +283,7 @@ impl Engine<'_> {
     /// Moves decoding to `change.threads` threads: a new context takes over both sequences'
     /// cached tokens, then replaces the old one. For a moment both contexts' KV caches exist
     /// (the old one is the fallback: any failure keeps it, and the policy stops adapting).
-    fn retune(&mut self, change: Change) {
+    pub(super) fn retune(&mut self, change: Change) {
         let from = self
             .shared
             .decode_threads
@@ -312,31 +323,31 @@ impl Engine<'_> {
     /// A context with `threads` decode threads holding this one's sequences; the bytes moved.
     fn rebuild(&mut self, threads: u32) -> Result<usize, String> {
         let flags = LlamaStateSeqFlags::empty();
-        let chat = self
-            .ctx
-            .state_seq_get(CHAT_SEQ, flags)
-            .map_err(|e| e.to_string())?;
-        let bg = self
-            .ctx
-            .state_seq_get(BACKGROUND_SEQ, flags)
-            .map_err(|e| e.to_string())?;
+        let states = (0..self.n_seq)
+            .map(|seq| {
+                self.ctx
+                    .state_seq_get(seq, flags)
+                    .map_err(|e| e.to_string())
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let mut ctx = self
             .model
             .new_context(self.backend, context_params(&self.shared.config, threads))
             .map_err(|e| format!("cannot create a llama.cpp context: {e}"))?;
-        ctx.state_seq_set(&chat, CHAT_SEQ)
-            .map_err(|e| e.to_string())?;
-        ctx.state_seq_set(&bg, BACKGROUND_SEQ)
-            .map_err(|e| e.to_string())?;
+        let mut moved = 0;
+        for (seq, state) in (0..self.n_seq).zip(&states) {
+            ctx.state_seq_set(state, seq).map_err(|e| e.to_string())?;
+            moved += state.byte_len();
+        }
         self.ctx = ctx;
-        Ok(chat.byte_len() + bg.byte_len())
+        Ok(moved)
     }
 }
 
-/// The tokens whose keys/values are in the context, position by position.
+/// The tokens whose keys/values are in a sequence, position by position.
 #[derive(Default)]
-struct KvCache {
-    tokens: Vec<LlamaToken>,
+pub(super) struct KvCache {
+    pub(super) tokens: Vec<LlamaToken>,
 }
 
 /// Runs a background generation in its own sequence, next to the chat's cached tokens. The
@@ -344,7 +355,7 @@ struct KvCache {
 /// instructions and examples), which is then evaluated once, not per job.
 fn background(
     eng: &mut Engine<'_>,
-    chat_kv: &mut KvCache,
+    slots: &mut [Slot],
     bg_kv: &mut KvCache,
     job: &Generation,
     stall: Duration,
@@ -352,59 +363,36 @@ fn background(
 ) -> Outcome {
     let n_ctx = eng.ctx.n_ctx() as usize;
     let needs = job.prompt.len() + job.max_tokens as usize;
-    if chat_kv.tokens.len() + needs > n_ctx {
-        // Both do not fit: the chat's prefix goes (its next turn re-evaluates its prompt).
-        if eng.ctx.kv_cache_seq_rm(CHAT_SEQ, None, None).is_err() {
-            eng.ctx.clear_kv_cache();
-            bg_kv.tokens.clear();
-        }
-        chat_kv.tokens.clear();
+    // Chats' cached prefixes that leave no room go, least recently used first (their next
+    // turns re-evaluate their prompts). No chat generation runs now: every slot is idle.
+    let cached = |slots: &[Slot]| slots.iter().map(|s| s.kv.tokens.len()).sum::<usize>();
+    while cached(slots) + needs > n_ctx {
+        let Some(victim) = slots
+            .iter_mut()
+            .filter(|s| !s.kv.tokens.is_empty())
+            .min_by_key(|s| s.used())
+        else {
+            break;
+        };
+        let seq = victim.seq;
+        victim.kv.tokens.clear();
+        eng.drop_seq(seq);
     }
-    run_seq(eng, bg_kv, BACKGROUND_SEQ, job, None, stall, preempt)
+    let seq = eng.background_seq();
+    run_seq(eng, bg_kv, seq, job, stall, preempt)
 }
 
-/// Removes the background sequence from the cache.
-fn drop_background(ctx: &mut LlamaContext<'_>, chat_kv: &mut KvCache, bg_kv: &mut KvCache) {
-    if ctx.kv_cache_seq_rm(BACKGROUND_SEQ, None, None).is_err() {
-        ctx.clear_kv_cache();
-        chat_kv.tokens.clear();
-    }
-    bg_kv.tokens.clear();
-}
-
-fn generate(
-    eng: &mut Engine<'_>,
-    kv: &mut KvCache,
-    job: &Generation,
-    queued_at: Instant,
-    stall: Duration,
-    preempt: &dyn Fn() -> bool,
-) -> Outcome {
-    run_seq(eng, kv, CHAT_SEQ, job, Some(queued_at), stall, preempt)
-}
-
-/// Runs one generation in `seq`. `queued_at` is set for chat generations, whose time to first
-/// token and per-token latency go to the metrics.
+/// Runs one background generation in `seq`, giving way (`Preempted`) when `preempt` says so.
 fn run_seq(
     eng: &mut Engine<'_>,
     kv: &mut KvCache,
     seq: i32,
     job: &Generation,
-    queued_at: Option<Instant>,
     stall: Duration,
     preempt: &dyn Fn() -> bool,
 ) -> Outcome {
     let prompt = &job.prompt.tokens;
-    let mut outcome = Outcome {
-        finish: Finish::Cancelled,
-        error: None,
-        prompt_tokens: u32::try_from(prompt.len()).unwrap_or(u32::MAX),
-        prompt_reused: 0,
-        prompt_evaluated: 0,
-        completion_tokens: 0,
-        prefill: Duration::ZERO,
-        decode: Duration::ZERO,
-    };
+    let mut outcome = Outcome::empty(prompt.len());
     let fail = |mut outcome: Outcome, msg: String| {
         outcome.finish = Finish::Error;
         outcome.error = Some(msg);
@@ -437,11 +425,7 @@ fn run_seq(
     outcome.prompt_reused = u32::try_from(reuse).unwrap_or(u32::MAX);
 
     let prefill_started = Instant::now();
-    let n_batch = if seq == BACKGROUND_SEQ {
-        (eng.ctx.n_batch() as usize).min(BACKGROUND_BATCH)
-    } else {
-        eng.ctx.n_batch() as usize
-    };
+    let n_batch = (eng.ctx.n_batch() as usize).min(BACKGROUND_BATCH);
     let mut batch = LlamaBatch::new(n_batch.max(1), 1);
     let mut chunk_start = reuse;
     while chunk_start < prompt.len() {
@@ -508,11 +492,6 @@ fn run_seq(
             break Finish::Stop;
         }
         outcome.completion_tokens += 1;
-        if outcome.completion_tokens == 1 {
-            if let Some(queued_at) = queued_at {
-                METRICS.ttft.observe_duration(queued_at.elapsed());
-            }
-        }
         piece.clear();
         vocab.token_to_piece_into(token, &mut piece, false, None);
         let chunk = text.push(&piece);
@@ -538,11 +517,7 @@ fn run_seq(
             outcome.decode = decode_started.elapsed();
             return fail(outcome, format!("decode failed: {err}"));
         }
-        let took = step.elapsed();
-        if queued_at.is_some() {
-            METRICS.token_latency.observe_duration(took);
-        }
-        retune = eng.observe(took);
+        retune = eng.observe(step.elapsed());
         kv.tokens.push(token);
         pos += 1;
         logits_index = 0;
@@ -556,7 +531,7 @@ fn run_seq(
     outcome
 }
 
-fn sampler(
+pub(super) fn sampler(
     model: &LlamaModel,
     s: &Sampling,
     grammar: Option<&str>,
@@ -609,11 +584,11 @@ fn random_seed() -> u32 {
     nanos ^ std::process::id().rotate_left(16)
 }
 
-fn common_prefix(a: &[LlamaToken], b: &[LlamaToken]) -> usize {
+pub(super) fn common_prefix(a: &[LlamaToken], b: &[LlamaToken]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
-fn pos_i32(pos: usize) -> i32 {
+pub(super) fn pos_i32(pos: usize) -> i32 {
     // Positions are below n_ctx, which fits an i32 by construction (config caps it).
     i32::try_from(pos).unwrap_or(i32::MAX)
 }
@@ -622,7 +597,7 @@ fn pos_i32(pos: usize) -> i32 {
 ///
 /// A blocking thread cannot await, so it polls `try_send` with a short back-off; the wait only
 /// happens when the client is slower than generation.
-fn send(tx: &mpsc::Sender<GenEvent>, event: GenEvent, stall: Duration) -> bool {
+pub(super) fn send(tx: &mpsc::Sender<GenEvent>, event: GenEvent, stall: Duration) -> bool {
     let deadline = Instant::now() + stall;
     let mut event = event;
     let mut backoff = Duration::from_micros(200);

@@ -2,6 +2,7 @@
 //! real sockets. Run with `cargo test --release` after `./models/fetch`.
 
 mod api;
+mod batch;
 mod chat;
 mod cli;
 mod compat;
