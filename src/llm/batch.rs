@@ -47,6 +47,7 @@ const REPLY_RESERVE: usize = 256;
 ///   walks each query's own cells one by one (skipping other sequences' masked cells) below 64
 ///   queries per step, and switches to a tiled kernel from 64 on, whose sums depend on where
 ///   cells sit; under the limit a greedy reply is the same alone and batched.
+///
 /// A step with one stream's tokens only (a prompt evaluated while nothing decodes) takes up to
 /// `n_batch`, as a generation alone always did.
 const MIXED_STEP_TOKENS: usize = 63;
