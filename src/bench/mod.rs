@@ -12,10 +12,13 @@
 //! - `models.rs` (`--models`): model load vs a direct load, switching, RSS with one and two
 //!   models and after the idle TTL unloaded one;
 //! - `openai.rs` (`--openai-peer DIR`): `/v1/chat/completions` vs llama-cpp-python's server;
+//! - `batch.rs` (`--batch`): four streams at once vs one, TTFT while three decode, and the
+//!   same against llama-cpp-python's server with `--openai-peer DIR`;
 //! - `contention.rs` (`--contention`): decode with a core kept busy by another process, for
 //!   the adaptive thread policy, fixed counts and llama-cpp-python;
 //! - `corpus.rs`: the synthetic texts they ingest.
 
+mod batch;
 mod contention;
 mod corpus;
 mod decode;
@@ -97,6 +100,11 @@ pub struct BenchArgs {
     /// package (`scripts/bench-peer` installs it).
     #[arg(long, value_name = "DIR")]
     openai_peer: Option<PathBuf>,
+    /// Measure continuous batching instead: four concurrent streams against one, the TTFT of a
+    /// stream admitted while three decode, and (with `--openai-peer DIR`) the same four
+    /// requests against llama-cpp-python's server.
+    #[arg(long)]
+    batch: bool,
     /// Measure decode while another process keeps a core busy instead: the adaptive thread
     /// policy against fixed thread counts (and llama-cpp-python with `--openai-peer DIR`), each
     /// idle and under a CPU burner.
@@ -165,6 +173,16 @@ pub fn run(
     } else if args.models {
         let second = manifest.chat_model(Some(&args.second_model))?;
         models::run(rt, models_dir, entry, second, args.threads)?
+    } else if args.batch {
+        batch::run(
+            rt,
+            models_dir,
+            entry,
+            args.openai_peer.as_deref(),
+            args.threads,
+            args.tokens,
+            args.runs,
+        )?
     } else if args.contention {
         contention::run(
             rt,

@@ -42,46 +42,8 @@ pub(super) fn run(
     }
     let scratch = std::env::temp_dir().join(format!("hearth-bench-openai-{}", std::process::id()));
     let _cleanup = RemoveOnDrop(scratch.clone());
-
-    let hearth_addr = free_port()?;
-    let mut hearth = BenchDaemon {
-        child: command(&scratch, models_dir, &entry.name, threads)?
-            .arg("--tcp")
-            .arg(hearth_addr.to_string())
-            .stdout(Stdio::null())
-            .spawn()
-            .context("cannot spawn hearth serve")?,
-    };
-    let socket = Client::new(&scratch.join("hearth.sock"));
-    rt.block_on(socket.wait_ready(READY_TIMEOUT))?;
-    // The daemon writes its TCP token into the data dir before it listens.
-    let token = std::fs::read_to_string(scratch.join("data").join("tcp-token"))
-        .context("hearth wrote no tcp-token")?;
-    let hearth_client = Client::tcp(hearth_addr, Some(token.trim().to_string()));
-
-    let peer_addr = free_port()?;
-    let mut peer = BenchDaemon {
-        child: Command::new("python3")
-            .args(["-m", "llama_cpp.server", "--model"])
-            .arg(&model_path)
-            .args(["--n_threads", &threads.to_string()])
-            .args(["--n_threads_batch", &threads.to_string()])
-            .args(["--n_ctx", &N_CTX.to_string()])
-            .args([
-                "--host",
-                "127.0.0.1",
-                "--port",
-                &peer_addr.port().to_string(),
-            ])
-            .env("PYTHONPATH", peer_dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("cannot spawn python3 -m llama_cpp.server")?,
-    };
-    let peer_client = Client::tcp(peer_addr, None);
-    rt.block_on(wait_models(&peer_client, &mut peer))?;
+    let (mut hearth, hearth_client) = tcp_daemon(rt, &scratch, models_dir, &entry.name, threads)?;
+    let (mut peer, peer_client) = spawn_peer(rt, &model_path, peer_dir, threads)?;
 
     let mut sides = [Side::default(), Side::default()];
     // One warm-up each, then measured runs.
@@ -162,6 +124,61 @@ impl Side {
         self.ttft.push(run.ttft_ms);
         self.last_tokens = run.tokens;
     }
+}
+
+/// A hearth daemon on `scratch` with its token-guarded TCP listener on a free loopback port,
+/// ready, and a client of that listener.
+pub(super) fn tcp_daemon(
+    rt: &tokio::runtime::Runtime,
+    scratch: &Path,
+    models_dir: &Path,
+    model: &str,
+    threads: u32,
+) -> anyhow::Result<(BenchDaemon, Client)> {
+    let addr = free_port()?;
+    let daemon = BenchDaemon {
+        child: command(scratch, models_dir, model, threads)?
+            .arg("--tcp")
+            .arg(addr.to_string())
+            .stdout(Stdio::null())
+            .spawn()
+            .context("cannot spawn hearth serve")?,
+    };
+    let socket = Client::new(&scratch.join("hearth.sock"));
+    rt.block_on(socket.wait_ready(READY_TIMEOUT))?;
+    // The daemon writes its TCP token into the data dir before it listens.
+    let token = std::fs::read_to_string(scratch.join("data").join("tcp-token"))
+        .context("hearth wrote no tcp-token")?;
+    Ok((daemon, Client::tcp(addr, Some(token.trim().to_string()))))
+}
+
+/// llama-cpp-python's server (from `peer_dir`) on `model_path` with `threads` and the benches'
+/// context size, ready, and a client of it.
+pub(super) fn spawn_peer(
+    rt: &tokio::runtime::Runtime,
+    model_path: &Path,
+    peer_dir: &Path,
+    threads: u32,
+) -> anyhow::Result<(BenchDaemon, Client)> {
+    let addr = free_port()?;
+    let mut peer = BenchDaemon {
+        child: Command::new("python3")
+            .args(["-m", "llama_cpp.server", "--model"])
+            .arg(model_path)
+            .args(["--n_threads", &threads.to_string()])
+            .args(["--n_threads_batch", &threads.to_string()])
+            .args(["--n_ctx", &N_CTX.to_string()])
+            .args(["--host", "127.0.0.1", "--port", &addr.port().to_string()])
+            .env("PYTHONPATH", peer_dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("cannot spawn python3 -m llama_cpp.server")?,
+    };
+    let client = Client::tcp(addr, None);
+    rt.block_on(wait_models(&client, &mut peer))?;
+    Ok((peer, client))
 }
 
 /// Waits until the peer answers `GET /v1/models` (it loads the model before it listens).

@@ -303,16 +303,21 @@ fn child_rates(models_dir: &Path, model: &str, threads: usize) -> anyhow::Result
         .arg(models_dir)
         .output()
         .context("cannot run hearth bench --embed-rates")?;
+    json_output(&out)
+}
+
+/// A child's JSON on stdout, or its last stderr line as the error.
+fn json_output<T: serde::de::DeserializeOwned>(out: &std::process::Output) -> anyhow::Result<T> {
     if !out.status.success() {
         anyhow::bail!(
             "{}",
             String::from_utf8_lossy(&out.stderr)
                 .lines()
                 .last()
-                .unwrap_or("failed")
+                .unwrap_or("the child process failed")
         );
     }
-    serde_json::from_slice(&out.stdout).context("rates output")
+    serde_json::from_slice(&out.stdout).context("the child process printed no JSON")
 }
 
 /// [batch 1, batch 32, long chunks] embeddings/s of `embedder` (loaded and warmed up first).
@@ -383,16 +388,7 @@ fn reference(models_dir: &Path, mode: &[&str], texts: &[String]) -> anyhow::Resu
     writer
         .join()
         .map_err(|_| anyhow::anyhow!("writer panicked"))??;
-    if !out.status.success() {
-        anyhow::bail!(
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-                .lines()
-                .last()
-                .unwrap_or("python failed")
-        );
-    }
-    serde_json::from_slice(&out.stdout).context("python output")
+    json_output(&out)
 }
 
 /// [batch 1, batch 32, long chunks] embeddings/s from Python onnxruntime on `file`.
@@ -405,18 +401,5 @@ fn python_rates(models_dir: &Path, threads: usize, file: &str) -> anyhow::Result
         .arg(file)
         .output()
         .context("cannot run python3")?;
-    if !out.status.success() {
-        anyhow::bail!(
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-                .lines()
-                .last()
-                .unwrap_or("python failed")
-        );
-    }
-    let v: Vec<f64> = serde_json::from_slice(&out.stdout).context("python output")?;
-    match v.as_slice() {
-        [a, b, c] => Ok([*a, *b, *c]),
-        _ => anyhow::bail!("python printed {v:?}"),
-    }
+    json_output(&out)
 }

@@ -31,7 +31,7 @@ use llama_cpp_2::token::LlamaToken;
 use tokio::sync::mpsc;
 
 use super::utf8::Utf8Stream;
-use super::worker::{common_prefix, count, pos_i32, sampler, Engine, KvCache};
+use super::worker::{common_prefix, finished, forget_all, pos_i32, sampler, send, Engine, KvCache};
 use super::{Finish, GenEvent, Generation, Outcome, Shared};
 use crate::metrics::{GaugeGuard, METRICS};
 
@@ -56,6 +56,9 @@ const MIXED_STEP_TOKENS: usize = 63;
 pub(super) struct Slot {
     pub(super) seq: i32,
     pub(super) kv: KvCache,
+    /// Prompt tokens of the last generation admitted to it: a new prompt that starts with all
+    /// of them continues that conversation.
+    prompt_len: usize,
     /// When a generation last finished on it (least recently used goes first).
     used: Instant,
     busy: bool,
@@ -71,6 +74,7 @@ impl Slot {
         Slot {
             seq,
             kv: KvCache::default(),
+            prompt_len: 0,
             used: Instant::now(),
             busy: false,
         }
@@ -262,6 +266,13 @@ pub(super) fn serve(
             return;
         }
         let took = step.elapsed();
+        tracing::trace!(
+            tokens = batch.n_tokens(),
+            decoding,
+            streams = streams.len(),
+            us = took.as_micros() as u64,
+            "batched step"
+        );
         // The thread policy compares one-token steps; a batched step is another workload.
         if batch.n_tokens() == 1 {
             retune = eng.observe(took);
@@ -326,7 +337,7 @@ fn admit(
     let n_ctx = eng.ctx.n_ctx() as usize;
     let prompt = &job.prompt.tokens;
     let mut outcome = Outcome::empty(prompt.len());
-    if !super::worker::send(&job.events, GenEvent::Started, stall) || job.cancel.is_cancelled() {
+    if !send(&job.events, GenEvent::Started, stall) || job.cancel.is_cancelled() {
         finished(&job, outcome, stall);
         return Admission::Ended;
     }
@@ -380,6 +391,7 @@ fn admit(
         }
     };
     s.busy = true;
+    s.prompt_len = prompt.len();
     Admission::Started(Box::new(Stream {
         slot,
         job,
@@ -412,15 +424,17 @@ impl Stream {
     }
 }
 
-/// The idle slot for `prompt`: one whose cached conversation the prompt continues (it shares at
-/// least half of the cached tokens; the longest such prefix wins), else an empty slot, else the
-/// least recently used one. A prefix shared only by accident (the same system prompt) does not
-/// cost another conversation its cache while an empty slot is free. `None` when all are busy.
+/// The idle slot for `prompt`: one whose cached conversation the prompt continues (it starts
+/// with that slot's whole last prompt, as a chat's next turn does; the longest shared prefix
+/// wins), else an empty slot, else the least recently used one. A prefix shared only by
+/// accident (the same system prompt) does not cost another conversation its cache while an
+/// empty slot is free. `None` when all are busy.
 fn pick_slot(slots: &[Slot], prompt: &[LlamaToken]) -> Option<usize> {
     let idle = || slots.iter().enumerate().filter(|(_, s)| !s.busy);
     let continued = idle()
-        .map(|(i, s)| (i, common_prefix(&s.kv.tokens, prompt), s.kv.tokens.len()))
-        .filter(|&(_, shared, cached)| shared > 0 && shared * 2 >= cached)
+        .filter(|(_, s)| !s.kv.tokens.is_empty())
+        .map(|(i, s)| (i, common_prefix(&s.kv.tokens, prompt), s.prompt_len))
+        .filter(|&(_, shared, last_prompt)| shared > 0 && shared >= last_prompt)
         .max_by_key(|&(_, shared, _)| shared)
         .map(|(i, _, _)| i);
     continued
@@ -569,7 +583,7 @@ fn end(mut s: Stream, finish: Finish, slots: &mut [Slot], stall: Duration) {
         let mut rest = s.backlog.take().unwrap_or_default();
         rest.push_str(&s.text.finish());
         if !rest.is_empty() {
-            super::worker::send(&s.job.events, GenEvent::Token(rest), stall);
+            send(&s.job.events, GenEvent::Token(rest), stall);
         }
     }
     s.outcome.finish = finish;
@@ -578,19 +592,6 @@ fn end(mut s: Stream, finish: Finish, slots: &mut [Slot], stall: Duration) {
     slot.used = Instant::now();
     let outcome = std::mem::replace(&mut s.outcome, Outcome::empty(0));
     finished(&s.job, outcome, stall);
-}
-
-/// Reports a generation's end (and counts it).
-fn finished(job: &Generation, outcome: Outcome, stall: Duration) {
-    count(&outcome);
-    tracing::debug!(
-        finish = ?outcome.finish,
-        prompt_tokens = outcome.prompt_tokens,
-        evaluated = outcome.prompt_evaluated,
-        completion_tokens = outcome.completion_tokens,
-        "generation finished"
-    );
-    super::worker::send(&job.events, GenEvent::Finished(outcome), stall);
 }
 
 /// A failed decode may have cleared the whole cache: every stream ends with the error and every
@@ -608,11 +609,7 @@ fn fail_all(
         streams = streams.len(),
         "batched decode failed"
     );
-    eng.ctx.clear_kv_cache();
-    for slot in slots.iter_mut() {
-        slot.kv.tokens.clear();
-    }
-    bg_kv.tokens.clear();
+    forget_all(eng, slots, bg_kv);
     for mut s in streams {
         s.outcome.error = Some(err.to_string());
         end(s, Finish::Error, slots, stall);

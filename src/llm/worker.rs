@@ -157,26 +157,9 @@ where
             &preempt,
         );
         if outcome.finish == Finish::Error {
-            // A failed decode may have cleared the whole cache: forget every sequence.
-            eng.ctx.clear_kv_cache();
-            for slot in &mut slots {
-                slot.kv.tokens.clear();
-            }
-            bg_kv.tokens.clear();
+            forget_all(&mut eng, &mut slots, &mut bg_kv);
         }
-        count(&outcome);
-        tracing::debug!(
-            finish = ?outcome.finish,
-            prompt_tokens = outcome.prompt_tokens,
-            evaluated = outcome.prompt_evaluated,
-            completion_tokens = outcome.completion_tokens,
-            "generation finished"
-        );
-        send(
-            &job.events,
-            GenEvent::Finished(outcome),
-            config.stall_timeout,
-        );
+        finished(&job, outcome, config.stall_timeout);
     }
     // Unloaded (or shutting down): the context goes first (it borrows the model), then the
     // state's reference to the model, so the weights' memory is returned now, not at exit.
@@ -187,8 +170,30 @@ where
     tracing::info!(model = %shared.name, "chat model unloaded");
 }
 
+/// A failed decode may have cleared the whole cache: every sequence is forgotten.
+pub(super) fn forget_all(eng: &mut Engine<'_>, slots: &mut [Slot], bg_kv: &mut KvCache) {
+    eng.ctx.clear_kv_cache();
+    for slot in slots.iter_mut() {
+        slot.kv.tokens.clear();
+    }
+    bg_kv.tokens.clear();
+}
+
+/// Reports a generation's end to its caller, and counts it.
+pub(super) fn finished(job: &Generation, outcome: Outcome, stall: Duration) {
+    count(&outcome);
+    tracing::debug!(
+        finish = ?outcome.finish,
+        prompt_tokens = outcome.prompt_tokens,
+        evaluated = outcome.prompt_evaluated,
+        completion_tokens = outcome.completion_tokens,
+        "generation finished"
+    );
+    send(&job.events, GenEvent::Finished(outcome), stall);
+}
+
 /// Adds a finished generation to the metrics.
-pub(super) fn count(outcome: &Outcome) {
+fn count(outcome: &Outcome) {
     METRICS
         .prompt_evaluated
         .add(u64::from(outcome.prompt_evaluated));

@@ -51,16 +51,7 @@ fn scrape(d: &Daemon) -> (u16, String) {
 
 #[tokio::test]
 async fn metrics_parse_with_the_prometheus_parser_and_count_real_work() {
-    let port = {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        probe.local_addr().unwrap().port()
-    };
-    let addr = format!("127.0.0.1:{port}");
-    let d = Daemon::start(Opts {
-        extra: vec!["--tcp".into(), addr.clone()],
-        ..Opts::default()
-    })
-    .await;
+    let (d, addr, token) = crate::support::with_tcp(Opts::default()).await;
     // A fresh daemon: every family is there, with nothing counted yet.
     let (status, text) = scrape(&d);
     assert_eq!(status, 200, "{text}");
@@ -209,7 +200,6 @@ async fn metrics_parse_with_the_prometheus_parser_and_count_real_work() {
     );
 
     // Over TCP: with the token as any other route; without it, refused.
-    let token = std::fs::read_to_string(d.data_dir().join("tcp-token")).unwrap();
     let tcp = |auth: Option<&str>| {
         let mut stream = std::net::TcpStream::connect(&addr).unwrap();
         stream
@@ -227,7 +217,7 @@ async fn metrics_parse_with_the_prometheus_parser_and_count_real_work() {
         let _ = stream.read_to_string(&mut answer);
         answer
     };
-    let answer = tcp(Some(token.trim()));
+    let answer = tcp(Some(&token));
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(
         answer

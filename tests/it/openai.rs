@@ -44,16 +44,7 @@ fn run_sdk(args: &[&str]) -> Value {
 
 #[tokio::test]
 async fn the_official_openai_packages_work_over_the_socket_and_over_tcp() {
-    let port = {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        probe.local_addr().unwrap().port()
-    };
-    let addr = format!("127.0.0.1:{port}");
-    let d = Daemon::start(Opts {
-        extra: vec!["--tcp".into(), addr.clone()],
-        ..Opts::default()
-    })
-    .await;
+    let (d, addr, token) = crate::support::with_tcp(Opts::default()).await;
     let socket = d.socket.to_str().unwrap().to_string();
     let over_socket = run_sdk(&["uds", &socket, REAL_MODEL]);
     // The SDK's embedding is the one /api/v1 gives for the same text (cosine 1).
@@ -73,8 +64,7 @@ async fn the_official_openai_packages_work_over_the_socket_and_over_tcp() {
     let cosine = dot / (norm(&a) * norm(&b));
     assert!((cosine - 1.0).abs() < 1e-6, "cosine {cosine}");
 
-    let token = std::fs::read_to_string(d.data_dir().join("tcp-token")).unwrap();
-    run_sdk(&["tcp", &addr, token.trim(), REAL_MODEL]);
+    run_sdk(&["tcp", &addr, &token, REAL_MODEL]);
     // The official npm package from Node, as an Electron app would use it.
     let npm = crate::support::models_dir().join(".cache/npmopenai");
     assert!(
@@ -84,7 +74,7 @@ async fn the_official_openai_packages_work_over_the_socket_and_over_tcp() {
     );
     let out = Command::new("node")
         .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/openai_node.mjs"))
-        .args([addr.as_str(), token.trim(), REAL_MODEL])
+        .args([addr.as_str(), token.as_str(), REAL_MODEL])
         .env("OPENAI_NPM_DIR", &npm)
         .output()
         .expect("node");

@@ -41,6 +41,21 @@ pub fn models_dir() -> PathBuf {
     dir
 }
 
+/// A daemon on the real model with its loopback TCP listener on a free port: (daemon, address,
+/// bearer token).
+pub async fn with_tcp(opts: Opts) -> (Daemon, String, String) {
+    let port = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().port()
+    };
+    let addr = format!("127.0.0.1:{port}");
+    let mut opts = opts;
+    opts.extra.extend(["--tcp".to_string(), addr.clone()]);
+    let d = Daemon::start(opts).await;
+    let token = std::fs::read_to_string(d.data_dir().join("tcp-token")).unwrap();
+    (d, addr, token.trim().to_string())
+}
+
 /// A daemon on the random-weight model, for mechanical tests.
 pub fn tiny() -> Opts {
     Opts {
