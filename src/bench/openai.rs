@@ -168,6 +168,9 @@ pub(super) fn spawn_peer(
             .args(["--n_threads", &threads.to_string()])
             .args(["--n_threads_batch", &threads.to_string()])
             .args(["--n_ctx", &N_CTX.to_string()])
+            // By default a new request interrupts the one being served; queue them instead, as
+            // a server shared by several clients must.
+            .args(["--interrupt_requests", "False"])
             .args(["--host", "127.0.0.1", "--port", &addr.port().to_string()])
             .env("PYTHONPATH", peer_dir)
             .stdin(Stdio::null())
