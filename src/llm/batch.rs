@@ -31,7 +31,9 @@ use llama_cpp_2::token::LlamaToken;
 use tokio::sync::mpsc;
 
 use super::utf8::Utf8Stream;
-use super::worker::{common_prefix, finished, forget_all, pos_i32, sampler, send, Engine, KvCache};
+use super::worker::{
+    common_prefix, count, finished, forget_all, pos_i32, sampler, send, Engine, KvCache,
+};
 use super::{Finish, GenEvent, Generation, Outcome, Shared};
 use crate::metrics::{GaugeGuard, METRICS};
 
@@ -106,6 +108,68 @@ struct Stream {
     _active: GaugeGuard<'static>,
 }
 
+/// The last events of streams that ended while their consumer's channel was full: delivered
+/// between steps (a slow consumer never blocks the batch), given up after the stall timeout.
+#[derive(Default)]
+struct Outbox(Vec<Undelivered>);
+
+struct Undelivered {
+    tx: mpsc::Sender<GenEvent>,
+    events: std::collections::VecDeque<GenEvent>,
+    deadline: Instant,
+}
+
+impl Undelivered {
+    /// Sends what the channel takes now; true when nothing is left to deliver.
+    fn flush(&mut self) -> bool {
+        while let Some(event) = self.events.pop_front() {
+            match self.tx.try_send(event) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Closed(_)) => self.events.clear(),
+                Err(mpsc::error::TrySendError::Full(event)) => {
+                    if Instant::now() >= self.deadline {
+                        tracing::debug!("consumer stalled; dropping a generation's last events");
+                        self.events.clear();
+                    } else {
+                        self.events.push_front(event);
+                    }
+                    break;
+                }
+            }
+        }
+        self.events.is_empty()
+    }
+}
+
+impl Outbox {
+    fn push(&mut self, tx: mpsc::Sender<GenEvent>, events: Vec<GenEvent>, stall: Duration) {
+        let mut undelivered = Undelivered {
+            tx,
+            events: events.into(),
+            deadline: Instant::now() + stall,
+        };
+        if !undelivered.flush() {
+            self.0.push(undelivered);
+        }
+    }
+
+    fn flush(&mut self) {
+        self.0.retain_mut(|u| !u.flush());
+    }
+
+    /// Before the worker leaves the batch: what is left is sent waiting (no stream runs now).
+    fn drain(self) {
+        for u in self.0 {
+            let wait = u.deadline.saturating_duration_since(Instant::now());
+            for event in u.events {
+                if !send(&u.tx, event, wait) {
+                    break;
+                }
+            }
+        }
+    }
+}
+
 /// How a stream left.
 enum Leave {
     Stay,
@@ -128,7 +192,9 @@ pub(super) fn serve(
     let mut waiting = Some(first);
     let mut admitted: u64 = 0;
     let mut retune = None;
+    let mut outbox = Outbox::default();
     loop {
+        outbox.flush();
         // Join: queued chat generations take free slots while their prompts fit.
         while streams.len() < slots.len() {
             let Some((queued_at, job)) = waiting.take().or_else(|| shared.queue.try_pop_chat())
@@ -149,6 +215,7 @@ pub(super) fn serve(
             }
         }
         if streams.is_empty() {
+            outbox.drain();
             return;
         }
 
@@ -158,7 +225,7 @@ pub(super) fn serve(
             let leave = check(&mut streams[i], stall);
             if let Leave::Finish(finish) = leave {
                 let stream = streams.swap_remove(i);
-                end(stream, finish, slots, stall);
+                end(stream, finish, slots, &mut outbox, stall);
             } else {
                 i += 1;
             }
@@ -186,7 +253,7 @@ pub(super) fn serve(
                 n_ctx,
                 "the context is full: the newest stream ends with length"
             );
-            end(stream, Finish::Length, slots, stall);
+            end(stream, Finish::Length, slots, &mut outbox, stall);
         }
 
         // The batch: every decoding stream's next token, then prompt chunks in admission order.
@@ -241,7 +308,8 @@ pub(super) fn serve(
             chunks.push((i, take));
         }
         if let Some(err) = failed {
-            fail_all(eng, slots, bg_kv, streams, &err, stall);
+            fail_all(eng, slots, bg_kv, streams, &err, &mut outbox, stall);
+            outbox.drain();
             return;
         }
         if batch.n_tokens() == 0 {
@@ -261,8 +329,10 @@ pub(super) fn serve(
                 bg_kv,
                 streams,
                 &format!("decode failed: {err}"),
+                &mut outbox,
                 stall,
             );
+            outbox.drain();
             return;
         }
         let took = step.elapsed();
@@ -299,7 +369,7 @@ pub(super) fn serve(
             let leave = sample(eng, &mut streams[i], slots, n_ctx, took);
             if let Leave::Finish(finish) = leave {
                 let stream = streams.swap_remove(i);
-                end(stream, finish, slots, stall);
+                end(stream, finish, slots, &mut outbox, stall);
             } else {
                 i += 1;
             }
@@ -559,7 +629,7 @@ fn sample(eng: &Engine<'_>, s: &mut Stream, slots: &[Slot], n_ctx: usize, step: 
 
 /// A stream leaves: its remaining text and its outcome go to the client, its slot keeps the
 /// tokens as a cache.
-fn end(mut s: Stream, finish: Finish, slots: &mut [Slot], stall: Duration) {
+fn end(mut s: Stream, finish: Finish, slots: &mut [Slot], outbox: &mut Outbox, stall: Duration) {
     if s.decode_started.is_none() {
         // Left during its prompt: what was evaluated so far.
         s.outcome.prompt_evaluated =
@@ -579,11 +649,12 @@ fn end(mut s: Stream, finish: Finish, slots: &mut [Slot], stall: Duration) {
     if let Some(started) = s.decode_started {
         s.outcome.decode = started.elapsed();
     }
+    let mut events = Vec::with_capacity(2);
     if finish != Finish::Cancelled {
         let mut rest = s.backlog.take().unwrap_or_default();
         rest.push_str(&s.text.finish());
         if !rest.is_empty() {
-            send(&s.job.events, GenEvent::Token(rest), stall);
+            events.push(GenEvent::Token(rest));
         }
     }
     s.outcome.finish = finish;
@@ -591,7 +662,9 @@ fn end(mut s: Stream, finish: Finish, slots: &mut [Slot], stall: Duration) {
     slot.busy = false;
     slot.used = Instant::now();
     let outcome = std::mem::replace(&mut s.outcome, Outcome::empty(0));
-    finished(&s.job, outcome, stall);
+    count(&outcome);
+    events.push(GenEvent::Finished(outcome));
+    outbox.push(s.job.events.clone(), events, stall);
 }
 
 /// A failed decode may have cleared the whole cache: every stream ends with the error and every
@@ -602,6 +675,7 @@ fn fail_all(
     bg_kv: &mut KvCache,
     streams: Vec<Stream>,
     err: &str,
+    outbox: &mut Outbox,
     stall: Duration,
 ) {
     tracing::error!(
@@ -612,6 +686,6 @@ fn fail_all(
     forget_all(eng, slots, bg_kv);
     for mut s in streams {
         s.outcome.error = Some(err.to_string());
-        end(s, Finish::Error, slots, stall);
+        end(s, Finish::Error, slots, outbox, stall);
     }
 }

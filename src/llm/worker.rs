@@ -182,6 +182,11 @@ pub(super) fn forget_all(eng: &mut Engine<'_>, slots: &mut [Slot], bg_kv: &mut K
 /// Reports a generation's end to its caller, and counts it.
 pub(super) fn finished(job: &Generation, outcome: Outcome, stall: Duration) {
     count(&outcome);
+    send(&job.events, GenEvent::Finished(outcome), stall);
+}
+
+/// Adds a finished generation to the metrics (and the debug log).
+pub(super) fn count(outcome: &Outcome) {
     tracing::debug!(
         finish = ?outcome.finish,
         prompt_tokens = outcome.prompt_tokens,
@@ -189,11 +194,6 @@ pub(super) fn finished(job: &Generation, outcome: Outcome, stall: Duration) {
         completion_tokens = outcome.completion_tokens,
         "generation finished"
     );
-    send(&job.events, GenEvent::Finished(outcome), stall);
-}
-
-/// Adds a finished generation to the metrics.
-fn count(outcome: &Outcome) {
     METRICS
         .prompt_evaluated
         .add(u64::from(outcome.prompt_evaluated));
