@@ -313,8 +313,24 @@ pub(super) fn serve(
             return;
         }
         if batch.n_tokens() == 0 {
-            // Every stream waits on its client: give them a moment.
-            std::thread::sleep(Duration::from_millis(5));
+            let starved = streams.iter().any(|s| {
+                s.pending.is_none() && s.next < s.job.prompt.tokens.len() && s.backlog.is_none()
+            });
+            if starved && free_cells(n_ctx, slots, bg_kv) == 0 {
+                // A prompt has no cell left (replies outgrew their reserves): idle caches go,
+                // and if none is left the newest stream gives way, so the others go on.
+                evict(eng, slots, bg_kv, None, 1, n_ctx);
+                if free_cells(n_ctx, slots, bg_kv) == 0 {
+                    if let Some(newest) = (0..streams.len()).max_by_key(|&i| streams[i].order) {
+                        let stream = streams.swap_remove(newest);
+                        tracing::warn!(n_ctx, "the context is full: the newest stream ends");
+                        end(stream, Finish::Length, slots, &mut outbox, stall);
+                    }
+                }
+            } else {
+                // Every stream waits on its client: give them a moment.
+                std::thread::sleep(Duration::from_millis(5));
+            }
             continue;
         }
 
