@@ -54,6 +54,11 @@ const REPLY_RESERVE: usize = 256;
 /// `n_batch`, as a generation alone always did.
 const MIXED_STEP_TOKENS: usize = 63;
 
+/// Tokens at the end of a slot's last prompt a continuing prompt may differ in: the template's
+/// opening of the assistant turn followed by the stored reply can tokenize differently at the
+/// seam than the reply did when it was generated.
+const CONTINUE_SLACK: usize = 8;
+
 /// A KV sequence for chat generations and the tokens cached in it.
 pub(super) struct Slot {
     pub(super) seq: i32,
@@ -511,16 +516,18 @@ impl Stream {
 }
 
 /// The idle slot for `prompt`: one whose cached conversation the prompt continues (it starts
-/// with that slot's whole last prompt, as a chat's next turn does; the longest shared prefix
-/// wins), else an empty slot, else the least recently used one. A prefix shared only by
-/// accident (the same system prompt) does not cost another conversation its cache while an
-/// empty slot is free. `None` when all are busy.
+/// with that slot's whole last prompt, as a chat's next turn does, give or take
+/// [`CONTINUE_SLACK`] tokens; the longest shared prefix wins), else an empty slot, else the
+/// least recently used one. A prefix shared only by accident (the same system prompt) does not
+/// cost another conversation its cache while an empty slot is free. `None` when all are busy.
 fn pick_slot(slots: &[Slot], prompt: &[LlamaToken]) -> Option<usize> {
     let idle = || slots.iter().enumerate().filter(|(_, s)| !s.busy);
     let continued = idle()
         .filter(|(_, s)| !s.kv.tokens.is_empty())
         .map(|(i, s)| (i, common_prefix(&s.kv.tokens, prompt), s.prompt_len))
-        .filter(|&(_, shared, last_prompt)| shared > 0 && shared >= last_prompt)
+        .filter(|&(_, shared, last_prompt)| {
+            shared > CONTINUE_SLACK && shared + CONTINUE_SLACK >= last_prompt
+        })
         .max_by_key(|&(_, shared, _)| shared)
         .map(|(i, _, _)| i);
     continued
