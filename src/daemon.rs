@@ -36,6 +36,9 @@ use crate::store::Store;
 
 /// How long a start waits for a just-stopped daemon's process to release the store's files.
 const STORE_LOCK_WAIT: Duration = Duration::from_secs(10);
+/// How long shutdown waits for the model workers to end their generations and save their
+/// conversations' KV state, and for those files to be written (a few 100 MB on a slow disk).
+const MODEL_STOP_WAIT: Duration = Duration::from_secs(30);
 /// Name of the lock file in the data dir.
 const LOCK_FILE: &str = "hearth.lock";
 /// How often a sidecar checks that its parent is alive. With the check itself this keeps the
@@ -124,6 +127,16 @@ pub async fn run(config: Config, life: Lifecycle, started: Instant) -> Result<()
     )
     .context("embed_model")
     .code(ErrorCode::UnknownModel)?;
+    // Conversations' KV state saved by an earlier run: indexed (damaged files deleted) now.
+    let snapshots =
+        crate::llm::KvSnapshots::open(&config.data_dir.join("kv"), config.llm.kv_cache_bytes)
+            .with_context(|| {
+                format!(
+                    "{}: cannot open the KV snapshot directory",
+                    config.data_dir.display()
+                )
+            })
+            .code(ErrorCode::DataDir)?;
     let roots = crate::library::Library::open_roots(&config.library)
         .map_err(anyhow::Error::msg)
         .code(ErrorCode::WatchFailed)?;
@@ -151,6 +164,7 @@ pub async fn run(config: Config, life: Lifecycle, started: Instant) -> Result<()
         Wiring {
             store: store.clone(),
             embedder,
+            snapshots,
             roots,
             tcp: bound.tcp_policy,
             compat: bound.compat,
@@ -165,7 +179,12 @@ pub async fn run(config: Config, life: Lifecycle, started: Instant) -> Result<()
 
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     drain(&tasks, config.server.shutdown_grace).await;
-    pool.shutdown();
+    // The workers save the conversations they hold (KV snapshots) before the process ends.
+    let stopping = pool.clone();
+    if let Err(err) = tokio::task::spawn_blocking(move || stopping.shutdown(MODEL_STOP_WAIT)).await
+    {
+        tracing::warn!(error = %err, "stopping the models failed");
+    }
     store
         .flush_now()
         .context("final store flush failed")
@@ -253,6 +272,7 @@ struct Wiring {
     store: Store,
     /// Checked before binding (an unknown `embed_model` is a start error); loads on first use.
     embedder: Embedder,
+    snapshots: crate::llm::KvSnapshots,
     roots: Vec<crate::library::access::Root>,
     tcp: Option<TcpPolicy>,
     compat: Option<crate::config::CompatConfig>,
@@ -271,6 +291,7 @@ fn build_app(
     let Wiring {
         store,
         embedder,
+        snapshots,
         roots,
         tcp,
         compat,
@@ -285,6 +306,7 @@ fn build_app(
         config.models_dir.clone(),
         store.clone(),
         shutdown.clone(),
+        snapshots.clone(),
     );
     // The default model loads at start, so the first chat does not wait for it.
     pool.preload(entry);
@@ -391,6 +413,7 @@ fn build_app(
         compat_model: std::sync::Mutex::default(),
         shutdown,
         tasks,
+        snapshots,
     }))
 }
 

@@ -495,6 +495,7 @@ impl Jobs {
                 cancel: cancel.clone(),
                 events: tx,
                 grammar: Some(grammar.clone()),
+                conversation: None,
             });
             match submitted {
                 Ok(()) => {}

@@ -182,6 +182,14 @@ pub struct Metrics {
     pub embedded: Counter,
     /// Texts per embedding batch.
     pub embed_batch: Histogram,
+    /// KV snapshots written to disk (a conversation's sequence evicted, unloaded or stopped).
+    pub kv_saved: Counter,
+    /// KV snapshots restored into a sequence instead of evaluating their tokens.
+    pub kv_restored: Counter,
+    /// Prompt tokens those restores covered (also counted in `prompt_reused`).
+    pub kv_restored_tokens: Counter,
+    /// KV snapshots deleted as damaged or refused by llama.cpp.
+    pub kv_discarded: Counter,
     /// Responses by (route pattern, status code).
     requests: Mutex<BTreeMap<(&'static str, u16), u64>>,
 }
@@ -198,6 +206,10 @@ impl Metrics {
             token_latency: Histogram::new(TOKEN_BOUNDS),
             embedded: Counter::new(),
             embed_batch: Histogram::new(BATCH_BOUNDS),
+            kv_saved: Counter::new(),
+            kv_restored: Counter::new(),
+            kv_restored_tokens: Counter::new(),
+            kv_discarded: Counter::new(),
             requests: Mutex::new(BTreeMap::new()),
         }
     }

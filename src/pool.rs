@@ -68,6 +68,8 @@ struct Inner {
     /// Wakes the reaper when an expiry may have moved (a lease ended, a model was loaded).
     expiry_changed: tokio::sync::Notify,
     shutdown: CancellationToken,
+    /// Where every model's workers save and restore conversations' KV state.
+    snapshots: crate::llm::KvSnapshots,
 }
 
 struct Slot {
@@ -140,6 +142,7 @@ impl Pool {
         models_dir: PathBuf,
         store: Store,
         shutdown: CancellationToken,
+        snapshots: crate::llm::KvSnapshots,
     ) -> Pool {
         Pool {
             inner: Arc::new(Inner {
@@ -154,6 +157,7 @@ impl Pool {
                 unloading: Mutex::new(Vec::new()),
                 expiry_changed: tokio::sync::Notify::new(),
                 shutdown,
+                snapshots,
             }),
         }
     }
@@ -421,12 +425,32 @@ impl Pool {
         self.inner.llm.queue_depth
     }
 
-    /// Stops every model's worker (daemon shutdown): running generations finish, queued ones end.
-    pub fn shutdown(&self) {
+    /// Stops every model's worker (daemon shutdown): running generations finish, queued ones
+    /// end, cached conversations are saved as KV snapshots. Waits up to `wait` for the workers
+    /// (those unloading already too) and then for the snapshots' writes; blocking.
+    pub fn shutdown(&self, wait: Duration) {
+        let deadline = Instant::now() + wait;
         let slots: Vec<Slot> = self.inner.lock().drain().map(|(_, s)| s).collect();
-        for slot in slots {
-            slot.llm.shutdown();
+        let mut stopping: Vec<Llm> = slots.into_iter().map(|s| s.llm).collect();
+        for llm in &stopping {
+            llm.shutdown();
         }
+        stopping.extend(
+            self.inner
+                .unloading
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .iter()
+                .map(|(llm, _)| llm.clone()),
+        );
+        for llm in &stopping {
+            if !llm.wait_stopped(deadline.saturating_duration_since(Instant::now())) {
+                tracing::warn!(model = %llm.name(), "the model's worker is still busy at exit");
+            }
+        }
+        self.inner
+            .snapshots
+            .flush(deadline.saturating_duration_since(Instant::now()));
     }
 }
 
@@ -442,9 +466,12 @@ impl Inner {
         let models_dir = self.models_dir.clone();
         let store = self.store.clone();
         let name = entry.name.clone();
-        let llm = Llm::start(&name, self.llm.clone(), move |progress| {
-            models::verify_with_progress(&models_dir, &entry, &store, progress)
-        });
+        let llm = Llm::start(
+            &name,
+            self.llm.clone(),
+            self.snapshots.clone(),
+            move |progress| models::verify_with_progress(&models_dir, &entry, &store, progress),
+        );
         self.expiry_changed.notify_one();
         Slot {
             llm,

@@ -120,6 +120,8 @@ impl ChatService {
             cancel: cancel.clone(),
             events: gen_tx,
             grammar: req.grammar,
+            // OpenAI's API names no conversation: snapshots match by tokens alone.
+            conversation: None,
         })?;
         let (out_tx, out_rx) = mpsc::channel(CLIENT_CHANNEL_CAPACITY);
         let run = Run {

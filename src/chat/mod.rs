@@ -342,6 +342,7 @@ impl ChatService {
             cancel: cancel.clone(),
             events: gen_tx,
             grammar: None,
+            conversation: Some(req.chat_id.to_string()),
         })?;
 
         let (out_tx, out_rx) = mpsc::channel(CLIENT_CHANNEL_CAPACITY);

@@ -69,6 +69,8 @@ pub(super) struct Slot {
     /// When a generation last finished on it (least recently used goes first).
     used: Instant,
     busy: bool,
+    /// The conversation of the last generation admitted to it (its KV snapshot's owner).
+    pub(super) conversation: Option<String>,
 }
 
 impl Slot {
@@ -84,6 +86,7 @@ impl Slot {
             prompt_len: 0,
             used: Instant::now(),
             busy: false,
+            conversation: None,
         }
     }
 }
@@ -445,12 +448,40 @@ fn admit(
         return Admission::NoRoom(queued_at, job);
     };
     // At least one prompt token is evaluated, for logits.
-    let reuse = common_prefix(&slots[slot].kv.tokens, prompt).min(prompt.len() - 1);
+    let mut reuse = common_prefix(&slots[slot].kv.tokens, prompt).min(prompt.len() - 1);
     let outstanding: usize = streams.iter().map(|s| s.outstanding()).sum();
     let reply = REPLY_RESERVE.min(job.max_tokens as usize);
+    // A saved conversation this prompt continues, when it covers more than the slot: restored
+    // instead of evaluated, if its cells fit (all of the slot's go).
+    let conversation = job.conversation.as_deref();
+    let mut hit = eng.find_snapshot(conversation, prompt, CONTINUE_SLACK, reuse);
+    if let Some(found) = &hit {
+        let need = found.tokens.len().max(prompt.len() + reply) + outstanding;
+        let have = slots[slot].kv.tokens.len();
+        if free_cells(n_ctx, slots, bg_kv) + have < need {
+            evict(eng, slots, bg_kv, Some(slot), need - have, n_ctx);
+            if free_cells(n_ctx, slots, bg_kv) + have < need {
+                hit = None;
+            }
+        }
+    }
+    let kept = hit.as_ref().map_or(reuse, |_| 0);
+    // The slot's conversation loses its cells (another one takes the slot): saved first.
+    if slots[slot].kv.tokens.len() > kept + CONTINUE_SLACK {
+        eng.snapshot(&slots[slot]);
+    }
+    if let Some(hit) = hit {
+        reuse = if eng.restore(&mut slots[slot], &hit) {
+            hit.usable
+        } else {
+            0
+        };
+        slots[slot].prompt_len = reuse;
+        slots[slot].conversation = job.conversation.clone();
+    }
     let need = (prompt.len() - reuse) + reply + outstanding;
     // The chosen slot's tail beyond the shared prefix goes anyway.
-    let tail = slots[slot].kv.tokens.len() - reuse;
+    let tail = slots[slot].kv.tokens.len() - reuse.min(slots[slot].kv.tokens.len());
     if free_cells(n_ctx, slots, bg_kv) + tail < need {
         let short = need - tail;
         evict(eng, slots, bg_kv, Some(slot), short, n_ctx);
@@ -483,6 +514,7 @@ fn admit(
     };
     s.busy = true;
     s.prompt_len = prompt.len();
+    s.conversation = job.conversation.clone();
     Admission::Started(Box::new(Stream {
         slot,
         job,
@@ -566,6 +598,7 @@ fn evict(
             .min_by_key(|(_, s)| s.used)
             .map(|(i, _)| i);
         let Some(victim) = victim else { return };
+        eng.snapshot(&slots[victim]);
         eng.drop_seq(slots[victim].seq);
         slots[victim].kv.tokens.clear();
     }

@@ -12,6 +12,7 @@
 mod batch;
 #[cfg(feature = "bench")]
 pub mod direct;
+mod snapshots;
 mod threads;
 mod utf8;
 mod worker;
@@ -27,6 +28,7 @@ use tokio::sync::mpsc;
 
 use crate::config::LlmConfig;
 use crate::models::{ModelError, VerifiedModel};
+pub use snapshots::KvSnapshots;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LlmError {
@@ -137,6 +139,9 @@ pub struct Generation {
     pub events: mpsc::Sender<GenEvent>,
     /// A GBNF grammar (root rule `root`) the output must follow; `None` for free text.
     pub grammar: Option<String>,
+    /// The conversation this continues (a chat id): its KV snapshots are found and deleted by
+    /// it. `None` for requests that name none (OpenAI's API): their snapshots match by tokens.
+    pub conversation: Option<String>,
 }
 
 /// What the worker reports about a generation, in order: `Started`, `Token`*, `Finished`.
@@ -251,6 +256,10 @@ struct Shared {
     thread_changes: AtomicU64,
     /// Of those, the steps down because decode collapsed under other programs' load.
     thread_drops: AtomicU64,
+    /// Where evicted conversations' KV states go and come back from.
+    snapshots: KvSnapshots,
+    /// Set when the worker has saved its sequences and freed the model.
+    stopped: (Mutex<bool>, Condvar),
 }
 
 /// The inference threads of a loaded model, for health.
@@ -303,7 +312,7 @@ impl Llm {
     /// Starts the inference thread. It first runs `verify` (hashing the file; it reports the
     /// share hashed through its argument), then loads the model; until then the state is
     /// `Loading`. Returns at once.
-    pub fn start<V>(name: &str, config: LlmConfig, verify: V) -> Llm
+    pub fn start<V>(name: &str, config: LlmConfig, snapshots: KvSnapshots, verify: V) -> Llm
     where
         V: FnOnce(&dyn Fn(f32)) -> Result<VerifiedModel, ModelError> + Send + 'static,
     {
@@ -320,6 +329,8 @@ impl Llm {
             decode_threads: AtomicU32::new(threads),
             thread_changes: AtomicU64::new(0),
             thread_drops: AtomicU64::new(0),
+            snapshots,
+            stopped: (Mutex::new(false), Condvar::new()),
         });
         let thread_shared = shared.clone();
         let spawned = std::thread::Builder::new()
@@ -329,6 +340,7 @@ impl Llm {
             shared.set_state(LoadState::Failed(format!(
                 "cannot start the inference thread: {err}"
             )));
+            shared.set_stopped();
         }
         Llm { shared }
     }
@@ -464,9 +476,26 @@ impl Llm {
     pub fn shutdown(&self) {
         self.shared.queue.close();
     }
+
+    /// Waits (at most `wait`) until the worker has saved its conversations' KV snapshots and
+    /// freed the model, after [`Llm::shutdown`]. False on timeout.
+    pub fn wait_stopped(&self, wait: Duration) -> bool {
+        let (lock, cvar) = &self.shared.stopped;
+        let stopped = lock.lock().unwrap_or_else(PoisonError::into_inner);
+        let (stopped, _) = cvar
+            .wait_timeout_while(stopped, wait, |stopped| !*stopped)
+            .unwrap_or_else(PoisonError::into_inner);
+        *stopped
+    }
 }
 
 impl Shared {
+    fn set_stopped(&self) {
+        let (lock, cvar) = &self.stopped;
+        *lock.lock().unwrap_or_else(PoisonError::into_inner) = true;
+        cvar.notify_all();
+    }
+
     fn set_state(&self, state: LoadState) {
         *self.state.write().unwrap_or_else(PoisonError::into_inner) = state;
     }

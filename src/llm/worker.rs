@@ -29,6 +29,7 @@ use llama_cpp_2::LlamaStateSeqFlags;
 use tokio::sync::mpsc;
 
 use super::batch::{self, Slot};
+use super::snapshots::{self, Hit, KvSnapshots};
 use super::threads::{Change, Reason, ThreadPolicy};
 use super::utf8::Utf8Stream;
 use super::{
@@ -47,6 +48,14 @@ const PENALTY_LAST_N: i32 = 64;
 const BACKGROUND_BATCH: usize = 64;
 
 pub(super) fn run<V>(shared: &Arc<Shared>, verify: V)
+where
+    V: FnOnce(&dyn Fn(f32)) -> Result<VerifiedModel, ModelError>,
+{
+    serve(shared, verify);
+    shared.set_stopped();
+}
+
+fn serve<V>(shared: &Arc<Shared>, verify: V)
 where
     V: FnOnce(&dyn Fn(f32)) -> Result<VerifiedModel, ModelError>,
 {
@@ -132,6 +141,8 @@ where
 
     let parallel = i32::try_from(config.parallel).unwrap_or(1).max(1);
     let mut eng = Engine {
+        model_key: snapshots::model_key(&verified.sha256, true),
+        state_per_token: kv_bytes(&model, 1),
         ctx,
         model: &model,
         backend,
@@ -139,6 +150,7 @@ where
         policy,
         load: CpuLoad::default(),
         n_seq: parallel + 1,
+        snapshots: shared.snapshots.clone(),
     };
     let mut slots: Vec<Slot> = (0..parallel).map(Slot::new).collect();
     let mut bg_kv = KvCache::default();
@@ -161,8 +173,12 @@ where
         }
         finished(&job, outcome, config.stall_timeout);
     }
-    // Unloaded (or shutting down): the context goes first (it borrows the model), then the
-    // state's reference to the model, so the weights' memory is returned now, not at exit.
+    // Unloaded (or shutting down): the conversations still cached are saved, then the context
+    // goes (it borrows the model), then the state's reference to the model, so the weights'
+    // memory is returned now, not at exit.
+    for slot in &slots {
+        eng.snapshot(slot);
+    }
     drop(eng);
     drop(model);
     shared.set_state(LoadState::Unloaded);
@@ -256,6 +272,11 @@ pub(super) struct Engine<'m> {
     load: CpuLoad,
     /// Sequences of the context: the chat slots, then the background sequence.
     n_seq: i32,
+    snapshots: KvSnapshots,
+    /// What this model's snapshots are keyed by (its sha256 and the KV layout).
+    model_key: String,
+    /// KV bytes per cached token (estimates a snapshot's size before copying it).
+    state_per_token: u64,
 }
 
 impl Engine<'_> {
@@ -271,6 +292,95 @@ impl Engine<'_> {
             tracing::warn!(seq, "cannot remove a KV sequence; clearing the cache");
             self.ctx.clear_kv_cache();
         }
+    }
+
+    /// Saves `slot`'s cached conversation as a KV snapshot before its cells are reused (when it
+    /// is long enough and not saved already). The copy out of the context happens here; hashing
+    /// and writing happen on the snapshot writer's thread.
+    pub(super) fn snapshot(&self, slot: &Slot) {
+        let tokens = &slot.kv.tokens;
+        let estimate = usize::try_from(self.state_per_token * tokens.len() as u64).unwrap_or(0);
+        let conversation = slot.conversation.as_deref();
+        if !self
+            .snapshots
+            .wants(&self.model_key, conversation, tokens, estimate)
+        {
+            return;
+        }
+        let started = Instant::now();
+        match snapshots::ffi::get(&self.ctx, slot.seq) {
+            Some(bytes) => {
+                tracing::debug!(
+                    tokens = tokens.len(),
+                    bytes = bytes.len(),
+                    us = started.elapsed().as_micros() as u64,
+                    "KV state copied for a snapshot"
+                );
+                self.snapshots
+                    .save(&self.model_key, conversation, tokens, bytes);
+            }
+            None => tracing::warn!(seq = slot.seq, "llama.cpp could not copy a KV sequence"),
+        }
+    }
+
+    /// The saved conversation `prompt` continues furthest, when it is worth restoring: it
+    /// covers at least [`snapshots::MIN_GAIN`] tokens more than `have`.
+    pub(super) fn find_snapshot(
+        &self,
+        conversation: Option<&str>,
+        prompt: &[LlamaToken],
+        slack: usize,
+        have: usize,
+    ) -> Option<Hit> {
+        self.snapshots
+            .find(&self.model_key, conversation, prompt, slack)
+            .filter(|hit| hit.usable >= have + snapshots::MIN_GAIN)
+    }
+
+    /// Loads `hit` into `slot` (emptied first) and keeps its first `hit.usable` tokens. False
+    /// when the file or llama.cpp refused it: the slot is then empty and the snapshot deleted.
+    pub(super) fn restore(&mut self, slot: &mut Slot, hit: &Hit) -> bool {
+        let started = Instant::now();
+        self.drop_seq(slot.seq);
+        slot.kv.tokens.clear();
+        let bytes = match self.snapshots.load(hit, &self.model_key) {
+            Ok(bytes) => bytes,
+            Err(_) => return false,
+        };
+        let read = started.elapsed();
+        let expected = i32::try_from(hit.tokens.len()).unwrap_or(i32::MAX) - 1;
+        if !snapshots::ffi::set(&mut self.ctx, slot.seq, &bytes)
+            || self.ctx.kv_cache_seq_pos_max(slot.seq) != expected
+        {
+            self.drop_seq(slot.seq);
+            self.snapshots
+                .discard(&hit.file, &"llama.cpp refused the state");
+            return false;
+        }
+        slot.kv.tokens = hit.tokens.iter().map(|t| LlamaToken::new(*t)).collect();
+        if hit.usable < slot.kv.tokens.len() {
+            let start = u32::try_from(hit.usable).unwrap_or(0);
+            if self
+                .ctx
+                .kv_cache_seq_rm(slot.seq, Some(start), None)
+                .is_err()
+            {
+                self.drop_seq(slot.seq);
+                slot.kv.tokens.clear();
+                return false;
+            }
+            slot.kv.tokens.truncate(hit.usable);
+        }
+        METRICS.kv_restored.inc();
+        METRICS.kv_restored_tokens.add(hit.usable as u64);
+        tracing::debug!(
+            tokens = hit.usable,
+            bytes = bytes.len(),
+            read_ms = read.as_millis() as u64,
+            ms = started.elapsed().as_millis() as u64,
+            "KV snapshot restored"
+        );
+        true
     }
 
     /// Records a one-token decode step's time; a thread change to make before the next one.
@@ -379,6 +489,7 @@ fn background(
         else {
             break;
         };
+        eng.snapshot(victim);
         let seq = victim.seq;
         victim.kv.tokens.clear();
         eng.drop_seq(seq);

@@ -179,6 +179,8 @@ pub struct VerifiedModel {
     pub load_path: PathBuf,
     /// Whether the hash was computed now (false when the cache vouched for the file).
     pub hashed: bool,
+    /// The pinned (and checked) sha256: what KV snapshots of this model are keyed by.
+    pub sha256: String,
     _file: File,
 }
 
@@ -444,6 +446,7 @@ fn verify_file(
         path,
         load_path,
         hashed,
+        sha256: entry.sha256.clone(),
         _file: file,
     })
 }

@@ -216,6 +216,12 @@ pub(super) async fn remove_chat(
     })?;
     app.store.durable().await?;
     app.index.drop_scope(&crate::store::Scope::Chat(id));
+    // Its saved KV state holds the conversation too.
+    let snapshots = app.snapshots.clone();
+    let conversation = id.to_string();
+    if let Err(err) = tokio::task::spawn_blocking(move || snapshots.forget(&conversation)).await {
+        tracing::warn!(chat = %id, error = %err, "cannot delete the chat's KV snapshots");
+    }
     Ok(deleted)
 }
 

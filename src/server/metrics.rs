@@ -171,6 +171,30 @@ fn counters(out: &mut Text) {
         "Texts embedded (queries and document chunks).",
         METRICS.embedded.get() as f64,
     );
+    out.single(
+        "hearth_kv_snapshots_saved_total",
+        "counter",
+        "Conversations' KV state written to disk when their sequence was evicted or unloaded.",
+        METRICS.kv_saved.get() as f64,
+    );
+    out.single(
+        "hearth_kv_snapshots_restored_total",
+        "counter",
+        "KV snapshots restored instead of evaluating their prompt tokens.",
+        METRICS.kv_restored.get() as f64,
+    );
+    out.single(
+        "hearth_kv_snapshot_tokens_restored_total",
+        "counter",
+        "Prompt tokens restored from KV snapshots (also in hearth_prompt_tokens_reused_total).",
+        METRICS.kv_restored_tokens.get() as f64,
+    );
+    out.single(
+        "hearth_kv_snapshots_discarded_total",
+        "counter",
+        "KV snapshots deleted as damaged or refused.",
+        METRICS.kv_discarded.get() as f64,
+    );
     out.histogram(
         "hearth_embedding_batch_size",
         "Texts per batch handed to the embedding model.",
@@ -180,6 +204,19 @@ fn counters(out: &mut Text) {
 
 fn gauges(app: &App, out: &mut Text) {
     let loaded = app.pool.loaded();
+    let (snapshots, snapshot_bytes) = app.snapshots.usage();
+    out.single(
+        "hearth_kv_snapshots",
+        "gauge",
+        "KV snapshots on disk.",
+        snapshots as f64,
+    );
+    out.single(
+        "hearth_kv_snapshot_bytes",
+        "gauge",
+        "Bytes of KV snapshots on disk (bounded by kv_cache_bytes).",
+        snapshot_bytes as f64,
+    );
     out.single(
         "hearth_streams_active",
         "gauge",

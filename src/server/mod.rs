@@ -83,6 +83,8 @@ pub struct App {
     pub shutdown: tokio_util::sync::CancellationToken,
     /// Every task a request starts (uploads, event subscribers); shutdown waits for them.
     pub tasks: tokio_util::task::TaskTracker,
+    /// Saved conversations' KV state: a deleted chat's go with it; `/metrics` reports them.
+    pub snapshots: crate::llm::KvSnapshots,
 }
 
 /// Which listener a connection came from; TCP requests get the token/Host/Origin checks.

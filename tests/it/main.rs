@@ -17,5 +17,6 @@ mod readme;
 mod sandbox;
 mod setup;
 mod sidecar;
+mod snapshots;
 mod support;
 mod tidy;
