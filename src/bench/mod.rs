@@ -14,6 +14,8 @@
 //! - `openai.rs` (`--openai-peer DIR`): `/v1/chat/completions` vs llama-cpp-python's server;
 //! - `batch.rs` (`--batch`): four streams at once vs one, TTFT while three decode, and the
 //!   same against llama-cpp-python's server with `--openai-peer DIR`;
+//! - `kv.rs` (`--kv`): continuing a long chat after another chat took its KV cells, restored
+//!   from its snapshot vs evaluated again, and after a restart;
 //! - `contention.rs` (`--contention`): decode with a core kept busy by another process, for
 //!   the adaptive thread policy, fixed counts and llama-cpp-python;
 //! - `corpus.rs`: the synthetic texts they ingest.
@@ -24,6 +26,7 @@ mod corpus;
 mod decode;
 mod extract;
 mod health;
+mod kv;
 mod library;
 mod memory;
 mod models;
@@ -105,6 +108,14 @@ pub struct BenchArgs {
     /// requests against llama-cpp-python's server.
     #[arg(long)]
     batch: bool,
+    /// Measure per-chat KV snapshots instead: the time to first token of a chat with a long
+    /// history continued after another chat took its cells, restored from its snapshot vs
+    /// evaluated in full, and after a daemon restart.
+    #[arg(long)]
+    kv: bool,
+    /// History tokens of `--kv`'s long chat (about).
+    #[arg(long, default_value_t = 3000)]
+    kv_history: usize,
     /// Measure decode while another process keeps a core busy instead: the adaptive thread
     /// policy against fixed thread counts (and llama-cpp-python with `--openai-peer DIR`), each
     /// idle and under a CPU burner.
@@ -183,6 +194,8 @@ pub fn run(
             args.tokens,
             args.runs,
         )?
+    } else if args.kv {
+        kv::run(rt, models_dir, &entry.name, args.threads, args.kv_history)?
     } else if args.contention {
         contention::run(
             rt,
@@ -263,6 +276,17 @@ fn command_with(
     model: &str,
     threads: Option<u32>,
 ) -> anyhow::Result<Command> {
+    command_sized(dir, models_dir, model, threads, N_CTX)
+}
+
+/// [`command_with`], with a context of `ctx` tokens.
+fn command_sized(
+    dir: &Path,
+    models_dir: &Path,
+    model: &str,
+    threads: Option<u32>,
+    ctx: u32,
+) -> anyhow::Result<Command> {
     std::fs::create_dir_all(dir)?;
     let mut cmd = Command::new(std::env::current_exe()?);
     cmd.arg("serve")
@@ -275,7 +299,7 @@ fn command_with(
         .arg("--model")
         .arg(model)
         .arg("--ctx")
-        .arg(N_CTX.to_string())
+        .arg(ctx.to_string())
         .env("HEARTH_CONFIG", dir.join("none.toml"))
         .env("HEARTH_LOG", "error")
         .stdin(Stdio::null())

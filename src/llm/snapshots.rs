@@ -39,6 +39,9 @@ pub(super) const MIN_TOKENS: usize = 128;
 /// A snapshot is restored only when it saves at least this many tokens over what a slot already
 /// holds.
 pub(super) const MIN_GAIN: usize = 64;
+/// Tokens at the end of an older snapshot a newer one of the same token history may differ in
+/// (a reply re-tokenized at the chat template's seam) and still replace it.
+const SEAM_SLACK: usize = 8;
 /// Bytes of snapshots waiting for the writer; a save beyond it is skipped (a slow disk never
 /// grows memory without bound).
 const MAX_PENDING_BYTES: u64 = 1 << 30;
@@ -489,16 +492,19 @@ impl Inner {
                 let _ = std::fs::remove_file(&path);
                 return;
             }
-            // A shorter snapshot of the same conversation (or of none) that this one extends
-            // is never the longest match again.
+            // A chat's history only grows (an edited one makes the older state useless too):
+            // its latest state replaces the others. Without a chat id, a snapshot this one
+            // continues (give or take the template seam) is never the best match again.
             let superseded: Vec<String> = index
                 .entries
                 .iter()
                 .filter(|e| {
                     e.model == header.model
                         && e.conversation == header.conversation
-                        && e.tokens.len() < tokens.len()
-                        && e.tokens[..] == tokens[..e.tokens.len()]
+                        && e.file != file
+                        && (e.conversation.is_some()
+                            || (e.tokens.len() <= tokens.len()
+                                && shared_i32(&e.tokens, &tokens) + SEAM_SLACK >= e.tokens.len()))
                 })
                 .map(|e| e.file.clone())
                 .collect();
@@ -571,6 +577,10 @@ impl Inner {
 /// Whether `a` and `b` are the same tokens.
 fn same(a: &[i32], b: &[LlamaToken]) -> bool {
     a.len() == b.len() && shared_prefix(a, b) == a.len()
+}
+
+fn shared_i32(a: &[i32], b: &[i32]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
 fn shared_prefix(a: &[i32], b: &[LlamaToken]) -> usize {

@@ -186,3 +186,47 @@ async fn snapshots_off_save_nothing() {
     assert!(cached < 64, "{done}");
     assert_eq!(files(&kv, &chat), (0, 0));
 }
+
+#[tokio::test]
+async fn an_openai_conversation_is_matched_by_its_tokens() {
+    let d = Daemon::start(Opts {
+        extra: vec!["--parallel".into(), "1".into()],
+        ..Opts::default()
+    })
+    .await;
+    let kv = d.data_dir().join("kv");
+    let complete = |messages: &Vec<Value>| {
+        let body = json!({"messages": messages, "temperature": 0, "max_tokens": 16});
+        let client = &d.client;
+        async move {
+            client
+                .call(http::Method::POST, "/v1/chat/completions", Some(&body))
+                .await
+                .unwrap()
+        }
+    };
+    let mut messages = vec![json!({"role": "user", "content": INTRO})];
+    let first = complete(&messages).await;
+    let first_prompt = first["usage"]["prompt_tokens"].as_u64().unwrap();
+    // Another conversation takes the only slot; the first is saved (no chat id: by tokens).
+    complete(&vec![
+        json!({"role": "user", "content": "What is the capital of France?"}),
+    ])
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while files(&kv, "none").0 == 0 {
+        assert!(Instant::now() < deadline, "no snapshot was written");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    messages
+        .push(json!({"role": "assistant", "content": first["choices"][0]["message"]["content"]}));
+    messages.push(json!({"role": "user", "content": "What is my dog's name?"}));
+    let third = complete(&messages).await;
+    let cached = third["usage"]["prompt_tokens_details"]["cached_tokens"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        cached >= first_prompt,
+        "restored {cached} of {first_prompt}: {third}"
+    );
+}
