@@ -126,6 +126,34 @@ async fn an_evicted_chat_is_restored_from_its_snapshot_also_after_restart() {
     assert_eq!(metric(&m, "hearth_kv_snapshots_restored_total"), 1.0);
     assert_eq!(metric(&m, "hearth_kv_snapshots_discarded_total"), 0.0);
 
+    // Unloading the model saves the conversation too; the next turn loads it and restores.
+    let third_prompt = done["usage"]["prompt_tokens"].as_u64().unwrap();
+    let saved = metric(&m, "hearth_kv_snapshots_saved_total");
+    let model = done["model"].as_str().unwrap().to_string();
+    d.client
+        .call(
+            http::Method::POST,
+            &format!("/api/v1/models/{model}/unload"),
+            None,
+        )
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let m = d.client.text("/metrics").await.unwrap();
+        if metric(&m, "hearth_kv_snapshots_saved_total") > saved {
+            break;
+        }
+        assert!(Instant::now() < deadline, "nothing saved on unload");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (_, done) = turn(&d, &chat, "Thank you.").await;
+    let cached = done["context"]["cached_tokens"].as_u64().unwrap();
+    assert!(
+        cached >= third_prompt,
+        "restored {cached} of {third_prompt}: {done}"
+    );
+
     // A damaged snapshot is never trusted: deleted, and the history evaluated again.
     assert!(d.terminate().success());
     let (all, _) = files(&kv, &chat);
