@@ -68,28 +68,33 @@ async fn turn(client: &Client, chat: &str, content: &str) -> anyhow::Result<Turn
     bail!("stream ended without done")
 }
 
-fn start(
-    rt: &tokio::runtime::Runtime,
-    dir: &Path,
-    models_dir: &Path,
-    model: &str,
+/// How the bench's daemons run.
+struct Setup<'a> {
+    rt: &'a tokio::runtime::Runtime,
+    models_dir: &'a Path,
+    model: &'a str,
     threads: u32,
-    snapshots: bool,
-) -> anyhow::Result<(BenchDaemon, Client)> {
-    let mut cmd = super::command_sized(dir, models_dir, model, Some(threads), CTX)?;
-    cmd.args(["--parallel", "1"]);
-    if !snapshots {
-        cmd.args(["--kv-cache-bytes", "0"]);
+}
+
+impl Setup<'_> {
+    /// A daemon on `dir` with one slot, snapshots on or off, its model loaded.
+    fn start(&self, dir: &Path, snapshots: bool) -> anyhow::Result<(BenchDaemon, Client)> {
+        let mut cmd =
+            super::command_sized(dir, self.models_dir, self.model, Some(self.threads), CTX)?;
+        cmd.args(["--parallel", "1"]);
+        if !snapshots {
+            cmd.args(["--kv-cache-bytes", "0"]);
+        }
+        let daemon = BenchDaemon {
+            child: cmd
+                .stdout(Stdio::null())
+                .spawn()
+                .context("cannot spawn hearth serve")?,
+        };
+        let client = Client::new(&dir.join("hearth.sock"));
+        self.rt.block_on(client.wait_ready(READY_TIMEOUT))?;
+        Ok((daemon, client))
     }
-    let daemon = BenchDaemon {
-        child: cmd
-            .stdout(Stdio::null())
-            .spawn()
-            .context("cannot spawn hearth serve")?,
-    };
-    let client = Client::new(&dir.join("hearth.sock"));
-    rt.block_on(client.wait_ready(READY_TIMEOUT))?;
-    Ok((daemon, client))
 }
 
 /// Writes dirty pages and drops the page cache (Linux, root); false where not allowed.
@@ -109,17 +114,9 @@ fn dir_bytes(dir: &Path) -> u64 {
         .unwrap_or(0)
 }
 
-#[allow(clippy::too_many_arguments)]
-fn side(
-    rt: &tokio::runtime::Runtime,
-    dir: &Path,
-    models_dir: &Path,
-    model: &str,
-    threads: u32,
-    snapshots: bool,
-    history: &str,
-) -> anyhow::Result<Side> {
-    let (mut daemon, client) = start(rt, dir, models_dir, model, threads, snapshots)?;
+fn side(setup: &Setup<'_>, dir: &Path, snapshots: bool, history: &str) -> anyhow::Result<Side> {
+    let rt = setup.rt;
+    let (mut daemon, client) = setup.start(dir, snapshots)?;
     let (first, continued, chat) = rt.block_on(async {
         let chat = client.create_chat("bench").await?;
         let first = turn(&client, &chat, history).await?;
@@ -134,7 +131,7 @@ fn side(
     let stop_s = stopping.elapsed().as_secs_f64();
     let kv_bytes = dir_bytes(&dir.join("data").join("kv"));
     let dropped_cache = drop_page_cache();
-    let (mut daemon, client) = start(rt, dir, models_dir, model, threads, snapshots)?;
+    let (mut daemon, client) = setup.start(dir, snapshots)?;
     let restarted = rt.block_on(turn(&client, &chat, "And which person did I mention last?"))?;
     daemon.stop();
     Ok(Side {
@@ -165,24 +162,14 @@ pub(super) fn run(
     let scratch = std::env::temp_dir().join(format!("hearth-bench-kv-{}", std::process::id()));
     let _cleanup = RemoveOnDrop(scratch.clone());
     let text = history(history_tokens);
-    let off = side(
+    let setup = Setup {
         rt,
-        &scratch.join("off"),
         models_dir,
         model,
         threads,
-        false,
-        &text,
-    )?;
-    let on = side(
-        rt,
-        &scratch.join("on"),
-        models_dir,
-        model,
-        threads,
-        true,
-        &text,
-    )?;
+    };
+    let off = side(&setup, &scratch.join("off"), false, &text)?;
+    let on = side(&setup, &scratch.join("on"), true, &text)?;
     let mut out = format!(
         "hearth bench --kv: model {model}, {threads} thread(s), n_ctx {CTX}, parallel 1, \
          history {} prompt tokens, {REPLY_TOKENS}-token replies, greedy; page cache dropped \

@@ -247,20 +247,11 @@ impl KvSnapshots {
         };
         self.inner.lock().pending += payload.len() as u64;
         let len = payload.len() as u64;
-        let sent = self
-            .inner
-            .tx
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .as_ref()
-            .is_some_and(|tx| {
-                tx.send(Job::Write {
-                    header,
-                    file,
-                    payload,
-                })
-                .is_ok()
-            });
+        let sent = self.inner.send(Job::Write {
+            header,
+            file,
+            payload,
+        });
         if !sent {
             self.inner.done_pending(len);
         }
@@ -367,14 +358,7 @@ impl KvSnapshots {
         let (done_tx, done_rx) = mpsc::channel();
         let sent = self
             .inner
-            .tx
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .as_ref()
-            .is_some_and(|tx| {
-                tx.send(Job::Forget(conversation.to_string(), done_tx))
-                    .is_ok()
-            });
+            .send(Job::Forget(conversation.to_string(), done_tx));
         if !sent || done_rx.recv_timeout(FORGET_WAIT).is_err() {
             self.inner.forget_now(conversation);
         }
@@ -423,6 +407,15 @@ impl Index {
 impl Inner {
     fn lock(&self) -> std::sync::MutexGuard<'_, Index> {
         self.index.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Hands `job` to the writer thread; false when it is gone.
+    fn send(&self, job: Job) -> bool {
+        self.tx
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .is_some_and(|tx| tx.send(job).is_ok())
     }
 
     fn done_pending(&self, bytes: u64) {
