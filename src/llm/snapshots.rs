@@ -704,6 +704,8 @@ pub(super) mod ffi {
     pub(in crate::llm) fn get(ctx: &LlamaContext<'_>, seq: i32) -> Option<Vec<u8>> {
         let flags = LlamaStateSeqFlags::empty();
         let size = ctx.state_seq_get_size_ext(seq, flags);
+        // Measured: 571 tokens of the 1.5B model (16 MB) take 12.7 ms, nearly all of it
+        // llama.cpp's serialisation (skipping the zeroing saved nothing measurable).
         let mut bytes = vec![0u8; size];
         // SAFETY: `bytes` holds exactly the size llama.cpp reported for this sequence on this
         // thread, and nothing changes the context between the two calls.
