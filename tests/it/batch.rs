@@ -164,3 +164,58 @@ async fn streams_beyond_the_slots_or_the_cells_wait_and_then_run() {
     let replies = alone_then_together(&mut d, &prompts, 24, false).await;
     assert_eq!(waited(&replies), 1, "one stream waits for cells");
 }
+
+/// A stream's completion tokens and finish, read from its `done` event.
+async fn ask_counted(d: &Daemon, content: &str, max_tokens: u32, seed: u32) -> (u64, String) {
+    let chat = d.new_chat("cells").await;
+    let body = json!({"content": content, "options": {"temperature": 0.8, "seed": seed, "max_tokens": max_tokens}});
+    let mut stream = d
+        .client
+        .stream(&format!("/api/v1/chats/{chat}/messages"), &body)
+        .await
+        .unwrap();
+    while let Some(event) = stream.next().await.unwrap() {
+        match event.event.as_str() {
+            "done" => {
+                return (
+                    event.data["usage"]["completion_tokens"].as_u64().unwrap(),
+                    event.data["finish_reason"].as_str().unwrap().to_string(),
+                )
+            }
+            "error" => panic!("stream failed: {}", event.data),
+            _ => {}
+        }
+    }
+    panic!("no done event")
+}
+
+#[tokio::test]
+async fn when_replies_outgrow_their_reserves_the_newest_stream_gives_way() {
+    // Two streams of up to 700 tokens are admitted with 256-token reply reserves in a
+    // 1024-cell context; when the cells run out, the newer one ends with `length` and the older
+    // one goes on to its full reply. (These seeds keep the model telling its story.)
+    let d = Daemon::start(Opts {
+        ctx: 1024,
+        extra: vec!["--parallel".into(), "2".into()],
+        ..Opts::default()
+    })
+    .await;
+    let story = "Write a very long story about a dragon and a knight.";
+    let older = ask_counted(&d, story, 700, 1);
+    let newer = async {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        ask_counted(&d, story, 700, 2).await
+    };
+    let ((old_tokens, old_finish), (new_tokens, new_finish)) = tokio::join!(older, newer);
+    // (The older one may also end on its own before its 700 tokens.)
+    assert!(
+        ["stop", "length"].contains(&old_finish.as_str()) && old_tokens > new_tokens,
+        "older: {old_tokens} {old_finish}; newer: {new_tokens} {new_finish}"
+    );
+    // Length before its max_tokens, with its own positions far from n_ctx: the cells ran out.
+    assert_eq!(new_finish, "length");
+    assert!(
+        new_tokens < 700 && new_tokens > 300,
+        "the newer stream gave way at {new_tokens} tokens"
+    );
+}
