@@ -153,6 +153,7 @@ pub async fn run(config: Config, life: Lifecycle, started: Instant) -> Result<()
         ready_line(&bound).code(ErrorCode::StdoutClosed)?;
     }
     // systemd Type=notify; a no-op when NOTIFY_SOCKET is unset.
+    #[cfg(unix)]
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
 
     let shutdown = CancellationToken::new();
@@ -177,6 +178,7 @@ pub async fn run(config: Config, life: Lifecycle, started: Instant) -> Result<()
     watch_for_shutdown(life, &shutdown);
     server::serve(bound.listeners, app, shutdown.clone()).await;
 
+    #[cfg(unix)]
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     drain(&tasks, config.server.shutdown_grace).await;
     // The workers save the conversations they hold (KV snapshots) before the process ends.
