@@ -16,7 +16,6 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
-use tokio::net::UnixStream;
 
 /// Why a request to the daemon failed, where callers branch on the kind.
 #[derive(Debug, thiserror::Error)]
@@ -142,7 +141,7 @@ impl Client {
         let mut req = Request::builder().method(method).uri(path);
         let mut sender = match &self.tcp {
             None => {
-                let stream = UnixStream::connect(&self.socket).await.map_err(|err| {
+                let stream = connect_local(&self.socket).await.map_err(|err| {
                     ClientError::NoDaemon {
                         socket: self.socket.clone(),
                         reason: format!("{err}; start one with `hearth start`"),
@@ -531,4 +530,35 @@ fn parse_block(block: &[u8]) -> anyhow::Result<Option<Event>> {
         event,
         data: serde_json::from_str(&data).context("SSE data is not JSON")?,
     }))
+}
+
+/// Connects to the daemon's Unix socket.
+#[cfg(unix)]
+async fn connect_local(socket: &Path) -> std::io::Result<tokio::net::UnixStream> {
+    tokio::net::UnixStream::connect(socket).await
+}
+
+/// Connects to the daemon's named pipe. All instances busy (`ERROR_PIPE_BUSY`): the daemon
+/// creates the next one right after each accept, so a short wait is enough.
+#[cfg(windows)]
+async fn connect_local(
+    socket: &Path,
+) -> std::io::Result<tokio::net::windows::named_pipe::NamedPipeClient> {
+    use tokio::net::windows::named_pipe::ClientOptions;
+    /// `ERROR_PIPE_BUSY`.
+    const PIPE_BUSY: i32 = 231;
+    /// How long to wait for a free pipe instance.
+    const BUSY_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+    let deadline = std::time::Instant::now() + BUSY_WAIT;
+    loop {
+        match ClientOptions::new().open(socket) {
+            Err(err)
+                if err.raw_os_error() == Some(PIPE_BUSY)
+                    && std::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            other => return other,
+        }
+    }
 }

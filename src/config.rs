@@ -510,14 +510,15 @@ pub fn load(config_file: Option<&Path>, from_cli: RawConfig) -> anyhow::Result<C
     Ok(config)
 }
 
-/// Resolves defaults and validates ranges. Pure apart from looking up the home directory.
-pub fn resolve(raw: RawConfig, runtime_dir: Option<&Path>) -> anyhow::Result<Config> {
-    let compat = compat_config(&raw)?;
-    let data_dir = match raw.data_dir {
-        Some(dir) => absolute(&expand_home(&dir))?,
-        None => project_dirs()?.data_dir().to_path_buf(),
-    };
-    let socket = match raw.socket {
+/// The local listener's address: a Unix socket path (default `$XDG_RUNTIME_DIR/hearth/hearth.sock`,
+/// else `DATA_DIR/run/hearth.sock`), checked against the 103 bytes `sun_path` allows.
+#[cfg(unix)]
+fn local_endpoint(
+    given: Option<PathBuf>,
+    runtime_dir: Option<&Path>,
+    data_dir: &Path,
+) -> anyhow::Result<PathBuf> {
+    let socket = match given {
         Some(path) => absolute(&expand_home(&path))?,
         None => match runtime_dir {
             Some(dir) if dir.is_absolute() => dir.join("hearth").join("hearth.sock"),
@@ -533,6 +534,36 @@ pub fn resolve(raw: RawConfig, runtime_dir: Option<&Path>) -> anyhow::Result<Con
             socket.display()
         );
     }
+    Ok(socket)
+}
+
+/// The local listener's address on Windows: a named pipe, `\\.\pipe\hearth-<user>-<hash of the
+/// data dir>` unless given (see `server::pipe`).
+#[cfg(windows)]
+fn local_endpoint(
+    given: Option<PathBuf>,
+    _runtime_dir: Option<&Path>,
+    data_dir: &Path,
+) -> anyhow::Result<PathBuf> {
+    let name = match given {
+        Some(name) => name.to_string_lossy().into_owned(),
+        None => {
+            let user = std::env::var("USERNAME").unwrap_or_default();
+            crate::server::pipe::default_pipe_name(&user, data_dir)
+        }
+    };
+    crate::server::pipe::check_pipe_name(&name).map_err(anyhow::Error::msg)?;
+    Ok(PathBuf::from(name))
+}
+
+/// Resolves defaults and validates ranges. Pure apart from looking up the home directory.
+pub fn resolve(raw: RawConfig, runtime_dir: Option<&Path>) -> anyhow::Result<Config> {
+    let compat = compat_config(&raw)?;
+    let data_dir = match raw.data_dir {
+        Some(dir) => absolute(&expand_home(&dir))?,
+        None => project_dirs()?.data_dir().to_path_buf(),
+    };
+    let socket = local_endpoint(raw.socket, runtime_dir, &data_dir)?;
     let models_dir = match raw.models_dir {
         Some(dir) => absolute(&expand_home(&dir))?,
         None => data_dir.join("models"),

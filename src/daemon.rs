@@ -11,13 +11,11 @@
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use nix::fcntl::{Flock, FlockArg};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -83,7 +81,7 @@ impl<T, E: Into<anyhow::Error>> Code<T> for Result<T, E> {
 /// Runs the daemon until a shutdown signal (or, for a sidecar, stdin EOF or parent death).
 /// `started` is the process start, for the log line that says how long accepting took.
 pub async fn run(config: Config, life: Lifecycle, started: Instant) -> Result<(), StartError> {
-    server::ensure_private_dir(&config.data_dir).code(ErrorCode::DataDir)?;
+    crate::sys::ensure_private_dir(&config.data_dir).code(ErrorCode::DataDir)?;
     let lock =
         InstanceLock::acquire(&config.data_dir, &config.socket).code(ErrorCode::AlreadyRunning)?;
     // A manifest model is checked before the store opens (a missing file is a one-line error
@@ -213,23 +211,8 @@ struct Bound {
 }
 
 async fn bind(config: &Config) -> Result<Bound, StartError> {
-    // A socket handed over by systemd is used as is (it owns the file); otherwise bind our own.
     let (local, socket_path, owns_socket) =
-        match server::activated_listener().code(ErrorCode::BindFailed)? {
-            Some(listener) => {
-                let path = listener
-                    .local_addr()
-                    .ok()
-                    .and_then(|a| a.as_pathname().map(Path::to_path_buf))
-                    .unwrap_or_else(|| config.socket.clone());
-                (listener, path, false)
-            }
-            None => (
-                server::bind(&config.socket).code(ErrorCode::BindFailed)?,
-                config.socket.clone(),
-                true,
-            ),
-        };
+        server::bind_local(&config.socket).code(ErrorCode::BindFailed)?;
     let (tcp, tcp_policy) = match config.tcp {
         None => (None, None),
         Some(addr) => {
@@ -428,7 +411,8 @@ fn watch_for_shutdown(life: Lifecycle, shutdown: &CancellationToken) {
     }
     let parent = life.parent_pid.or_else(|| {
         life.sidecar
-            .then(|| nix::unistd::getppid().as_raw().unsigned_abs())
+            .then(crate::sys::parent_pid)
+            .flatten()
     });
     if let Some(parent) = parent {
         watch_parent(parent, shutdown.clone());
@@ -486,28 +470,16 @@ fn watch_stdin(shutdown: CancellationToken) {
     }
 }
 
-/// Exits when `parent` dies. Polls (pidfd needs `unsafe` here); `PR_SET_PDEATHSIG` is the
-/// backstop when `parent` is our real parent.
+/// Exits when `parent` dies. Polls a held reference to it (`sys::Watched`: on Linux plus
+/// `PR_SET_PDEATHSIG` as the backstop when `parent` is our real parent; on Windows a process
+/// handle, which pid reuse cannot fool). A parent that cannot be watched at all is gone already.
 fn watch_parent(parent: u32, shutdown: CancellationToken) {
-    use nix::sys::signal::kill;
-    use nix::unistd::{getppid, Pid};
-    let Ok(raw) = i32::try_from(parent) else {
-        return;
-    };
-    let pid = Pid::from_raw(raw);
-    let is_real_parent = getppid() == pid;
-    if is_real_parent {
-        #[cfg(target_os = "linux")]
-        let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM);
-    }
+    let watched = crate::sys::Watched::new(parent);
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(PARENT_POLL);
         loop {
             tick.tick().await;
-            // Reparenting means the real parent died, even if a zombie of it still exists.
-            let gone = (is_real_parent && getppid() != pid)
-                || matches!(kill(pid, None), Err(nix::errno::Errno::ESRCH));
-            if gone {
+            if watched.as_ref().is_none_or(crate::sys::Watched::gone) {
                 tracing::info!(parent, "parent process exited: shutting down");
                 shutdown.cancel();
                 return;
@@ -519,19 +491,15 @@ fn watch_parent(parent: u32, shutdown: CancellationToken) {
     });
 }
 
-/// Fires `shutdown` on SIGINT or SIGTERM.
+/// Fires `shutdown` when the system asks (SIGINT/SIGTERM; on Windows Ctrl-C, Ctrl-Break, the
+/// console closing, log-off, shutdown).
 async fn signals(shutdown: CancellationToken) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers");
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+    match crate::sys::shutdown_requested().await {
+        Ok(what) => tracing::info!("{what}: shutting down"),
+        Err(err) => {
+            tracing::error!(error = %err, "cannot install signal handlers");
+            return;
+        }
     }
     shutdown.cancel();
 }
@@ -543,10 +511,10 @@ pub fn running_instance(data_dir: &Path) -> Option<u32> {
     let mut file = File::open(data_dir.join(LOCK_FILE)).ok()?;
     let mut owner = String::new();
     file.read_to_string(&mut owner).ok()?;
-    match Flock::lock(file, FlockArg::LockSharedNonblock) {
-        // Nobody holds it: a stale file of a killed daemon.
-        Ok(_unlocked_on_drop) => None,
-        Err((_, errno)) if errno == nix::errno::Errno::EWOULDBLOCK => owner
+    match crate::sys::try_lock(&file, false) {
+        // Nobody holds it: a stale file of a killed daemon (the probe's lock ends with `file`).
+        Ok(true) => None,
+        Ok(false) => owner
             .split_whitespace()
             .find_map(|field| field.strip_prefix("pid="))
             .and_then(|pid| pid.parse().ok()),
@@ -554,31 +522,32 @@ pub fn running_instance(data_dir: &Path) -> Option<u32> {
     }
 }
 
-/// An exclusive `flock` on `DATA_DIR/hearth.lock`, holding the owner's pid and socket so a second
-/// daemon can say which instance is running.
+/// An exclusive lock on `DATA_DIR/hearth.lock` (`flock`; on Windows `LockFileEx` on a byte far
+/// past the content), holding the owner's pid and socket so a second daemon can say which
+/// instance is running.
 pub struct InstanceLock {
     path: PathBuf,
-    lock: Flock<File>,
+    lock: File,
 }
 
 impl InstanceLock {
     pub fn acquire(data_dir: &Path, socket: &Path) -> anyhow::Result<InstanceLock> {
         let path = data_dir.join(LOCK_FILE);
         // The file may be unlinked by a stopping daemon between our open and our lock; then we
-        // hold a lock on a dead inode. Re-check that the path still names what we locked.
+        // hold a lock on a dead file. Re-check that the path still names what we locked.
         for _ in 0..10 {
-            let file = std::fs::OpenOptions::new()
+            let mut lock = std::fs::OpenOptions::new()
                 .read(true)
                 .write(true)
                 .create(true)
                 .truncate(false)
                 .open(&path)
                 .with_context(|| format!("{}: cannot open", path.display()))?;
-            let mut lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-                Ok(lock) => lock,
-                Err((mut file, errno)) if errno == nix::errno::Errno::EWOULDBLOCK => {
+            match crate::sys::try_lock(&lock, true) {
+                Ok(true) => {}
+                Ok(false) => {
                     let mut owner = String::new();
-                    let _ = file.read_to_string(&mut owner);
+                    let _ = lock.read_to_string(&mut owner);
                     let owner = owner.split_whitespace().collect::<Vec<_>>().join(", ");
                     bail!(
                         "another hearth is running on data dir {} ({})",
@@ -590,12 +559,10 @@ impl InstanceLock {
                         }
                     );
                 }
-                Err((_, errno)) => bail!("{}: cannot lock: {errno}", path.display()),
-            };
-            let same = match (std::fs::metadata(&path), lock.metadata()) {
-                (Ok(on_disk), Ok(held)) => {
-                    on_disk.ino() == held.ino() && on_disk.dev() == held.dev()
-                }
+                Err(err) => bail!("{}: cannot lock: {err}", path.display()),
+            }
+            let same = match (crate::sys::file_id_of_path(&path), crate::sys::file_id(&lock)) {
+                (Ok(on_disk), Ok(held)) => on_disk == held,
                 _ => false,
             };
             if !same {
@@ -617,8 +584,9 @@ impl InstanceLock {
         )
     }
 
-    /// Removes the lock file, then unlocks (in that order, so nobody can lock the old inode and
-    /// believe they own the data dir while a new file appears).
+    /// Removes the lock file, then unlocks (in that order, so nobody can lock the old file and
+    /// believe they own the data dir while a new file appears). Windows deletes an open file
+    /// once its last handle closes, which keeps the same order.
     pub fn release(self) {
         let _ = std::fs::remove_file(&self.path);
         drop(self.lock);

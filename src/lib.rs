@@ -47,3 +47,4 @@ pub mod pool;
 pub mod priority;
 pub mod server;
 pub mod store;
+pub mod sys;

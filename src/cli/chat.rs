@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use http::Method;
 use serde_json::{json, Value};
-use tokio::signal::unix::{signal, Signal, SignalKind};
+use crate::sys::Interrupts;
 
 use super::lifecycle::wait_until_ready;
 use super::{one_line, target, CliExit, ClientArgs, Exit, UserArgs};
@@ -311,7 +311,7 @@ async fn stream_reply(
     body: &Value,
     out: &mut dyn Write,
     echo: bool,
-    mut interrupt: Option<&mut Signal>,
+    mut interrupt: Option<&mut Interrupts>,
 ) -> anyhow::Result<Reply> {
     let mut events = client
         .stream(&format!("/api/v1/chats/{chat_id}/messages"), body)
@@ -474,7 +474,7 @@ fn repl(rt: &tokio::runtime::Runtime, mut session: Session) -> anyhow::Result<()
     // ends the process while a reply streams).
     let mut sigint = {
         let _guard = rt.enter();
-        signal(SignalKind::interrupt())?
+        Interrupts::install()?
     };
     let config = rustyline::Config::builder()
         .max_history_size(HISTORY_LINES)?
@@ -538,7 +538,7 @@ fn repl(rt: &tokio::runtime::Runtime, mut session: Session) -> anyhow::Result<()
     Ok(())
 }
 
-async fn repl_turn(session: &mut Session, text: &str, sigint: &mut Signal) -> anyhow::Result<()> {
+async fn repl_turn(session: &mut Session, text: &str, sigint: &mut Interrupts) -> anyhow::Result<()> {
     let chat_id = session.chat_id().await?;
     let body = session.message_body(text, serde_json::Map::new());
     let mut out = std::io::stdout().lock();

@@ -43,8 +43,7 @@ enum Found {
 /// are (also through a link: the user named them); inside folders, links and special files are
 /// skipped and ignored names left out.
 fn collect(paths: &[PathBuf], rules: &crate::library::rules::Rules) -> Vec<Found> {
-    use crate::library::access::{Kind, Root};
-    use std::os::unix::ffi::OsStrExt;
+    use crate::library::access::{os_str, Kind, Root};
     let mut found = Vec::new();
     for path in paths {
         match std::fs::metadata(path) {
@@ -71,7 +70,7 @@ fn collect(paths: &[PathBuf], rules: &crate::library::rules::Rules) -> Vec<Found
                         Ok(entries) => entries,
                         Err(err) => {
                             found.push(Found::Skipped {
-                                path: root.path.join(std::ffi::OsStr::from_bytes(&dir)),
+                                path: root.path.join(os_str(&dir)),
                                 reason: err.to_string(),
                             });
                             continue;
@@ -86,7 +85,7 @@ fn collect(paths: &[PathBuf], rules: &crate::library::rules::Rules) -> Vec<Found
                         if rules.ignored(&relative, &name, kind == Kind::Dir) {
                             continue;
                         }
-                        let full = root.path.join(std::ffi::OsStr::from_bytes(&relative));
+                        let full = root.path.join(os_str(&relative));
                         match kind {
                             Kind::Dir => stack.push(relative),
                             Kind::File { size, .. } => found.push(Found::File { path: full, size }),

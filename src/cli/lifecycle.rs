@@ -81,7 +81,7 @@ fn detached_args(args: impl Iterator<Item = OsString>) -> Vec<OsString> {
 /// Called first thing in the detached daemon: a session of its own, so the terminal's hang-up
 /// and Ctrl-C never reach it.
 pub(super) fn leave_terminal_session() {
-    if let Err(err) = nix::unistd::setsid() {
+    if let Err(err) = crate::sys::leave_terminal_session() {
         tracing::warn!(error = %err, "cannot start a new session");
     }
 }
@@ -107,14 +107,16 @@ pub(super) fn start(config_file: Option<&Path>, args: ServeArgs) -> anyhow::Resu
         return Ok(());
     }
     let logs = config.data_dir.join("logs");
-    crate::server::ensure_private_dir(&config.data_dir)
-        .and_then(|()| crate::server::ensure_private_dir(&logs))
+    crate::sys::ensure_private_dir(&config.data_dir)
+        .and_then(|()| crate::sys::ensure_private_dir(&logs))
         .with_context(|| format!("{}: cannot create", logs.display()))?;
     let err_path = logs.join(START_ERR_FILE);
     let err_file = std::fs::File::create(&err_path)
         .with_context(|| format!("{}: cannot create", err_path.display()))?;
     let exe = std::env::current_exe().context("cannot find the hearth executable")?;
-    let mut child = Command::new(exe)
+    let mut command = Command::new(exe);
+    crate::sys::detach(&mut command);
+    let mut child = command
         .args(detached_args(std::env::args_os().skip(1)))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -218,50 +220,15 @@ pub(super) async fn stop(config_file: Option<&Path>, args: StopArgs) -> anyhow::
     Ok(())
 }
 
-fn pid_of(pid: u32) -> anyhow::Result<nix::unistd::Pid> {
-    Ok(nix::unistd::Pid::from_raw(
-        i32::try_from(pid).context("pid out of range")?,
-    ))
-}
-
 fn terminate(pid: u32) -> anyhow::Result<()> {
-    nix::sys::signal::kill(pid_of(pid)?, nix::sys::signal::Signal::SIGTERM)
-        .with_context(|| format!("cannot signal hearth (pid {pid})"))
+    crate::sys::terminate(pid).with_context(|| format!("cannot signal hearth (pid {pid})"))
 }
 
 fn kill(pid: u32) -> anyhow::Result<()> {
-    nix::sys::signal::kill(pid_of(pid)?, nix::sys::signal::Signal::SIGKILL)
-        .with_context(|| format!("cannot kill hearth (pid {pid})"))
+    crate::sys::kill(pid).with_context(|| format!("cannot kill hearth (pid {pid})"))
 }
 
-/// True once `pid` has exited: no such process, or (on Linux) a zombie its parent has not
-/// reaped yet *and* no thread of it is still running. While a multi-threaded process exits, its
-/// first thread shows `Z` as soon as it is done, but the others (sled's I/O threads finishing a
-/// write) still hold its files and locks: a new daemon started then finds its store locked.
-fn process_gone(pid: u32) -> bool {
-    let Ok(nix_pid) = pid_of(pid) else {
-        return true;
-    };
-    if matches!(
-        nix::sys::signal::kill(nix_pid, None),
-        Err(nix::errno::Errno::ESRCH)
-    ) {
-        return true;
-    }
-    #[cfg(target_os = "linux")]
-    {
-        // /proc/PID/stat: "pid (comm) S ..."; comm may hold spaces and parentheses.
-        if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-            if let Some((_, rest)) = stat.rsplit_once(')') {
-                let threads = std::fs::read_dir(format!("/proc/{pid}/task"))
-                    .map(|dir| dir.count())
-                    .unwrap_or(0);
-                return rest.trim_start().starts_with('Z') && threads <= 1;
-            }
-        }
-    }
-    false
-}
+use crate::sys::process_gone;
 
 /// Waits for the daemon behind `client` to be ready, showing one progress line on stderr while
 /// it waits (see [`Client::wait_for`] for `for_socket`). Returns the health body.

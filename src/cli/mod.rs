@@ -447,7 +447,7 @@ pub(crate) fn init_logging(
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
     });
     let (file_layer, guard) = match log_dir.and_then(|dir| {
-        crate::server::ensure_private_dir(dir).ok()?;
+        crate::sys::ensure_private_dir(dir).ok()?;
         tracing_appender::rolling::Builder::new()
             .rotation(tracing_appender::rolling::Rotation::DAILY)
             .filename_prefix("hearth")

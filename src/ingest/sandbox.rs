@@ -29,6 +29,7 @@ use std::process::ExitCode;
 use super::worker::{read_frame, write_frame, Hello, Job, Reply, MAX_HEADER_BYTES};
 
 /// Open files the worker may hold: stdin, stdout, stderr and a few for the runtime.
+#[cfg(unix)]
 const MAX_OPEN_FILES: u64 = 16;
 
 /// What confined the worker (the hello frame; health and logs show it).
@@ -55,6 +56,7 @@ pub fn worker_main(memory_mib: u64, probe: bool) -> ExitCode {
     // One write per frame: stdout is line-buffered, and a frame's length prefix or text may
     // hold newline bytes anywhere.
     let mut stdout = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
+    let confinement_memory = confinement.memory_bytes;
     let hello = Hello {
         confinement,
         pid: std::process::id(),
@@ -77,7 +79,7 @@ pub fn worker_main(memory_mib: u64, probe: bool) -> ExitCode {
         if bytes.len() as u64 != job.len {
             return ExitCode::FAILURE;
         }
-        allow_cpu(job.cpu_secs);
+        allow_cpu(confinement_memory, job.cpu_secs);
         let reply = match std::panic::catch_unwind(|| {
             super::extract::extract(&job.name, &bytes, &job.limits)
         }) {
@@ -102,6 +104,18 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
 
 /// Applies every confinement the platform offers; what failed is listed, never fatal (the
 /// daemon logs it once and health shows it).
+#[cfg(windows)]
+fn confine(memory_bytes: u64) -> Confinement {
+    Confinement {
+        memory_bytes,
+        missing: crate::sys::confine_worker(memory_bytes),
+        ..Confinement::default()
+    }
+}
+
+/// Applies every confinement the platform offers; what failed is listed, never fatal (the
+/// daemon logs it once and health shows it).
+#[cfg(unix)]
 fn confine(memory_bytes: u64) -> Confinement {
     use nix::sys::resource::{setrlimit, Resource};
     let mut c = Confinement {
@@ -125,8 +139,16 @@ fn confine(memory_bytes: u64) -> Confinement {
     c
 }
 
+/// Lets the coming job use `secs` more seconds of user time (the Job Object's per-process limit;
+/// Windows ends the worker past it).
+#[cfg(windows)]
+fn allow_cpu(memory_bytes: u64, secs: u64) {
+    crate::sys::allow_cpu(memory_bytes, secs);
+}
+
 /// Lets the coming job use `secs` more seconds of CPU (soft limit: SIGXCPU ends the worker).
-fn allow_cpu(secs: u64) {
+#[cfg(unix)]
+fn allow_cpu(_memory_bytes: u64, secs: u64) {
     use nix::sys::resource::{getrlimit, getrusage, setrlimit, Resource, UsageWho};
     let Ok(usage) = getrusage(UsageWho::RUSAGE_SELF) else {
         return;

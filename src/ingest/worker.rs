@@ -110,15 +110,7 @@ async fn read_frame_async<T: DeserializeOwned>(
     serde_json::from_slice(&json).map_err(std::io::Error::other)
 }
 
-/// The binary to start workers from: on Linux `/proc/self/exe`, which stays this very build
-/// even after a package upgrade replaced or deleted the file at its path.
-pub fn this_program() -> PathBuf {
-    let proc_self = PathBuf::from("/proc/self/exe");
-    if cfg!(target_os = "linux") && proc_self.exists() {
-        return proc_self;
-    }
-    std::env::current_exe().unwrap_or_else(|_| PathBuf::from("hearth"))
-}
+pub use crate::sys::this_program;
 
 /// Where extraction runs.
 #[derive(Clone)]

@@ -5,8 +5,6 @@
 //! names that are documents but cannot be ingested are recorded as `skipped` with a reason.
 //! `hearth ingest` applies the same rules, so a folder ingests the same either way.
 
-use std::ffi::OsStr;
-use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use globset::{Glob, GlobSet, GlobSetBuilder};
@@ -65,8 +63,8 @@ impl Rules {
         {
             return true;
         }
-        self.user.is_match(Path::new(OsStr::from_bytes(relative)))
-            || self.user.is_match(Path::new(OsStr::from_bytes(name)))
+        self.user.is_match(Path::new(&*super::access::os_str(relative)))
+            || self.user.is_match(Path::new(&*super::access::os_str(name)))
     }
 
     /// True when any component of `relative` is ignored (for paths reported by the watcher).

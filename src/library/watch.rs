@@ -1,7 +1,6 @@
 //! Finding changes: the `notify` watcher, the reconcile scan (at start, after a watcher error or
 //! overflow, every `rescan` interval) and the mapping of a changed path to its root and key.
 
-use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::time::Instant;
 
@@ -403,7 +402,7 @@ impl Library {
     fn locate(&self, path: &Path) -> Option<(usize, Vec<u8>)> {
         self.inner.roots.iter().enumerate().find_map(|(i, root)| {
             let relative = path.strip_prefix(&root.path).ok()?;
-            Some((i, relative.as_os_str().as_bytes().to_vec()))
+            Some((i, super::access::key_of(relative)?))
         })
     }
 }

@@ -6,15 +6,16 @@
 //! 100 MB takes ~0.3 s, so a successful check is cached in the store keyed by inode, size and
 //! mtime; a restart on an unchanged file does not hash again.
 //!
-//! On Linux the verified file is passed to the loader as `/proc/self/fd/N` of the descriptor that
-//! was checked, so swapping the file between check and load changes nothing.
+//! The file the loader reads is the one that was checked (`sys::open_model`, `sys::loader_path`):
+//! on Linux the loader gets `/proc/self/fd/N` of the descriptor that was hashed; on Windows the
+//! file stays open with read-only sharing until the load is done, so nobody can change it. Either
+//! way, swapping the file between check and load changes nothing.
 
 pub mod gguf;
 pub mod user;
 
 use std::fs::File;
 use std::io::Read;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -419,12 +420,12 @@ fn verify_file(
         path: path.clone(),
         err,
     };
-    let mut file = File::open(&path).map_err(io)?;
+    let mut file = crate::sys::open_model(&path).map_err(io)?;
     let meta = file.metadata().map_err(io)?;
     if !meta.is_file() {
         return Err(ModelError::NotAFile(path));
     }
-    let key = cache_key(&meta, &entry.sha256);
+    let key = cache_key(&file, &meta, &entry.sha256);
     let cached = store.verified_file(&path).ok().flatten();
     let hashed = cached.as_ref() != Some(&key);
     if hashed {
@@ -440,7 +441,7 @@ fn verify_file(
             tracing::warn!(error = %err, "cannot cache model verification");
         }
     }
-    let load_path = descriptor_path(&file).unwrap_or_else(|| path.clone());
+    let load_path = crate::sys::loader_path(&file, &path);
     Ok(VerifiedModel {
         name: entry.name.clone(),
         path,
@@ -451,12 +452,12 @@ fn verify_file(
     })
 }
 
-/// What the verification cache keys a file's hash by: size, mtime and inode.
-fn cache_key(meta: &std::fs::Metadata, sha256: &str) -> VerifiedFile {
+/// What the verification cache keys a file's hash by: size, mtime and inode (file index).
+fn cache_key(file: &File, meta: &std::fs::Metadata, sha256: &str) -> VerifiedFile {
     VerifiedFile {
         size: meta.len(),
-        mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
-        inode: meta.ino(),
+        mtime_ns: crate::sys::mtime_ns(meta),
+        inode: crate::sys::file_id(file).map_or(0, |id| id.index),
         sha256: sha256.to_string(),
     }
 }
@@ -493,18 +494,6 @@ fn sha256_with(file: &mut File, on_read: &mut dyn FnMut(u64)) -> std::io::Result
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect())
-}
-
-#[cfg(target_os = "linux")]
-fn descriptor_path(file: &File) -> Option<PathBuf> {
-    use std::os::fd::AsRawFd;
-    let path = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
-    path.exists().then_some(path)
-}
-
-#[cfg(not(target_os = "linux"))]
-fn descriptor_path(_file: &File) -> Option<PathBuf> {
-    None
 }
 
 #[cfg(test)]

@@ -8,7 +8,6 @@
 
 use std::fs::File;
 use std::io::{BufReader, Seek, SeekFrom};
-use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use super::gguf::{self, GgufInfo};
@@ -167,8 +166,7 @@ pub fn add(
     // size or mtime below and is refused.
     let after = file.metadata().map_err(io)?;
     if after.len() != meta.len()
-        || after.mtime() != meta.mtime()
-        || after.mtime_nsec() != meta.mtime_nsec()
+        || crate::sys::mtime_ns(&after) != crate::sys::mtime_ns(&meta)
     {
         return Err(AddError::BadPath(format!(
             "{text} changed while it was being hashed; add it again once it is complete"
@@ -191,7 +189,7 @@ pub fn add(
     let replaced = store.user_model(&name)?.is_some();
     store.put_user_model(&model)?;
     // The first load need not hash the file again.
-    store.put_verified_file(path, &cache_key(&meta, &sha256))?;
+    store.put_verified_file(path, &cache_key(&file, &meta, &sha256))?;
     Ok(Added {
         model,
         info,

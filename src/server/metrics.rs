@@ -309,7 +309,7 @@ fn gauges(app: &App, out: &mut Text) {
         "Background generations a chat preempted since start.",
         jobs.preempted as f64,
     );
-    if let Some(rss) = resident_bytes() {
+    if let Some(rss) = crate::sys::resident_memory_bytes() {
         out.single(
             "process_resident_memory_bytes",
             "gauge",
@@ -323,21 +323,6 @@ fn gauges(app: &App, out: &mut Text) {
         "Seconds since the daemon started.",
         app.started.elapsed().as_secs_f64(),
     );
-}
-
-/// The process's resident set size (`VmRSS` of `/proc/self/status`); `None` where there is no
-/// procfs.
-fn resident_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
-        .trim()
-        .strip_suffix("kB")?
-        .trim()
-        .parse()
-        .ok()?;
-    Some(kib * 1024)
 }
 
 /// The exposition being written.

@@ -25,19 +25,19 @@ pub mod tcp;
 mod users;
 
 use std::collections::HashMap;
-use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use nix::sys::stat::{umask, Mode};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::{TcpListener, UnixListener};
+use tokio::net::TcpListener;
+#[cfg(unix)]
+use tokio::net::UnixListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::chat::ChatService;
@@ -110,9 +110,40 @@ pub struct Listeners {
     pub compat: Option<TcpListener>,
 }
 
+/// The local listener, its path (socket file or pipe name), and whether this daemon owns a socket
+/// file to remove at exit: a socket handed over by systemd is used as is (it owns the file),
+/// otherwise our own is bound.
+#[cfg(unix)]
+pub fn bind_local(socket: &Path) -> anyhow::Result<(LocalListener, PathBuf, bool)> {
+    Ok(match activated_listener()? {
+        Some(listener) => {
+            let path = listener
+                .local_addr()
+                .ok()
+                .and_then(|a| a.as_pathname().map(Path::to_path_buf))
+                .unwrap_or_else(|| socket.to_path_buf());
+            (listener, path, false)
+        }
+        None => (bind(socket)?, socket.to_path_buf(), true),
+    })
+}
+
+/// The named pipe (see `pipe.rs`): no file to remove, the name goes with the last handle.
+#[cfg(windows)]
+pub fn bind_local(socket: &Path) -> anyhow::Result<(LocalListener, PathBuf, bool)> {
+    let name = socket
+        .to_str()
+        .context("the pipe name is not valid Unicode")?;
+    pipe::check_pipe_name(name).map_err(anyhow::Error::msg)?;
+    let listener =
+        pipe::PipeListener::bind(name).with_context(|| format!("{name}: cannot create the pipe"))?;
+    Ok((listener, socket.to_path_buf(), false))
+}
+
 /// Takes a listening Unix socket handed over by the service manager (systemd socket activation:
 /// `LISTEN_PID`/`LISTEN_FDS`), if there is one.
-pub fn activated_listener() -> anyhow::Result<Option<UnixListener>> {
+#[cfg(unix)]
+fn activated_listener() -> anyhow::Result<Option<UnixListener>> {
     let mut fds = listenfd::ListenFd::from_env();
     if fds.len() == 0 {
         return Ok(None);
@@ -129,21 +160,22 @@ pub fn activated_listener() -> anyhow::Result<Option<UnixListener>> {
 
 /// Binds the Unix socket safely (see the module doc). A leftover socket file is replaced only when
 /// nothing answers on it; a live one is an error.
+#[cfg(unix)]
 pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
     let dir = path
         .parent()
         .context("socket path has no parent directory")?;
-    ensure_private_dir(dir)?;
+    crate::sys::ensure_private_dir(dir)?;
     match std::fs::symlink_metadata(path) {
         Ok(meta) => {
-            if !meta.file_type().is_socket() {
-                bail!(
+            if !std::os::unix::fs::FileTypeExt::is_socket(&meta.file_type()) {
+                anyhow::bail!(
                     "{} exists and is not a socket; refusing to replace it",
                     path.display()
                 );
             }
             if std::os::unix::net::UnixStream::connect(path).is_ok() {
-                bail!(
+                anyhow::bail!(
                     "another daemon is answering on {}; stop it or pick another --socket",
                     path.display()
                 );
@@ -157,35 +189,14 @@ pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
     }
     // The socket is created with mode 0777 & !umask: with umask 0177 it is 0600 from birth, so
     // there is no window in which another user could connect.
+    use nix::sys::stat::{umask, Mode};
+    use std::os::unix::fs::PermissionsExt;
     let old = umask(Mode::from_bits_truncate(0o177));
     let bound = UnixListener::bind(path);
     umask(old);
     let listener = bound.with_context(|| format!("{}: cannot bind", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     Ok(listener)
-}
-
-/// Creates `dir` 0700 if missing; an existing one must be ours and not open to others.
-pub fn ensure_private_dir(dir: &Path) -> anyhow::Result<()> {
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .with_context(|| format!("{}: cannot create directory", dir.display()))?;
-    let meta = std::fs::metadata(dir)?;
-    let me = nix::unistd::geteuid().as_raw();
-    if meta.uid() != me {
-        bail!(
-            "{} belongs to uid {}, not to us (uid {me}); refusing to use it",
-            dir.display(),
-            meta.uid()
-        );
-    }
-    if meta.mode() & 0o077 != 0 {
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-            .with_context(|| format!("{}: cannot make it private", dir.display()))?;
-    }
-    Ok(())
 }
 
 /// Serves connections until `shutdown` fires, then waits up to the grace period for open
@@ -278,10 +289,11 @@ async fn accept_local(
 async fn accept_local(
     listener: &mut pipe::PipeListener,
 ) -> std::io::Result<Option<(tokio::net::windows::named_pipe::NamedPipeServer, Peer)>> {
-    listener
-        .accept()
-        .await
-        .map(|pipe| Some((pipe, Peer::Local)))
+    let pipe = listener.accept().await?;
+    let peer = pipe::client_process_id(&pipe)
+        .and_then(|pid| i32::try_from(pid).ok())
+        .map_or(Peer::Local, Peer::Process);
+    Ok(Some((pipe, peer)))
 }
 
 async fn accept_tcp(

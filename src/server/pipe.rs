@@ -72,7 +72,7 @@ pub fn check_pipe_name(name: &str) -> Result<(), String> {
 }
 
 #[cfg(windows)]
-pub use listener::PipeListener;
+pub use listener::{client_process_id, PipeListener};
 
 #[cfg(windows)]
 #[allow(unsafe_code)] // the security descriptor: Win32 calls, see `OwnerOnly`
@@ -162,6 +162,22 @@ mod listener {
             let next = create(&self.name, &self.security, false)?;
             Ok(std::mem::replace(&mut self.waiting, next))
         }
+    }
+
+    /// The process id of the client connected to `pipe` (the Windows counterpart of
+    /// `SO_PEERCRED`'s pid: per-process connection slots). Only our own user can be connected:
+    /// the DACL admits nobody else.
+    pub fn client_process_id(pipe: &NamedPipeServer) -> Option<u32> {
+        use std::os::windows::io::AsRawHandle;
+        let mut pid = 0u32;
+        // SAFETY: the pipe handle is open for the borrow; the call writes one u32.
+        let ok = unsafe {
+            windows_sys::Win32::System::Pipes::GetNamedPipeClientProcessId(
+                pipe.as_raw_handle() as HANDLE,
+                &mut pid,
+            )
+        };
+        (ok != 0 && pid != 0).then_some(pid)
     }
 
     fn in_use(name: &str, why: &str) -> io::Error {

@@ -18,16 +18,23 @@
 //! through the stale descriptor; a folder recreated or replaced at the path
 //! ([`RootProblem::Replaced`]) is opened anew.
 
+use std::borrow::Cow;
 use std::ffi::OsStr;
 use std::io::Read;
-use std::os::fd::OwnedFd;
-use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, PoisonError, RwLock};
 
 use crate::error_code::ErrorCode;
-use rustix::fs::{AtFlags, FileType, Mode, OFlags};
-use rustix::io::Errno;
+
+#[cfg(unix)]
+mod unix;
+#[cfg(unix)]
+use unix::{open_root, Handle};
+
+#[cfg(windows)]
+mod windows;
+#[cfg(windows)]
+use windows::{open_root, Handle};
 
 /// Directories deeper than this below a root are not walked (a loop of bind mounts or an
 /// absurd tree cannot keep the scan busy forever).
@@ -40,7 +47,7 @@ pub struct Root {
     /// `path` as UTF-8 (roots must be UTF-8; file names below them need not be).
     pub name: String,
     /// The folder's descriptor; replaced when the folder at `path` is another one.
-    dir: RwLock<Arc<OwnedFd>>,
+    dir: RwLock<Arc<Handle>>,
     /// Read files with more than one hard link (`watch_follow_hardlinks`).
     follow_hardlinks: bool,
 }
@@ -127,29 +134,6 @@ impl AccessError {
     }
 }
 
-fn io(err: Errno) -> AccessError {
-    match err {
-        Errno::LOOP | Errno::MLINK => AccessError::Symlink,
-        Errno::NOENT => AccessError::NotFound,
-        // An intermediate component that is no directory (a file or a link swapped in).
-        Errno::NOTDIR => AccessError::Symlink,
-        other => AccessError::Io(other.into()),
-    }
-}
-
-fn kind_of(stat: &rustix::fs::Stat, follow_hardlinks: bool) -> Kind {
-    match FileType::from_raw_mode(stat.st_mode) {
-        FileType::RegularFile if stat.st_nlink > 1 && !follow_hardlinks => Kind::Hardlink,
-        FileType::RegularFile => Kind::File {
-            size: u64::try_from(stat.st_size).unwrap_or(0),
-            mtime_ns: i128::from(stat.st_mtime) * 1_000_000_000 + i128::from(stat.st_mtime_nsec),
-        },
-        FileType::Directory => Kind::Dir,
-        FileType::Symlink => Kind::Symlink,
-        _ => Kind::Special,
-    }
-}
-
 /// Splits a relative path into components, refusing anything that could climb out.
 fn components(relative: &[u8]) -> Result<Vec<&[u8]>, AccessError> {
     if relative.is_empty() {
@@ -165,22 +149,64 @@ fn components(relative: &[u8]) -> Result<Vec<&[u8]>, AccessError> {
     Ok(parts)
 }
 
+/// Reads an opened regular file of `size` bytes, at most `limit` (it may have grown since).
+fn read_limited(file: std::fs::File, size: u64, limit: u64) -> Result<Vec<u8>, AccessError> {
+    let mut bytes = Vec::with_capacity(usize::try_from(size.min(limit)).unwrap_or(0));
+    file.take(limit + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > limit {
+        return Err(AccessError::TooLarge { limit });
+    }
+    Ok(bytes)
+}
+
+/// A name or `/`-separated key below a root as the system's string. On Unix any bytes; on
+/// Windows keys are UTF-8 (names that are not valid Unicode are skipped when listed), so this
+/// only turns them back.
+pub fn os_str(bytes: &[u8]) -> Cow<'_, OsStr> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        Cow::Borrowed(OsStr::from_bytes(bytes))
+    }
+    #[cfg(not(unix))]
+    match std::str::from_utf8(bytes) {
+        Ok(text) => Cow::Borrowed(OsStr::new(text)),
+        Err(_) => Cow::Owned(String::from_utf8_lossy(bytes).into_owned().into()),
+    }
+}
+
+/// The key of a path below a root (as the watcher reports it): its components joined with `/`,
+/// whatever the platform's separator. `None` for a component that is not a plain name, or (on
+/// Windows) not valid Unicode.
+pub fn key_of(relative: &Path) -> Option<Vec<u8>> {
+    let mut key = Vec::new();
+    for part in relative.components() {
+        let Component::Normal(name) = part else {
+            return None;
+        };
+        if !key.is_empty() {
+            key.push(b'/');
+        }
+        #[cfg(unix)]
+        key.extend_from_slice(std::os::unix::ffi::OsStrExt::as_bytes(name));
+        #[cfg(not(unix))]
+        key.extend_from_slice(name.to_str()?.as_bytes());
+    }
+    Some(key)
+}
+
 impl Root {
     /// Opens a folder to watch. The path is canonicalized once here (the user's own symlinks
     /// to the folder itself are fine); nothing below it is followed.
     pub fn open(path: &Path, follow_hardlinks: bool) -> Result<Root, String> {
-        let canonical = std::fs::canonicalize(path)
+        let canonical = crate::sys::canonicalize(path)
             .map_err(|err| format!("watch folder {}: {err}", path.display()))?;
         let name = canonical
             .to_str()
             .ok_or_else(|| format!("watch folder {}: path is not UTF-8", canonical.display()))?
             .to_string();
-        let dir = rustix::fs::open(
-            &canonical,
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|err| format!("watch folder {}: {err}", canonical.display()))?;
+        let dir = open_root(&canonical)
+            .map_err(|err| format!("watch folder {}: {err}", canonical.display()))?;
         Ok(Root {
             path: canonical,
             name,
@@ -189,139 +215,23 @@ impl Root {
         })
     }
 
-    fn dir(&self) -> Arc<OwnedFd> {
+    fn dir(&self) -> Arc<Handle> {
         self.dir
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
     }
 
-    /// Checks that the folder at the configured path is the one held (see the module doc).
-    pub fn verify(&self) -> Result<(), RootProblem> {
-        let held = self.dir();
-        // A deleted directory has no links left; a moved one still has its own.
-        let held_alive = rustix::fs::fstat(&*held).is_ok_and(|s| s.st_nlink > 0);
-        let gone = if held_alive {
-            RootProblem::Moved
-        } else {
-            RootProblem::Missing
-        };
-        let Ok(now) = rustix::fs::open(
-            &self.path,
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        ) else {
-            return Err(gone);
-        };
-        let same = match (rustix::fs::fstat(&now), rustix::fs::fstat(&*held)) {
-            (Ok(a), Ok(b)) => a.st_dev == b.st_dev && a.st_ino == b.st_ino,
-            _ => false,
-        };
-        if same {
-            Ok(())
-        } else {
-            Err(RootProblem::Replaced)
-        }
-    }
-
     /// Holds the folder now at the configured path from here on.
     pub fn reopen(&self) -> Result<(), AccessError> {
-        let now = rustix::fs::open(
-            &self.path,
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(io)?;
+        let now = open_root(&self.path)?;
         *self.dir.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(now);
         Ok(())
     }
 
-    /// The directory `relative` (empty = the root), reached without following links.
-    fn open_dir(&self, relative: &[u8]) -> Result<OwnedFd, AccessError> {
-        let mut dir = rustix::io::dup(&*self.dir()).map_err(io)?;
-        for part in components(relative)? {
-            dir = rustix::fs::openat(
-                &dir,
-                OsStr::from_bytes(part),
-                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                Mode::empty(),
-            )
-            .map_err(io)?;
-        }
-        Ok(dir)
-    }
-
-    /// `lstat` of `relative`, its parent directories reached without following links.
-    pub fn stat(&self, relative: &[u8]) -> Result<Kind, AccessError> {
-        let parts = components(relative)?;
-        let Some((last, parents)) = parts.split_last() else {
-            return Ok(Kind::Dir);
-        };
-        let dir = self.open_dir(&parents.join(&b'/'))?;
-        let stat = rustix::fs::statat(&dir, OsStr::from_bytes(last), AtFlags::SYMLINK_NOFOLLOW)
-            .map_err(io)?;
-        Ok(kind_of(&stat, self.follow_hardlinks))
-    }
-
-    /// Reads a regular file below the root, at most `limit` bytes. Returns the bytes and the
-    /// size and mtime of the descriptor that was read.
-    pub fn read(&self, relative: &[u8], limit: u64) -> Result<(Vec<u8>, Kind), AccessError> {
-        let parts = components(relative)?;
-        let Some((last, parents)) = parts.split_last() else {
-            return Err(AccessError::NotRegular);
-        };
-        let dir = self.open_dir(&parents.join(&b'/'))?;
-        // Non-blocking: a FIFO swapped in for the file must not hang the open.
-        let fd = rustix::fs::openat(
-            &dir,
-            OsStr::from_bytes(last),
-            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC | OFlags::NOCTTY,
-            Mode::empty(),
-        )
-        .map_err(io)?;
-        let kind = kind_of(&rustix::fs::fstat(&fd).map_err(io)?, self.follow_hardlinks);
-        let Kind::File { size, .. } = kind else {
-            return Err(if kind == Kind::Hardlink {
-                AccessError::Hardlink
-            } else {
-                AccessError::NotRegular
-            });
-        };
-        if size > limit {
-            return Err(AccessError::TooLarge { limit });
-        }
-        let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
-        std::fs::File::from(fd)
-            .take(limit + 1)
-            .read_to_end(&mut bytes)?;
-        if bytes.len() as u64 > limit {
-            return Err(AccessError::TooLarge { limit });
-        }
-        Ok((bytes, kind))
-    }
-
-    /// The entries of directory `relative`: name bytes and kind (links not followed).
-    pub fn list(&self, relative: &[u8]) -> Result<Vec<(Vec<u8>, Kind)>, AccessError> {
-        let dir = self.open_dir(relative)?;
-        let mut out = Vec::new();
-        for entry in rustix::fs::Dir::read_from(&dir).map_err(io)? {
-            let entry = entry.map_err(io)?;
-            let name = entry.file_name().to_bytes();
-            if name == b"." || name == b".." {
-                continue;
-            }
-            match rustix::fs::statat(&dir, entry.file_name(), AtFlags::SYMLINK_NOFOLLOW) {
-                Ok(stat) => out.push((name.to_vec(), kind_of(&stat, self.follow_hardlinks))),
-                // Deleted between readdir and stat: it is simply not there.
-                Err(Errno::NOENT) => {}
-                Err(err) => return Err(io(err)),
-            }
-        }
-        Ok(out)
-    }
 }
 
-#[cfg(test)]
+#[cfg(all(test, unix))]
 mod tests {
     use super::*;
     use std::os::unix::fs::symlink;
