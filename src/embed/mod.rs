@@ -49,7 +49,11 @@ const INGEST_BATCH_CHARS: usize = 1024;
 
 /// Manifest names of the files the embedder needs besides the model (which is a setting:
 /// `embed_model`, fp32 or int8; both take the same tokenizer files).
+#[cfg(not(windows))]
 const RUNTIME: &str = "onnxruntime";
+/// Windows loads the same release's DLL (`models/fetch windows`).
+#[cfg(windows)]
+const RUNTIME: &str = "onnxruntime-windows";
 const TOKENIZER: &str = "all-minilm-l6-v2-tokenizer";
 const CONFIG: &str = "all-minilm-l6-v2-config";
 const SPECIAL_TOKENS: &str = "all-minilm-l6-v2-special-tokens-map";

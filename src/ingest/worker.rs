@@ -263,8 +263,10 @@ impl WorkerPool {
             .arg("extract-worker")
             .arg("--memory-mib")
             .arg(self.settings.memory_mib.to_string())
-            // Nothing of the daemon's environment (tokens, paths) reaches the parser.
+            // Nothing of the daemon's environment (tokens, paths) reaches the parser, but what
+            // the system itself needs to start a process (`SystemRoot` on Windows).
             .env_clear()
+            .envs(crate::sys::process_essentials())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -165,6 +165,11 @@ pub fn leave_terminal_session() -> io::Result<()> {
 /// [`leave_terminal_session`] itself).
 pub fn detach(_command: &mut std::process::Command) {}
 
+/// The variables a process needs from the environment to start at all (none on Unix).
+pub fn process_essentials() -> Vec<(String, std::ffi::OsString)> {
+    Vec::new()
+}
+
 /// Resolves when the system asks the daemon to stop (SIGTERM or SIGINT), naming what asked.
 pub async fn shutdown_requested() -> io::Result<&'static str> {
     use tokio::signal::unix::{signal, SignalKind};

@@ -198,7 +198,8 @@ pub fn parent_pid() -> Option<u32> {
         let mut more = Process32FirstW(raw, &mut entry) != 0;
         while more {
             if entry.th32ProcessID == me {
-                return Some(entry.th32ParentProcessID);
+                // 0: no Windows parent (started from outside, as Wine does from Linux).
+                return (entry.th32ParentProcessID != 0).then_some(entry.th32ParentProcessID);
             }
             more = Process32NextW(raw, &mut entry) != 0;
         }
@@ -277,6 +278,15 @@ pub fn leave_terminal_session() -> io::Result<()> {
 /// console's Ctrl-C never reaches it.
 pub fn detach(command: &mut std::process::Command) {
     command.creation_flags(CREATE_NO_WINDOW | CREATE_NEW_PROCESS_GROUP);
+}
+
+/// The variables a Windows process needs to start and use system DLLs (Winsock and the crypto
+/// provider look up `SystemRoot`), kept for a child whose environment is otherwise cleared.
+pub fn process_essentials() -> Vec<(String, std::ffi::OsString)> {
+    ["SystemRoot", "windir", "SystemDrive"]
+        .into_iter()
+        .filter_map(|name| Some((name.to_string(), std::env::var_os(name)?)))
+        .collect()
 }
 
 /// Resolves when the system asks the daemon to stop (Ctrl-C, Ctrl-Break, the console closing,
