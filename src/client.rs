@@ -141,12 +141,13 @@ impl Client {
         let mut req = Request::builder().method(method).uri(path);
         let mut sender = match &self.tcp {
             None => {
-                let stream = connect_local(&self.socket).await.map_err(|err| {
-                    ClientError::NoDaemon {
-                        socket: self.socket.clone(),
-                        reason: format!("{err}; start one with `hearth start`"),
-                    }
-                })?;
+                let stream =
+                    connect_local(&self.socket)
+                        .await
+                        .map_err(|err| ClientError::NoDaemon {
+                            socket: self.socket.clone(),
+                            reason: format!("{err}; start one with `hearth start`"),
+                        })?;
                 req = req.header("host", "hearth");
                 handshake(stream).await?
             }

@@ -549,10 +549,10 @@ fn local_endpoint(
         Some(name) => name.to_string_lossy().into_owned(),
         None => {
             let user = std::env::var("USERNAME").unwrap_or_default();
-            crate::server::pipe::default_pipe_name(&user, data_dir)
+            crate::sys::pipe_name::default_pipe_name(&user, data_dir)
         }
     };
-    crate::server::pipe::check_pipe_name(&name).map_err(anyhow::Error::msg)?;
+    crate::sys::pipe_name::check_pipe_name(&name).map_err(anyhow::Error::msg)?;
     Ok(PathBuf::from(name))
 }
 

@@ -409,11 +409,9 @@ fn watch_for_shutdown(life: Lifecycle, shutdown: &CancellationToken) {
     if life.sidecar {
         watch_stdin(shutdown.clone());
     }
-    let parent = life.parent_pid.or_else(|| {
-        life.sidecar
-            .then(crate::sys::parent_pid)
-            .flatten()
-    });
+    let parent = life
+        .parent_pid
+        .or_else(|| life.sidecar.then(crate::sys::parent_pid).flatten());
     if let Some(parent) = parent {
         watch_parent(parent, shutdown.clone());
     }
@@ -561,7 +559,10 @@ impl InstanceLock {
                 }
                 Err(err) => bail!("{}: cannot lock: {err}", path.display()),
             }
-            let same = match (crate::sys::file_id_of_path(&path), crate::sys::file_id(&lock)) {
+            let same = match (
+                crate::sys::file_id_of_path(&path),
+                crate::sys::file_id(&lock),
+            ) {
                 (Ok(on_disk), Ok(held)) => on_disk == held,
                 _ => false,
             };

@@ -30,6 +30,10 @@ const http = require('node:http');
 
 const API = '/api/v1';
 
+// On Windows `child.kill(anything)` is TerminateProcess: a hard kill with no handler run. There the
+// graceful paths are stdin EOF and the API, and a kill is only the last resort.
+const IS_WINDOWS = process.platform === 'win32';
+
 // ---------------------------------------------------------------------------------------------
 // Errors
 // ---------------------------------------------------------------------------------------------
@@ -539,8 +543,9 @@ class Hearth extends EventEmitter {
    *
    * First the graceful way: end stdin. hearth treats EOF on stdin as "my parent is done with me",
    * finishes running streams with `shutting_down`, flushes its store and exits 0. If it is still
-   * there after `timeoutMs / 2`, SIGTERM (same graceful path, for a hearth stuck reading); after
-   * `timeoutMs`, SIGKILL. Signals go to this child's pid only, never to processes found by name.
+   * there after `timeoutMs / 2`, SIGTERM (same graceful path, for a hearth stuck reading; not on
+   * Windows, where it would be a hard kill); after `timeoutMs`, SIGKILL (on Windows
+   * TerminateProcess). Signals go to this child's pid only, never to processes found by name.
    */
   stop({ timeoutMs = 10000 } = {}) {
     if (this._stopping) return this._stopping;
@@ -553,7 +558,7 @@ class Hearth extends EventEmitter {
         // already closed
       }
       const term = setTimeout(() => {
-        if (this.running) child.kill('SIGTERM');
+        if (this.running && !IS_WINDOWS) child.kill('SIGTERM');
       }, Math.floor(timeoutMs / 2));
       const kill = setTimeout(() => {
         if (this.running) child.kill('SIGKILL');
@@ -650,8 +655,11 @@ function startHearth({ binary, dataDir, socket, args = [], env, readyTimeoutMs =
 
     // If this Node process exits while hearth runs, take it down too. Only synchronous work is
     // possible in an 'exit' handler: send SIGTERM (graceful) to this child's pid. (When Node is
-    // killed by a signal no handler runs; then stdin EOF and --parent-pid do the job.)
+    // killed by a signal no handler runs; then stdin EOF and --parent-pid do the job.) Not on
+    // Windows, where that would be a hard kill: there the stdin pipe closing as this process exits
+    // is the graceful signal, and hearth watches our process handle (--parent-pid) besides.
     const onParentExit = () => {
+      if (IS_WINDOWS) return;
       if (child.exitCode === null && child.signalCode === null) {
         try {
           child.kill('SIGTERM');
@@ -745,7 +753,10 @@ function startHearth({ binary, dataDir, socket, args = [], env, readyTimeoutMs =
   });
 }
 
-/** stdin EOF, then SIGTERM, then SIGKILL after `graceMs`; resolves when the child has exited. */
+/**
+ * stdin EOF, then SIGTERM (not on Windows, where it is a hard kill), then SIGKILL after `graceMs`;
+ * resolves when the child has exited.
+ */
 function terminate(child, graceMs) {
   return new Promise((resolve) => {
     if (child.exitCode !== null || child.signalCode !== null) return resolve();
@@ -761,7 +772,7 @@ function terminate(child, graceMs) {
     } catch {
       // ignore
     }
-    child.kill('SIGTERM');
+    if (!IS_WINDOWS) child.kill('SIGTERM');
   });
 }
 

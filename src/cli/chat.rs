@@ -11,9 +11,9 @@ use std::io::{IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::sys::Interrupts;
 use http::Method;
 use serde_json::{json, Value};
-use crate::sys::Interrupts;
 
 use super::lifecycle::wait_until_ready;
 use super::{one_line, target, CliExit, ClientArgs, Exit, UserArgs};
@@ -538,7 +538,11 @@ fn repl(rt: &tokio::runtime::Runtime, mut session: Session) -> anyhow::Result<()
     Ok(())
 }
 
-async fn repl_turn(session: &mut Session, text: &str, sigint: &mut Interrupts) -> anyhow::Result<()> {
+async fn repl_turn(
+    session: &mut Session,
+    text: &str,
+    sigint: &mut Interrupts,
+) -> anyhow::Result<()> {
     let chat_id = session.chat_id().await?;
     let body = session.message_body(text, serde_json::Map::new());
     let mut out = std::io::stdout().lock();

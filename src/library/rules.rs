@@ -63,7 +63,8 @@ impl Rules {
         {
             return true;
         }
-        self.user.is_match(Path::new(&*super::access::os_str(relative)))
+        self.user
+            .is_match(Path::new(&*super::access::os_str(relative)))
             || self.user.is_match(Path::new(&*super::access::os_str(name)))
     }
 

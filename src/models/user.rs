@@ -165,9 +165,7 @@ pub fn add(
     // The descriptor is the one just hashed; a file replaced meanwhile shows as a changed
     // size or mtime below and is refused.
     let after = file.metadata().map_err(io)?;
-    if after.len() != meta.len()
-        || crate::sys::mtime_ns(&after) != crate::sys::mtime_ns(&meta)
-    {
+    if after.len() != meta.len() || crate::sys::mtime_ns(&after) != crate::sys::mtime_ns(&meta) {
         return Err(AddError::BadPath(format!(
             "{text} changed while it was being hashed; add it again once it is complete"
         )));

@@ -135,8 +135,8 @@ pub fn bind_local(socket: &Path) -> anyhow::Result<(LocalListener, PathBuf, bool
         .to_str()
         .context("the pipe name is not valid Unicode")?;
     pipe::check_pipe_name(name).map_err(anyhow::Error::msg)?;
-    let listener =
-        pipe::PipeListener::bind(name).with_context(|| format!("{name}: cannot create the pipe"))?;
+    let listener = pipe::PipeListener::bind(name)
+        .with_context(|| format!("{name}: cannot create the pipe"))?;
     Ok((listener, socket.to_path_buf(), false))
 }
 

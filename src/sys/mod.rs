@@ -16,6 +16,8 @@
 use std::path::Path;
 use std::time::UNIX_EPOCH;
 
+pub mod pipe_name;
+
 #[cfg(unix)]
 mod unix;
 #[cfg(unix)]

@@ -15,29 +15,38 @@ use std::path::{Path, PathBuf};
 use windows_sys::Win32::Foundation::{
     FILETIME, HANDLE, INVALID_HANDLE_VALUE, WAIT_OBJECT_0, WAIT_TIMEOUT,
 };
-use windows_sys::Win32::System::JobObjects::{
-    AssignProcessToJobObject, CreateJobObjectW, JobObjectExtendedLimitInformation,
-    SetInformationJobObject, JOBOBJECT_EXTENDED_LIMIT_INFORMATION,
-    JOB_OBJECT_LIMIT_ACTIVE_PROCESS, JOB_OBJECT_LIMIT_DIE_ON_UNHANDLED_EXCEPTION,
-    JOB_OBJECT_LIMIT_PROCESS_MEMORY, JOB_OBJECT_LIMIT_PROCESS_TIME,
-};
 use windows_sys::Win32::Storage::FileSystem::{
-    GetFileInformationByHandle, GetFinalPathNameByHandleW, LockFileEx,
-    BY_HANDLE_FILE_INFORMATION, FILE_FLAG_BACKUP_SEMANTICS, FILE_NAME_NORMALIZED, FILE_READ_ATTRIBUTES,
-    FILE_SHARE_READ, LOCKFILE_EXCLUSIVE_LOCK, LOCKFILE_FAIL_IMMEDIATELY,
+    GetFileInformationByHandle, GetFinalPathNameByHandleW, LockFileEx, BY_HANDLE_FILE_INFORMATION,
+    FILE_FLAG_BACKUP_SEMANTICS, FILE_NAME_NORMALIZED, FILE_READ_ATTRIBUTES, FILE_SHARE_READ,
+    LOCKFILE_EXCLUSIVE_LOCK, LOCKFILE_FAIL_IMMEDIATELY,
 };
 use windows_sys::Win32::System::Diagnostics::ToolHelp::{
-    CreateToolhelp32Snapshot, Process32FirstW, Process32NextW, PROCESSENTRY32W,
-    TH32CS_SNAPPROCESS,
+    CreateToolhelp32Snapshot, Process32FirstW, Process32NextW, PROCESSENTRY32W, TH32CS_SNAPPROCESS,
+};
+use windows_sys::Win32::System::JobObjects::{
+    AssignProcessToJobObject, CreateJobObjectW, JobObjectExtendedLimitInformation,
+    SetInformationJobObject, JOBOBJECT_EXTENDED_LIMIT_INFORMATION, JOB_OBJECT_LIMIT_ACTIVE_PROCESS,
+    JOB_OBJECT_LIMIT_DIE_ON_UNHANDLED_EXCEPTION, JOB_OBJECT_LIMIT_PROCESS_MEMORY,
+    JOB_OBJECT_LIMIT_PROCESS_TIME,
 };
 use windows_sys::Win32::System::ProcessStatus::{K32GetProcessMemoryInfo, PROCESS_MEMORY_COUNTERS};
 use windows_sys::Win32::System::Threading::{
-    GetCurrentProcess, GetProcessTimes, OpenProcess, TerminateProcess, WaitForSingleObject, CREATE_NEW_PROCESS_GROUP,
-    CREATE_NO_WINDOW, PROCESS_SYNCHRONIZE, PROCESS_TERMINATE,
+    GetCurrentProcess, GetProcessTimes, OpenProcess, TerminateProcess, WaitForSingleObject,
+    CREATE_NEW_PROCESS_GROUP, CREATE_NO_WINDOW, PROCESS_SYNCHRONIZE, PROCESS_TERMINATE,
 };
 use windows_sys::Win32::System::IO::OVERLAPPED;
 
 use super::FileId;
+
+/// The `CreateFileW` flags and attribute bits `library::access` opens and checks with (plain
+/// constants; re-exported so that only this layer names `windows_sys`).
+pub mod file_flags {
+    pub use windows_sys::Win32::Storage::FileSystem::{
+        FILE_ATTRIBUTE_DIRECTORY, FILE_ATTRIBUTE_REPARSE_POINT, FILE_FLAG_BACKUP_SEMANTICS,
+        FILE_FLAG_OPEN_REPARSE_POINT, FILE_LIST_DIRECTORY, FILE_READ_ATTRIBUTES, FILE_SHARE_DELETE,
+        FILE_SHARE_READ, FILE_SHARE_WRITE,
+    };
+}
 
 /// `ERROR_LOCK_VIOLATION`: the range is locked by another handle.
 const ERROR_LOCK_VIOLATION: i32 = 33;
@@ -369,7 +378,10 @@ static WORKER_JOB: std::sync::OnceLock<Option<OwnedHandle>> = std::sync::OnceLoc
 
 /// The limits the worker's job holds: a cap on the process's committed memory, no child
 /// process at all, no error dialog on a crash, and (after [`allow_cpu`]) a user-time limit.
-fn job_limits(memory_bytes: u64, cpu_limit_100ns: Option<i64>) -> JOBOBJECT_EXTENDED_LIMIT_INFORMATION {
+fn job_limits(
+    memory_bytes: u64,
+    cpu_limit_100ns: Option<i64>,
+) -> JOBOBJECT_EXTENDED_LIMIT_INFORMATION {
     // SAFETY: a plain-data struct; zero is "no limit" for every field not set below.
     let mut info: JOBOBJECT_EXTENDED_LIMIT_INFORMATION = unsafe { std::mem::zeroed() };
     let basic = &mut info.BasicLimitInformation;
@@ -449,5 +461,8 @@ pub fn allow_cpu(memory_bytes: u64, secs: u64) {
         (i64::from(user.dwHighDateTime) << 32) | i64::from(user.dwLowDateTime)
     };
     let allowance = i64::try_from(secs.max(1)).unwrap_or(i64::MAX / 2) * 10_000_000;
-    let _ = set_limits(job, &job_limits(memory_bytes, Some(used.saturating_add(allowance))));
+    let _ = set_limits(
+        job,
+        &job_limits(memory_bytes, Some(used.saturating_add(allowance))),
+    );
 }

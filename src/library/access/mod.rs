@@ -228,7 +228,6 @@ impl Root {
         *self.dir.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(now);
         Ok(())
     }
-
 }
 
 #[cfg(all(test, unix))]

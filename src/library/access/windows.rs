@@ -19,14 +19,13 @@ use std::io;
 use std::os::windows::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use windows_sys::Win32::Storage::FileSystem::{
+use super::{components, read_limited, AccessError, Kind, Root, RootProblem};
+use crate::sys;
+use crate::sys::file_flags::{
     FILE_ATTRIBUTE_DIRECTORY, FILE_ATTRIBUTE_REPARSE_POINT, FILE_FLAG_BACKUP_SEMANTICS,
     FILE_FLAG_OPEN_REPARSE_POINT, FILE_LIST_DIRECTORY, FILE_READ_ATTRIBUTES, FILE_SHARE_DELETE,
     FILE_SHARE_READ, FILE_SHARE_WRITE,
 };
-
-use super::{components, read_limited, AccessError, Kind, Root, RootProblem};
-use crate::sys;
 
 /// What a root holds: a handle on the folder (all sharing allowed: the user may still rename or
 /// delete it, which [`Root::verify`] then notices).
@@ -152,7 +151,9 @@ impl Root {
             Purpose::List => options
                 .access_mode(FILE_LIST_DIRECTORY | FILE_READ_ATTRIBUTES)
                 .share_mode(FILE_SHARE_READ | FILE_SHARE_WRITE),
-            Purpose::Read => options.read(true).share_mode(FILE_SHARE_READ | FILE_SHARE_WRITE),
+            Purpose::Read => options
+                .read(true)
+                .share_mode(FILE_SHARE_READ | FILE_SHARE_WRITE),
         };
         let file = options.open(&expected).map_err(io)?;
         let meta = file.metadata().map_err(io)?;
@@ -234,7 +235,10 @@ fn list_dir(path: &Path, follow_hardlinks: bool) -> Result<Vec<(Vec<u8>, Kind)>,
         };
         match entry.metadata() {
             // The directory entry's own data: links are not followed.
-            Ok(meta) => out.push((name.as_bytes().to_vec(), kind_of(&meta, 1, follow_hardlinks))),
+            Ok(meta) => out.push((
+                name.as_bytes().to_vec(),
+                kind_of(&meta, 1, follow_hardlinks),
+            )),
             Err(err) if err.kind() == io::ErrorKind::NotFound => {}
             Err(err) => return Err(io(err)),
         }

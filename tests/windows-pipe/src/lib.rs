@@ -4,6 +4,12 @@
 #[path = "../../../src/server/pipe.rs"]
 pub mod pipe;
 
+/// What `pipe.rs` uses of the daemon's platform layer: the naming rules.
+pub mod sys {
+    #[path = "../../../../src/sys/pipe_name.rs"]
+    pub mod pipe_name;
+}
+
 #[cfg(all(test, windows))]
 #[allow(unsafe_code)] // reading the pipe's security descriptor back
 mod tests {
