@@ -10,7 +10,8 @@
  *   HEARTH_MODELS_DIR  model files (default: ../../models from this file, if it exists)
  *   HEARTH_DATA_DIR    data dir (default: a fresh temp dir, removed at the end)
  *   HEARTH_SOCKET      socket path (default: DATA_DIR/hearth.sock, so a hearth that is already
- *                      running for this user at the default path is left alone)
+ *                      running for this user at the default path is left alone; on Windows
+ *                      hearth's own per-data-dir pipe)
  * Other HEARTH_* settings (HEARTH_THREADS, HEARTH_CTX, ...) reach hearth through the environment.
  *
  * Output: the reply's tokens on stdout as they stream, then one line `DONE {...}` with the done
@@ -28,7 +29,9 @@ const DEFAULT_QUESTION = 'What is the capital of France? Answer in one sentence.
 
 async function main() {
   const question = process.argv.slice(2).join(' ').trim() || DEFAULT_QUESTION;
-  const binary = process.env.HEARTH_BIN || path.resolve(__dirname, '../../target/release/hearth');
+  const binary =
+    process.env.HEARTH_BIN ||
+    path.resolve(__dirname, '../../target/release', process.platform === 'win32' ? 'hearth.exe' : 'hearth');
   let modelsDir = process.env.HEARTH_MODELS_DIR;
   if (!modelsDir) {
     const repoModels = path.resolve(__dirname, '../../models');
@@ -40,10 +43,12 @@ async function main() {
     tempDir = fs.mkdtempSync(path.join(os.tmpdir(), 'hearth-example-'));
     dataDir = tempDir;
   }
-  // Unix socket paths are limited to ~104-108 bytes; a temp dir keeps it short.
-  let socket = process.env.HEARTH_SOCKET || path.join(dataDir, 'hearth.sock');
-  if (!process.env.HEARTH_SOCKET && Buffer.byteLength(socket) > 100) {
-    socket = path.join(os.tmpdir(), `hearth-example-${process.pid}.sock`);
+  // Unix socket paths are limited to ~104-108 bytes; a temp dir keeps it short. On Windows hearth's
+  // default named pipe is already per user and per data dir.
+  let socket = process.env.HEARTH_SOCKET;
+  if (!socket && process.platform !== 'win32') {
+    socket = path.join(dataDir, 'hearth.sock');
+    if (Buffer.byteLength(socket) > 100) socket = path.join(os.tmpdir(), `hearth-example-${process.pid}.sock`);
   }
 
   const args = [];

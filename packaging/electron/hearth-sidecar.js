@@ -451,6 +451,14 @@ class Hearth extends EventEmitter {
       child.once('exit', (code, signal) => {
         this.exitCode = code;
         this.signalCode = signal;
+        // A process that inherited hearth's stdout/stderr (seen under Wine: a helper a system DLL
+        // started) keeps them open after hearth exited, and with them this process alive: its
+        // last lines get a second, then the pipes are closed.
+        const closer = setTimeout(() => {
+          child.stdout.destroy();
+          child.stderr.destroy();
+        }, 1000);
+        closer.unref();
         resolve(code);
         this.emit('exit', code, signal);
       });
