@@ -296,7 +296,9 @@ mod tests {
             (1, 2, 0, 0)
         );
         drop(store);
-        let store = Store::open(&path, 8 << 20).unwrap();
+        // sled's own threads may hold the file lock a moment after the drop.
+        let store =
+            Store::open_waiting(&path, 8 << 20, std::time::Duration::from_secs(10)).unwrap();
         assert_exact(&store);
     }
 
@@ -317,7 +319,9 @@ mod tests {
         store.inner.counts.clear().unwrap();
         store.flush_now().unwrap();
         drop(store);
-        let store = Store::open(&path, 8 << 20).unwrap();
+        // sled's own threads may hold the file lock a moment after the drop.
+        let store =
+            Store::open_waiting(&path, 8 << 20, std::time::Duration::from_secs(10)).unwrap();
         assert_exact(&store);
         assert_eq!(store.counts().unwrap().messages, 2);
     }

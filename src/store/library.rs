@@ -76,13 +76,17 @@ impl FileKey {
         }
     }
 
-    /// `root/relative`, lossily decoded for display and for the API.
+    /// `root/relative` (on Windows `root\relative`: keys always use `/`, paths shown to people
+    /// use the platform's separator), lossily decoded for display and for the API.
     pub fn display(&self) -> String {
-        format!(
-            "{}/{}",
-            self.root().trim_end_matches('/'),
-            String::from_utf8_lossy(self.relative())
-        )
+        let sep = std::path::MAIN_SEPARATOR;
+        let relative = String::from_utf8_lossy(self.relative());
+        let relative = if sep == '/' {
+            relative.into_owned()
+        } else {
+            relative.replace('/', &sep.to_string())
+        };
+        format!("{}{sep}{relative}", self.root().trim_end_matches(sep))
     }
 }
 

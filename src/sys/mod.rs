@@ -59,3 +59,74 @@ pub fn random_hex_32() -> std::io::Result<String> {
     getrandom::fill(&mut bytes).map_err(std::io::Error::other)?;
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn mtime_is_the_nanoseconds_the_verification_cache_always_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, "x").unwrap();
+        let meta = std::fs::metadata(&path).unwrap();
+        // Stores written before this layer keyed model checks by exactly this value.
+        let old = i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec());
+        assert_eq!(mtime_ns(&meta), old);
+    }
+
+    #[test]
+    fn the_instance_lock_excludes_a_second_holder_until_the_first_closes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lock");
+        let first = std::fs::File::create(&path).unwrap();
+        assert!(try_lock(&first, true).unwrap());
+        let second = std::fs::File::open(&path).unwrap();
+        assert!(!try_lock(&second, true).unwrap());
+        assert!(
+            !try_lock(&second, false).unwrap(),
+            "a shared probe sees it held"
+        );
+        drop(first);
+        assert!(
+            try_lock(&second, false).unwrap(),
+            "closing the file released it"
+        );
+    }
+
+    #[test]
+    fn file_identity_follows_the_file_not_its_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        std::fs::write(&a, "1").unwrap();
+        std::fs::write(&b, "2").unwrap();
+        let held = std::fs::File::open(&a).unwrap();
+        let id = file_id(&held).unwrap();
+        assert_eq!(file_id_of_path(&a).unwrap(), id);
+        assert_ne!(file_id_of_path(&b).unwrap(), id);
+        std::fs::rename(&a, dir.path().join("c")).unwrap();
+        assert_eq!(file_id_of_path(&dir.path().join("c")).unwrap(), id);
+        assert_eq!(
+            file_id_of_path(dir.path()).unwrap(),
+            file_id_of_path(dir.path()).unwrap()
+        );
+    }
+
+    #[test]
+    fn a_watched_process_is_gone_once_it_exits() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let watched = Watched::new(child.id()).unwrap();
+        assert!(!watched.gone());
+        assert!(!process_gone(child.id()));
+        kill(child.id()).unwrap();
+        child.wait().unwrap();
+        assert!(watched.gone());
+        assert!(process_gone(child.id()));
+        assert_eq!(random_hex_32().unwrap().len(), 64);
+        assert_ne!(random_hex_32().unwrap(), random_hex_32().unwrap());
+    }
+}

@@ -74,11 +74,6 @@ pub fn create_private_file(path: &Path) -> io::Result<File> {
         .open(path)
 }
 
-/// The effective user id (`None` on Windows, where peers are checked by the pipe's DACL).
-pub fn user_id() -> Option<u32> {
-    Some(nix::unistd::geteuid().as_raw())
-}
-
 /// This process's parent.
 pub fn parent_pid() -> Option<u32> {
     Some(getppid().as_raw().unsigned_abs())

@@ -12,9 +12,7 @@ use std::os::windows::io::{AsRawHandle, FromRawHandle, OwnedHandle};
 use std::os::windows::process::CommandExt;
 use std::path::{Path, PathBuf};
 
-use windows_sys::Win32::Foundation::{
-    FILETIME, HANDLE, INVALID_HANDLE_VALUE, WAIT_OBJECT_0, WAIT_TIMEOUT,
-};
+use windows_sys::Win32::Foundation::{FILETIME, HANDLE, INVALID_HANDLE_VALUE, WAIT_TIMEOUT};
 use windows_sys::Win32::Storage::FileSystem::{
     GetFileInformationByHandle, GetFinalPathNameByHandleW, LockFileEx, BY_HANDLE_FILE_INFORMATION,
     FILE_FLAG_BACKUP_SEMANTICS, FILE_NAME_NORMALIZED, FILE_READ_ATTRIBUTES, FILE_SHARE_READ,
@@ -180,11 +178,6 @@ pub fn create_private_file(path: &Path) -> io::Result<File> {
         .open(path)
 }
 
-/// No uid on Windows: the pipe's DACL admits only our own SID (see `server/pipe.rs`).
-pub fn user_id() -> Option<u32> {
-    None
-}
-
 fn own_handle(raw: HANDLE) -> io::Result<OwnedHandle> {
     if raw.is_null() || raw == INVALID_HANDLE_VALUE {
         return Err(io::Error::last_os_error());
@@ -221,11 +214,12 @@ fn open_process(pid: u32, access: u32) -> io::Result<OwnedHandle> {
     own_handle(unsafe { OpenProcess(access, 0, pid) })
 }
 
-/// True when the process behind `handle` has ended.
+/// True when the process behind `handle` has ended: signalled, or the wait itself failed (the
+/// handle is no use any more either way).
 fn ended(handle: &OwnedHandle) -> bool {
     // SAFETY: the handle is open (owned) and has SYNCHRONIZE access; a zero timeout only polls.
     let state = unsafe { WaitForSingleObject(handle.as_raw_handle() as HANDLE, 0) };
-    state == WAIT_OBJECT_0 || state != WAIT_TIMEOUT
+    state != WAIT_TIMEOUT
 }
 
 /// A process whose end is awaited (a sidecar's app), held by handle: pids are reused on Windows,

@@ -1,4 +1,7 @@
-//! Reading watched folders without ever leaving them.
+//! Reading watched folders without ever leaving them. What follows is the Unix way
+//! (`access/unix.rs`); Windows has no `openat` and gets the same guarantees by checking each
+//! opened handle's final path (`access/windows.rs`, whose module doc says how). The types, the
+//! path rules and [`Root::verify`] are shared.
 //!
 //! Everything below a root is reached through directory file descriptors, one path component at
 //! a time, with `O_NOFOLLOW`: a symlink anywhere on the way (also one swapped in after a scan
@@ -29,12 +32,12 @@ use crate::error_code::ErrorCode;
 #[cfg(unix)]
 mod unix;
 #[cfg(unix)]
-use unix::{open_root, Handle};
+use unix::{open_root, same_folder, still_exists, Handle};
 
 #[cfg(windows)]
 mod windows;
 #[cfg(windows)]
-use windows::{open_root, Handle};
+use windows::{open_root, same_folder, still_exists, Handle};
 
 /// Directories deeper than this below a root are not walked (a loop of bind mounts or an
 /// absurd tree cannot keep the scan busy forever).
@@ -220,6 +223,24 @@ impl Root {
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
+    }
+
+    /// Checks that the folder at the configured path is the one held (see the module doc).
+    pub fn verify(&self) -> Result<(), RootProblem> {
+        let held = self.dir();
+        let gone = if still_exists(&held) {
+            RootProblem::Moved
+        } else {
+            RootProblem::Missing
+        };
+        let Ok(now) = open_root(&self.path) else {
+            return Err(gone);
+        };
+        if same_folder(&now, &held) {
+            Ok(())
+        } else {
+            Err(RootProblem::Replaced)
+        }
     }
 
     /// Holds the folder now at the configured path from here on.

@@ -9,7 +9,7 @@ use std::path::Path;
 use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 use rustix::io::Errno;
 
-use super::{components, read_limited, AccessError, Kind, Root, RootProblem};
+use super::{components, read_limited, AccessError, Kind, Root};
 
 /// What a root holds: the folder's descriptor.
 pub(super) type Handle = OwnedFd;
@@ -48,31 +48,21 @@ fn kind_of(stat: &rustix::fs::Stat, follow_hardlinks: bool) -> Kind {
     }
 }
 
-impl Root {
-    /// Checks that the folder at the configured path is the one held (see the module doc).
-    pub fn verify(&self) -> Result<(), RootProblem> {
-        let held = self.dir();
-        // A deleted directory has no links left; a moved one still has its own.
-        let held_alive = rustix::fs::fstat(&*held).is_ok_and(|s| s.st_nlink > 0);
-        let gone = if held_alive {
-            RootProblem::Moved
-        } else {
-            RootProblem::Missing
-        };
-        let Ok(now) = open_root(&self.path) else {
-            return Err(gone);
-        };
-        let same = match (rustix::fs::fstat(&now), rustix::fs::fstat(&*held)) {
-            (Ok(a), Ok(b)) => a.st_dev == b.st_dev && a.st_ino == b.st_ino,
-            _ => false,
-        };
-        if same {
-            Ok(())
-        } else {
-            Err(RootProblem::Replaced)
-        }
-    }
+/// True while the held folder still exists somewhere: a deleted directory has no links left; a
+/// moved one still has its own.
+pub(super) fn still_exists(held: &OwnedFd) -> bool {
+    rustix::fs::fstat(held).is_ok_and(|s| s.st_nlink > 0)
+}
 
+/// True when two descriptors are the same folder (device and inode).
+pub(super) fn same_folder(a: &OwnedFd, b: &OwnedFd) -> bool {
+    match (rustix::fs::fstat(a), rustix::fs::fstat(b)) {
+        (Ok(a), Ok(b)) => a.st_dev == b.st_dev && a.st_ino == b.st_ino,
+        _ => false,
+    }
+}
+
+impl Root {
     /// The directory `relative` (empty = the root), reached without following links.
     fn open_dir(&self, relative: &[u8]) -> Result<OwnedFd, AccessError> {
         let mut dir = rustix::io::dup(&*self.dir()).map_err(io)?;

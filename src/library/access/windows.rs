@@ -19,7 +19,7 @@ use std::io;
 use std::os::windows::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use super::{components, read_limited, AccessError, Kind, Root, RootProblem};
+use super::{components, read_limited, AccessError, Kind, Root};
 use crate::sys;
 use crate::sys::file_flags::{
     FILE_ATTRIBUTE_DIRECTORY, FILE_ATTRIBUTE_REPARSE_POINT, FILE_FLAG_BACKUP_SEMANTICS,
@@ -113,26 +113,17 @@ fn same_path(a: &Path, b: &Path) -> bool {
     a.to_string_lossy().to_lowercase() == b.to_string_lossy().to_lowercase()
 }
 
-impl Root {
-    /// Checks that the folder at the configured path is the one held (see the module doc of
-    /// `access`). The held folder's own final path tells moved from deleted.
-    pub fn verify(&self) -> Result<(), RootProblem> {
-        let held = self.dir();
-        let held_alive = sys::final_path(&held).is_ok_and(|p| p.is_dir());
-        let gone = if held_alive {
-            RootProblem::Moved
-        } else {
-            RootProblem::Missing
-        };
-        let Ok(now) = open_root(&self.path) else {
-            return Err(gone);
-        };
-        match (sys::file_id(&now), sys::file_id(&held)) {
-            (Ok(a), Ok(b)) if a == b => Ok(()),
-            _ => Err(RootProblem::Replaced),
-        }
-    }
+/// True while the held folder still exists somewhere: its own final path still names a folder.
+pub(super) fn still_exists(held: &File) -> bool {
+    sys::final_path(held).is_ok_and(|p| p.is_dir())
+}
 
+/// True when two handles are the same folder (volume serial and file index).
+pub(super) fn same_folder(a: &File, b: &File) -> bool {
+    matches!((sys::file_id(a), sys::file_id(b)), (Ok(a), Ok(b)) if a == b)
+}
+
+impl Root {
     /// Opens `names` below the root for `purpose`, the last one not followed, and checks the
     /// handle's final path. Returns the handle, its metadata and its kind.
     fn open_below(
