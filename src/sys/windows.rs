@@ -225,28 +225,40 @@ fn ended(handle: &OwnedHandle) -> bool {
 /// A process whose end is awaited (a sidecar's app), held by handle: pids are reused on Windows,
 /// a handle always names the process it was opened on.
 pub struct Watched {
-    handle: OwnedHandle,
+    /// `None`: the process exists but may not be opened (another user's, or elevated); it is
+    /// then not watched (stdin EOF still ends a sidecar), never taken for dead.
+    handle: Option<OwnedHandle>,
 }
 
+/// `ERROR_INVALID_PARAMETER`: what `OpenProcess` says for a pid no process has.
+const NO_SUCH_PROCESS: i32 = 87;
+
 impl Watched {
-    /// Starts watching `pid`; `None` if it cannot be opened (it is gone already, or not ours).
+    /// Starts watching `pid`; `None` if no such process exists (it is gone already).
     pub fn new(pid: u32) -> Option<Watched> {
-        open_process(pid, PROCESS_SYNCHRONIZE)
-            .ok()
-            .map(|handle| Watched { handle })
+        match open_process(pid, PROCESS_SYNCHRONIZE) {
+            Ok(handle) => Some(Watched {
+                handle: Some(handle),
+            }),
+            Err(err) if err.raw_os_error() == Some(NO_SUCH_PROCESS) => None,
+            Err(err) => {
+                tracing::warn!(pid, error = %err, "cannot watch the parent process; only stdin EOF ends this sidecar");
+                Some(Watched { handle: None })
+            }
+        }
     }
 
     /// True once the process has exited.
     pub fn gone(&self) -> bool {
-        ended(&self.handle)
+        self.handle.as_ref().is_some_and(ended)
     }
 }
 
-/// True once `pid` has exited (or cannot be opened at all).
+/// True once `pid` has exited (no such process any more).
 pub fn process_gone(pid: u32) -> bool {
     match open_process(pid, PROCESS_SYNCHRONIZE) {
         Ok(handle) => ended(&handle),
-        Err(_) => true,
+        Err(err) => err.raw_os_error() == Some(NO_SUCH_PROCESS),
     }
 }
 

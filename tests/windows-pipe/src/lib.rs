@@ -4,10 +4,12 @@
 #[path = "../../../src/server/pipe.rs"]
 pub mod pipe;
 
-/// What `pipe.rs` uses of the daemon's platform layer: the naming rules.
+#[path = "../../../src/sys/pipe_name.rs"]
+pub mod pipe_name;
+
+/// What `pipe.rs` uses of the daemon's platform layer (`crate::sys`): the naming rules.
 pub mod sys {
-    #[path = "../../../../src/sys/pipe_name.rs"]
-    pub mod pipe_name;
+    pub use super::pipe_name;
 }
 
 #[cfg(all(test, windows))]
